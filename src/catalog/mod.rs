@@ -1,0 +1,282 @@
+//! Group 0's state machine: the cluster catalog, and routing.
+//!
+//! The catalog names the cluster (its id and vshard count), its nodes, its
+//! Raft groups with their voters and learners, and which group owns each
+//! vshard. Every change is a [`CatalogCommand`] committed through group 0 and
+//! applied by [`Catalog::apply`], a pure function that also reports the
+//! [`Effect`]s the change has on one node (a group to open or to drop). The
+//! driver writes the new catalog into the same redb transaction as those
+//! effects' rows, catalog first, so no group storage ever exists on disk
+//! without the catalog entry that created it.
+//!
+//! Routing is `key → vshard (xxh3_64(key) % vshard_count) → group`; the
+//! leader of a group is a hint kept outside the catalog, because leadership
+//! changes far more often than placement.
+
+mod routing;
+
+pub use routing::vshard_of;
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+use crate::types::{GroupId, NodeId, VShard, CATALOG_GROUP};
+
+/// Default number of vshards: enough to spread load over hundreds of groups,
+/// few enough that the map is a few KiB.
+pub const DEFAULT_VSHARDS: u32 = 1024;
+/// Default number of data groups created at init.
+pub const DEFAULT_DATA_GROUPS: u64 = 32;
+/// Default replication factor.
+pub const DEFAULT_REPLICAS: usize = 3;
+
+/// Where a node stands in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum NodeState {
+    /// Serving and eligible for replicas.
+    Active,
+    /// Replicas are being moved away.
+    Decommissioning,
+    /// Gone for good.
+    Removed,
+}
+
+/// A node as the catalog knows it.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct NodeInfo {
+    /// The node's id.
+    pub id: NodeId,
+    /// Address peers and clients reach it at.
+    pub addr: String,
+    /// SHA-256 of its certificate's SubjectPublicKeyInfo (empty when unknown).
+    pub spki_sha256: Vec<u8>,
+    /// Its state.
+    pub state: NodeState,
+}
+
+/// A Raft group as the catalog knows it.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct GroupInfo {
+    /// The group's id.
+    pub id: GroupId,
+    /// Voting members.
+    pub voters: Vec<NodeId>,
+    /// Non-voting members catching up.
+    pub learners: Vec<NodeId>,
+}
+
+impl GroupInfo {
+    /// Whether `node` holds a replica (voter or learner).
+    pub fn has_replica(&self, node: NodeId) -> bool {
+        self.voters.contains(&node) || self.learners.contains(&node)
+    }
+}
+
+/// The cluster catalog.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Catalog {
+    /// The cluster's id, chosen at init; never changes.
+    pub cluster_id: u64,
+    /// Number of vshards; never changes.
+    pub vshard_count: u32,
+    /// Bumped by every applied change, so caches can tell they are stale.
+    pub epoch: u64,
+    /// Nodes by id.
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+    /// Groups by id, group 0 included.
+    pub groups: BTreeMap<GroupId, GroupInfo>,
+    /// `vshards[v]` is the group that owns vshard `v`.
+    pub vshards: Vec<GroupId>,
+}
+
+/// A change to the catalog, proposed to group 0.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum CatalogCommand {
+    /// Adds a node or updates its address and pin.
+    UpsertNode(NodeInfo),
+    /// Changes a node's state.
+    SetNodeState {
+        /// The node.
+        node: NodeId,
+        /// Its new state.
+        state: NodeState,
+    },
+    /// Creates a data group with the given members.
+    CreateGroup(GroupInfo),
+    /// Records a group's membership after a Raft conf change.
+    SetGroupMembers(GroupInfo),
+    /// Moves vshards `first..=last` to `group`.
+    AssignVShards {
+        /// First vshard moved.
+        first: u32,
+        /// Last vshard moved.
+        last: u32,
+        /// The new owner.
+        group: GroupId,
+    },
+}
+
+/// What an applied catalog change means for one node's local storage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// This node now holds a replica of the group: create its storage.
+    OpenGroup(GroupInfo),
+}
+
+impl Catalog {
+    /// A fresh catalog: `nodes` all active, group 0 on every node (up to
+    /// `replicas` of them), `data_groups` groups with `replicas` replicas
+    /// each placed round-robin, and the vshards spread evenly over them.
+    pub fn bootstrap(
+        cluster_id: u64,
+        vshard_count: u32,
+        nodes: &[(NodeId, String)],
+        data_groups: u64,
+        replicas: usize,
+    ) -> Result<Catalog> {
+        if nodes.is_empty() || vshard_count == 0 || data_groups == 0 {
+            return Err(Error::Invalid(
+                "a catalog needs at least one node, one vshard and one data group".into(),
+            ));
+        }
+        if data_groups > u64::from(vshard_count) {
+            return Err(Error::Invalid(format!(
+                "{data_groups} data groups cannot share {vshard_count} vshards"
+            )));
+        }
+        let ids: Vec<NodeId> = nodes.iter().map(|(id, _)| *id).collect();
+        let replicas = replicas.clamp(1, ids.len());
+        let mut groups = BTreeMap::new();
+        groups.insert(
+            CATALOG_GROUP,
+            GroupInfo {
+                id: CATALOG_GROUP,
+                voters: ids[..replicas].to_vec(),
+                learners: vec![],
+            },
+        );
+        for g in 1..=data_groups {
+            let voters = (0..replicas)
+                .map(|r| ids[((g as usize - 1) + r) % ids.len()])
+                .collect();
+            groups.insert(
+                GroupId(g),
+                GroupInfo {
+                    id: GroupId(g),
+                    voters,
+                    learners: vec![],
+                },
+            );
+        }
+        let vshards = (0..u64::from(vshard_count))
+            .map(|v| GroupId(1 + v * data_groups / u64::from(vshard_count)))
+            .collect();
+        let nodes = nodes
+            .iter()
+            .map(|(id, addr)| {
+                let info = NodeInfo {
+                    id: *id,
+                    addr: addr.clone(),
+                    spki_sha256: vec![],
+                    state: NodeState::Active,
+                };
+                (*id, info)
+            })
+            .collect();
+        Ok(Catalog {
+            cluster_id,
+            vshard_count,
+            epoch: 1,
+            nodes,
+            groups,
+            vshards,
+        })
+    }
+
+    /// The group that owns `key`.
+    pub fn group_of(&self, key: &[u8]) -> GroupId {
+        let v = vshard_of(key, self.vshard_count);
+        self.vshards[v.0 as usize]
+    }
+
+    /// The groups `node` holds a replica of.
+    pub fn groups_of(&self, node: NodeId) -> impl Iterator<Item = &GroupInfo> {
+        self.groups.values().filter(move |g| g.has_replica(node))
+    }
+
+    /// Applies a committed change. Pure: the same catalog and command give
+    /// the same result everywhere; `local` only selects which effects are
+    /// returned. A command that does not fit the catalog is rejected without
+    /// changing anything (every replica rejects it alike).
+    pub fn apply(&mut self, cmd: &CatalogCommand, local: NodeId) -> Result<Vec<Effect>> {
+        let mut effects = Vec::new();
+        match cmd {
+            CatalogCommand::UpsertNode(info) => {
+                self.nodes.insert(info.id, info.clone());
+            }
+            CatalogCommand::SetNodeState { node, state } => {
+                let info = self
+                    .nodes
+                    .get_mut(node)
+                    .ok_or_else(|| Error::Invalid(format!("unknown node {node}")))?;
+                info.state = *state;
+            }
+            CatalogCommand::CreateGroup(info) => {
+                if self.groups.contains_key(&info.id) {
+                    return Err(Error::Invalid(format!("{} already exists", info.id)));
+                }
+                self.check_members(info)?;
+                self.groups.insert(info.id, info.clone());
+                if info.has_replica(local) {
+                    effects.push(Effect::OpenGroup(info.clone()));
+                }
+            }
+            CatalogCommand::SetGroupMembers(info) => {
+                self.check_members(info)?;
+                let old = self
+                    .groups
+                    .insert(info.id, info.clone())
+                    .ok_or_else(|| Error::Invalid(format!("unknown group {}", info.id)))?;
+                if info.has_replica(local) && !old.has_replica(local) {
+                    effects.push(Effect::OpenGroup(info.clone()));
+                }
+            }
+            CatalogCommand::AssignVShards { first, last, group } => {
+                if first > last || *last >= self.vshard_count {
+                    return Err(Error::Invalid(format!("bad vshard range {first}..={last}")));
+                }
+                if !self.groups.contains_key(group) || *group == CATALOG_GROUP {
+                    return Err(Error::Invalid(format!("{group} cannot own vshards")));
+                }
+                for v in *first..=*last {
+                    self.vshards[v as usize] = *group;
+                }
+            }
+        }
+        self.epoch += 1;
+        Ok(effects)
+    }
+
+    fn check_members(&self, info: &GroupInfo) -> Result<()> {
+        if info.voters.is_empty() {
+            return Err(Error::Invalid(format!("{} needs a voter", info.id)));
+        }
+        for n in info.voters.iter().chain(&info.learners) {
+            if !self.nodes.contains_key(n) {
+                return Err(Error::Invalid(format!(
+                    "{} names unknown node {n}",
+                    info.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The vshard of `key` under this catalog.
+    pub fn vshard(&self, key: &[u8]) -> VShard {
+        vshard_of(key, self.vshard_count)
+    }
+}
+
+#[cfg(test)]
+mod tests;

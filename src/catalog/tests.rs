@@ -1,0 +1,91 @@
+use super::*;
+
+fn three() -> Vec<(NodeId, String)> {
+    (1..=3)
+        .map(|i| (NodeId(i), format!("127.0.0.1:{}", 7000 + i)))
+        .collect()
+}
+
+#[test]
+fn bootstrap_spreads_groups_and_vshards_evenly() {
+    let c = Catalog::bootstrap(42, 1024, &three(), 32, 3).unwrap();
+    assert_eq!(c.groups.len(), 33);
+    assert!(c.groups.values().all(|g| g.voters.len() == 3));
+    let mut per_group = BTreeMap::new();
+    for g in &c.vshards {
+        *per_group.entry(*g).or_insert(0) += 1;
+    }
+    assert_eq!(per_group.len(), 32);
+    assert!(per_group.values().all(|&n| n == 32), "{per_group:?}");
+}
+
+#[test]
+fn vshard_hash_is_stable_and_in_range() {
+    // The hash decides on-disk placement: pin a few values.
+    assert_eq!(vshard_of(b"", 1024), vshard_of(b"", 1024));
+    for i in 0..1000u32 {
+        assert!(vshard_of(&i.to_be_bytes(), 1024).0 < 1024);
+    }
+    assert_eq!(
+        vshard_of(b"flotilla", 1024).0 as u64,
+        xxhash_rust::xxh3::xxh3_64(b"flotilla") % 1024
+    );
+}
+
+#[test]
+fn creating_a_group_opens_it_only_on_its_members() {
+    let mut c = Catalog::bootstrap(1, 64, &three(), 4, 3).unwrap();
+    let info = GroupInfo {
+        id: GroupId(9),
+        voters: vec![NodeId(1), NodeId(2)],
+        learners: vec![],
+    };
+    let epoch = c.epoch;
+    let mut other = c.clone();
+    let fx = c
+        .apply(&CatalogCommand::CreateGroup(info.clone()), NodeId(1))
+        .unwrap();
+    assert_eq!(fx, vec![Effect::OpenGroup(info.clone())]);
+    assert!(other
+        .apply(&CatalogCommand::CreateGroup(info), NodeId(3))
+        .unwrap()
+        .is_empty());
+    assert_eq!(c, other, "the catalog itself is the same everywhere");
+    assert_eq!(c.epoch, epoch + 1);
+}
+
+#[test]
+fn invalid_commands_change_nothing() {
+    let mut c = Catalog::bootstrap(1, 64, &three(), 4, 3).unwrap();
+    let before = c.clone();
+    let bad = [
+        CatalogCommand::CreateGroup(GroupInfo {
+            id: GroupId(1),
+            voters: vec![NodeId(1)],
+            learners: vec![],
+        }),
+        CatalogCommand::CreateGroup(GroupInfo {
+            id: GroupId(8),
+            voters: vec![NodeId(99)],
+            learners: vec![],
+        }),
+        CatalogCommand::AssignVShards {
+            first: 0,
+            last: 64,
+            group: GroupId(1),
+        },
+        CatalogCommand::AssignVShards {
+            first: 0,
+            last: 1,
+            group: CATALOG_GROUP,
+        },
+        CatalogCommand::SetNodeState {
+            node: NodeId(7),
+            state: NodeState::Removed,
+        },
+    ];
+    for cmd in bad {
+        assert!(c.apply(&cmd, NodeId(1)).is_err(), "{cmd:?}");
+        assert_eq!(c, before);
+    }
+}

@@ -1,0 +1,133 @@
+//! The one error type of the crate, classified by what the caller must do.
+//!
+//! Every variant answers the question an operator or a client library asks
+//! first: *should I retry, go elsewhere, or give up?* [`Error::action`] gives
+//! that answer; the message gives the detail.
+
+use crate::types::{GroupId, NodeId};
+
+/// What a caller should do with an [`Error`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Try the same request again later, at the same place.
+    Retry,
+    /// Send the request to another node (the error names it when known).
+    Redirect,
+    /// Do not retry: the request or the local state is wrong.
+    Fail,
+}
+
+/// Every error Flotilla's library code returns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// This node does not lead the group; `leader` is the current hint, if any.
+    #[error("not the leader of {group}; leader hint: {leader:?}")]
+    NotLeader {
+        /// The group the request was for.
+        group: GroupId,
+        /// The node believed to lead it, when known.
+        leader: Option<NodeId>,
+    },
+    /// The proposal left this node but its fate is unknown (leadership moved,
+    /// or it timed out). Retrying with the same client id and sequence is safe:
+    /// the session table applies it at most once.
+    #[error("outcome of the proposal to {group} is unknown: {reason}")]
+    ProposalLost {
+        /// The group the proposal was for.
+        group: GroupId,
+        /// Why it was given up on.
+        reason: &'static str,
+    },
+    /// A linearizable read could not be confirmed in time.
+    #[error("read on {group} could not be confirmed: {reason}")]
+    ReadUnconfirmed {
+        /// The group the read was for.
+        group: GroupId,
+        /// Why it was given up on.
+        reason: &'static str,
+    },
+    /// This node holds no replica of the group.
+    #[error("{0} has no replica on this node")]
+    UnknownGroup(GroupId),
+    /// The key is longer than the configured limit.
+    #[error("key of {len} bytes exceeds the limit of {max} bytes")]
+    KeyTooLarge {
+        /// The key's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The value is longer than the configured limit.
+    #[error("value of {len} bytes exceeds the limit of {max} bytes")]
+    ValueTooLarge {
+        /// The value's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A retried command whose recorded result was already discarded because
+    /// the client acknowledged it.
+    #[error("client {client} sequence {seq} is older than its session floor {floor}")]
+    SessionExpired {
+        /// Client id.
+        client: u64,
+        /// The sequence number retried.
+        seq: u64,
+        /// The lowest sequence still remembered.
+        floor: u64,
+    },
+    /// Bytes read from disk or a peer did not decode.
+    #[error("corrupt {what}: {detail}")]
+    Corrupt {
+        /// What was being decoded.
+        what: &'static str,
+        /// The decoder's complaint.
+        detail: String,
+    },
+    /// The storage engine failed.
+    #[error("storage: {0}")]
+    Storage(#[from] redb::Error),
+    /// Raft refused an operation.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// A request that is malformed in a way no retry can fix.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// What the caller should do about this error.
+    pub fn action(&self) -> Action {
+        match self {
+            Error::NotLeader { .. } | Error::UnknownGroup(_) => Action::Redirect,
+            Error::ProposalLost { .. } | Error::ReadUnconfirmed { .. } => Action::Retry,
+            Error::KeyTooLarge { .. }
+            | Error::ValueTooLarge { .. }
+            | Error::SessionExpired { .. }
+            | Error::Corrupt { .. }
+            | Error::Storage(_)
+            | Error::Raft(_)
+            | Error::Invalid(_) => Action::Fail,
+        }
+    }
+}
+
+macro_rules! from_redb {
+    ($($ty:ty),*) => {$(
+        impl From<$ty> for Error {
+            fn from(e: $ty) -> Self {
+                Error::Storage(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Shorthand for results carrying [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,73 @@
+//! Size limits checked before a command is proposed.
+
+use super::Op;
+use crate::error::{Error, Result};
+
+/// Default maximum key length: 4 KiB keeps keys cheap to hash, route and
+/// index while fitting any realistic composite key.
+pub const MAX_KEY_BYTES: usize = 4 * 1024;
+/// Default maximum value length: 1 MiB keeps a single entry well below the
+/// transport's frame limit and a round's write batch small.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// Limits on what a client may write.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Longest key accepted, in bytes.
+    pub max_key: usize,
+    /// Longest value accepted, in bytes.
+    pub max_value: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key: MAX_KEY_BYTES,
+            max_value: MAX_VALUE_BYTES,
+        }
+    }
+}
+
+impl Limits {
+    /// Rejects an empty or oversize key.
+    pub fn check_key(&self, key: &[u8]) -> Result<()> {
+        if key.is_empty() {
+            return Err(Error::Invalid("empty key".into()));
+        }
+        if key.len() > self.max_key {
+            return Err(Error::KeyTooLarge {
+                len: key.len(),
+                max: self.max_key,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<()> {
+        if value.len() > self.max_value {
+            return Err(Error::ValueTooLarge {
+                len: value.len(),
+                max: self.max_value,
+            });
+        }
+        Ok(())
+    }
+
+    /// Rejects an operation whose key or values exceed the limits.
+    pub fn check(&self, op: &Op) -> Result<()> {
+        self.check_key(op.key())?;
+        match op {
+            Op::Put { value, .. } => self.check_value(value),
+            Op::Delete { .. } => Ok(()),
+            Op::Cas { expected, new, .. } => {
+                if let Some(v) = expected {
+                    self.check_value(v)?;
+                }
+                if let Some(v) = new {
+                    self.check_value(v)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+use super::*;
+
+fn cmd(client: u64, seq: u64, op: Op) -> Command {
+    Command {
+        client,
+        seq,
+        ack_below: 0,
+        op,
+    }
+}
+
+fn put(k: &str, v: &str) -> Op {
+    Op::Put {
+        key: k.into(),
+        value: v.into(),
+    }
+}
+
+fn cas(k: &str, expected: Option<&str>, new: Option<&str>) -> Op {
+    Op::Cas {
+        key: k.into(),
+        expected: expected.map(Into::into),
+        new: new.map(Into::into),
+    }
+}
+
+#[test]
+fn cas_table() {
+    // (stored value before, expected, new) -> (swapped, stored value after)
+    let cases: &[(Option<&str>, Option<&str>, Option<&str>, bool, Option<&str>)] = &[
+        (None, None, Some("a"), true, Some("a")),
+        (None, Some("a"), Some("b"), false, None),
+        (Some("a"), Some("a"), Some("b"), true, Some("b")),
+        (Some("a"), Some("x"), Some("b"), false, Some("a")),
+        (Some("a"), None, Some("b"), false, Some("a")),
+        (Some("a"), Some("a"), None, true, None),
+    ];
+    for &(before, expected, new, swapped, after) in cases {
+        let mut s = MapStore::default();
+        if let Some(b) = before {
+            s.put(b"k", b.as_bytes()).unwrap();
+        }
+        let r = apply(&mut s, &cmd(0, 0, cas("k", expected, new))).unwrap();
+        assert_eq!(
+            r,
+            Response::Cas {
+                swapped,
+                current: before.map(Into::into)
+            },
+            "case {before:?} {expected:?} {new:?}"
+        );
+        assert_eq!(s.get(b"k").unwrap(), after.map(|a| a.as_bytes().to_vec()));
+    }
+}
+
+#[test]
+fn same_client_and_sequence_applies_once_and_replays_the_first_result() {
+    let mut s = MapStore::default();
+    let first = apply(&mut s, &cmd(9, 1, cas("k", None, Some("1")))).unwrap();
+    assert_eq!(
+        first,
+        Response::Cas {
+            swapped: true,
+            current: None
+        }
+    );
+    // Someone else changes the key; the retry must not re-evaluate.
+    apply(&mut s, &cmd(0, 0, put("k", "other"))).unwrap();
+    let retry = apply(&mut s, &cmd(9, 1, cas("k", None, Some("1")))).unwrap();
+    assert_eq!(retry, first);
+    assert_eq!(s.get(b"k").unwrap(), Some(b"other".to_vec()));
+}
+
+#[test]
+fn acknowledged_sequences_are_trimmed_and_then_refused() {
+    let mut s = MapStore::default();
+    for seq in 1..=5 {
+        apply(&mut s, &cmd(3, seq, put("k", "v"))).unwrap();
+    }
+    let mut c = cmd(3, 6, put("k", "v"));
+    c.ack_below = 5;
+    apply(&mut s, &c).unwrap();
+    assert_eq!(s.session_floor(3).unwrap(), 5);
+    assert_eq!(s.sessions.len(), 2, "only seqs 5 and 6 remain");
+    let err = apply(&mut s, &cmd(3, 2, put("k", "v"))).unwrap_err();
+    assert!(matches!(
+        err,
+        Error::SessionExpired {
+            client: 3,
+            seq: 2,
+            floor: 5
+        }
+    ));
+}
+
+#[test]
+fn limits_reject_oversize_keys_and_values() {
+    let l = Limits {
+        max_key: 4,
+        max_value: 8,
+    };
+    assert!(l.check(&put("abcd", "12345678")).is_ok());
+    assert!(matches!(
+        l.check(&put("abcde", "")),
+        Err(Error::KeyTooLarge { len: 5, max: 4 })
+    ));
+    assert!(matches!(
+        l.check(&put("a", "123456789")),
+        Err(Error::ValueTooLarge { len: 9, max: 8 })
+    ));
+    assert!(matches!(
+        l.check(&cas("a", Some("123456789"), None)),
+        Err(Error::ValueTooLarge { .. })
+    ));
+    assert!(matches!(l.check(&put("", "v")), Err(Error::Invalid(_))));
+}

@@ -1,0 +1,55 @@
+//! # Flotilla
+//!
+//! A sharded, replicated key-value store. Keys hash onto a fixed set of
+//! virtual shards (vshards); vshards map onto many Raft groups; every group
+//! of a node shares one redb database and, between nodes, one connection per
+//! peer.
+//!
+//! ## The path of a write
+//!
+//! 1. The client hashes the key to its vshard (`xxh3_64(key) % vshards`) and
+//!    looks up the owning group in the routing table taken from the catalog
+//!    ([`catalog`]), then sends the command to that group's leader. A node
+//!    that does not lead the group answers with a typed
+//!    [`Error::NotLeader`] naming the leader it knows.
+//! 2. The leader's [`multiraft::Driver`], the single owner of every Raft
+//!    group on the node, proposes the command. In its next round it collects
+//!    the Ready of every busy group and writes all their new entries and hard
+//!    states, plus the KV rows of entries that committed, in **one** redb
+//!    transaction ([`storage`]): one fsync per round for all groups.
+//! 3. Messages for each peer leave batched together. Once a quorum has the
+//!    entry, it commits; the [`kv`] state machine applies it on every
+//!    replica, deduplicating retries by client session, and the leader
+//!    answers.
+//!
+//! Reads are linearizable: the driver batches the reads of each group into
+//! one ReadIndex round trip and serves them once the group has applied up
+//! to the confirmed index.
+//!
+//! ## Modules
+//!
+//! - [`types`]: id newtypes; [`error`]: one error enum, classified by what
+//!   the caller must do.
+//! - [`storage`]: redb schema, the raft-rs `Storage` of each group, the
+//!   round's write transaction.
+//! - [`multiraft`]: the driver.
+//! - [`kv`]: the deterministic KV state machine.
+//! - [`catalog`]: group 0's state machine and routing.
+//! - [`wire`]: rkyv encodings with validation.
+//! - [`sim`]: a deterministic in-process cluster for tests and the demo.
+//!
+//! Protocol code (multiraft, kv, catalog) reads no clock and no OS
+//! randomness: time arrives as ticks and randomness as a seed, which is what
+//! lets [`sim`] replay any run from its seed.
+
+pub mod catalog;
+pub mod demo;
+pub mod error;
+pub mod kv;
+pub mod multiraft;
+pub mod sim;
+pub mod storage;
+pub mod types;
+pub mod wire;
+
+pub use error::{Action, Error, Result};

@@ -1,0 +1,465 @@
+//! The multi-raft driver: the one owner of every Raft group on a node.
+//!
+//! A node runs hundreds of Raft groups. Running each as its own task would
+//! mean one fsync and one network write per group per step; instead one
+//! [`Driver`] owns every `RawNode` and advances them together in *rounds*.
+//! A round collects the `Ready` of every group with work and handles them in
+//! the order raft-rs documents, with the disk work of all groups merged:
+//!
+//! 1. queued linearizable reads become one `read_index` per group;
+//! 2. for each busy group: messages that need no local persistence go to
+//!    the outbox; a received snapshot is installed; committed entries are
+//!    applied; new entries and the hard state are staged; the ready is
+//!    released with `advance_append_async`;
+//! 3. **one** redb commit makes all of it durable (one fsync per round);
+//! 4. each group learns its ready persisted (`on_persist_ready`), messages
+//!    that had to wait for persistence join the outbox, proposals and reads
+//!    whose entries applied are answered.
+//!
+//! The driver does no networking and reads no clock: time arrives through
+//! [`Driver::tick`], peers' messages through [`Driver::step`], and messages
+//! leave in [`RoundOutput::outbound`], batched per destination node. Disk is
+//! the [`Engine`], which can sit on any redb backend. The caller drives it:
+//! `tick`/`step`/`propose`/`read` in any order, then `round`, repeatedly.
+//! Groups live in ordered maps so that a run is a function of its inputs.
+//!
+//! Left out for now: snapshots travel as one message (no chunking), and a
+//! message for a group this node does not have is dropped, not used as a
+//! hint that the catalog moved on.
+
+mod apply;
+mod config;
+mod round;
+
+pub use config::{DriverConfig, ELECTION_TICKS, HEARTBEAT_TICKS};
+
+use std::collections::BTreeMap;
+
+use raft::eraftpb::{ConfChangeV2, Message};
+use raft::{RawNode, StateRole};
+
+use crate::catalog::{Catalog, CatalogCommand};
+use crate::error::{Error, Result};
+use crate::kv::{Command, Response};
+use crate::storage::{Engine, GroupStorage};
+use crate::types::{GroupId, NodeId};
+use crate::wire;
+
+/// A caller-chosen handle that comes back with the answer to a request.
+pub type Token = u64;
+
+/// A Raft message of one group.
+#[derive(Clone, Debug)]
+pub struct GroupMessage {
+    /// The group it belongs to.
+    pub group: GroupId,
+    /// The raft-rs message.
+    pub msg: Message,
+}
+
+/// What a normal Raft entry carries.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum Proposal {
+    /// A KV command, for a data group.
+    Kv(Command),
+    /// A catalog change, for group 0.
+    Catalog(CatalogCommand),
+}
+
+/// The successful answer to a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// A KV command applied (or a read served).
+    Kv(Response),
+    /// A catalog change applied.
+    Catalog,
+    /// A membership change applied.
+    ConfChanged,
+}
+
+/// The answer to one request.
+#[derive(Debug)]
+pub struct Completion {
+    /// The token the request was made with.
+    pub token: Token,
+    /// What happened.
+    pub result: Result<Reply>,
+}
+
+/// One applied entry, reported when `trace_applies` is on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The group.
+    pub group: GroupId,
+    /// The entry's index.
+    pub index: u64,
+    /// The command's client and sequence, when it was a KV command.
+    pub command: Option<Command>,
+    /// Its outcome (the response, or the error's text).
+    pub outcome: Result<Response, String>,
+}
+
+/// Everything a round produced for the caller to act on.
+#[derive(Debug, Default)]
+pub struct RoundOutput {
+    /// Messages to send, batched per destination node.
+    pub outbound: BTreeMap<NodeId, Vec<GroupMessage>>,
+    /// Answers to requests.
+    pub completions: Vec<Completion>,
+    /// Applied entries (only with `trace_applies`).
+    pub applied: Vec<Applied>,
+    /// Whether the round committed a write transaction.
+    pub committed: bool,
+}
+
+/// A proposal waiting for its entry to apply.
+struct PendingProposal {
+    token: Token,
+    /// The leader term it was proposed in; a new term means it may be lost.
+    term: u64,
+    deadline: u64,
+}
+
+/// A read waiting for its turn.
+struct PendingRead {
+    token: Token,
+    key: Vec<u8>,
+    deadline: u64,
+}
+
+/// One group on this node.
+struct Group {
+    node: RawNode<GroupStorage>,
+    /// Proposals of this node awaiting apply, by proposal id.
+    proposals: BTreeMap<u64, PendingProposal>,
+    /// Reads queued since the last round.
+    reads: Vec<PendingRead>,
+}
+
+/// The state of one group on this node, for status displays.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// The group.
+    pub group: GroupId,
+    /// This replica's role.
+    pub role: StateRole,
+    /// Current term.
+    pub term: u64,
+    /// The leader this replica knows of.
+    pub leader: Option<NodeId>,
+    /// Commit index.
+    pub commit: u64,
+    /// Apply index.
+    pub applied: u64,
+    /// Last log index.
+    pub last_index: u64,
+    /// First index still in the log.
+    pub first_index: u64,
+}
+
+/// The multi-raft driver of one node. See the module documentation.
+pub struct Driver {
+    id: NodeId,
+    cfg: DriverConfig,
+    engine: Engine,
+    logger: slog::Logger,
+    groups: BTreeMap<GroupId, Group>,
+    catalog: Catalog,
+    /// Ticks since the driver opened.
+    now: u64,
+    next_proposal: u64,
+    next_read_batch: u64,
+    /// Read batches sent to raft as one `read_index`, awaiting a ReadState.
+    read_batches: BTreeMap<u64, (GroupId, Vec<PendingRead>)>,
+    /// Confirmed reads awaiting apply of their read index.
+    reads_ready: Vec<(GroupId, u64, Vec<PendingRead>)>,
+    /// Answers produced outside a round (timeouts), delivered with the next.
+    early: Vec<Completion>,
+}
+
+fn proposal_context(node: NodeId, id: u64) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(16);
+    ctx.extend_from_slice(&node.0.to_le_bytes());
+    ctx.extend_from_slice(&id.to_le_bytes());
+    ctx
+}
+
+/// The proposal id in an entry's context, if this node proposed it.
+fn own_proposal(node: NodeId, ctx: &[u8]) -> Option<u64> {
+    let (n, id) = ctx.split_at_checked(8)?;
+    let n = u64::from_le_bytes(n.try_into().ok()?);
+    let id = u64::from_le_bytes(id.try_into().ok()?);
+    (n == node.0).then_some(id)
+}
+
+fn raft_logger() -> slog::Logger {
+    slog::Logger::root(tracing_slog::TracingSlogDrain, slog::o!())
+}
+
+impl Driver {
+    /// Opens the driver of a bootstrapped node: every group is rebuilt from
+    /// its persisted log, hard state and apply index before any message is
+    /// handled.
+    pub fn open(engine: Engine, cfg: DriverConfig) -> Result<Driver> {
+        let id = engine
+            .node_id()?
+            .ok_or_else(|| Error::Invalid("the node has not been bootstrapped".into()))?;
+        let catalog = engine
+            .catalog()?
+            .ok_or_else(|| Error::Invalid("the node has no catalog".into()))?;
+        let logger = raft_logger();
+        let mut groups = BTreeMap::new();
+        for store in engine.load_groups()? {
+            let gid = store.group;
+            groups.insert(gid, Group::new(id, &cfg, store, &logger)?);
+        }
+        tracing::debug!(node_id = id.0, groups = groups.len(), "driver opened");
+        Ok(Driver {
+            id,
+            cfg,
+            engine,
+            logger,
+            groups,
+            catalog,
+            now: 0,
+            next_proposal: 1,
+            next_read_batch: 1,
+            read_batches: BTreeMap::new(),
+            reads_ready: Vec::new(),
+            early: Vec::new(),
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The catalog as of group 0's last applied entry.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The storage engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The groups this node holds.
+    pub fn group_ids(&self) -> impl Iterator<Item = GroupId> + '_ {
+        self.groups.keys().copied()
+    }
+
+    /// The state of one group.
+    pub fn status(&self, group: GroupId) -> Option<GroupStatus> {
+        let g = self.groups.get(&group)?;
+        let r = &g.node.raft;
+        let store = g.node.store();
+        Some(GroupStatus {
+            group,
+            role: r.state,
+            term: r.term,
+            leader: (r.leader_id != 0).then_some(NodeId(r.leader_id)),
+            commit: r.raft_log.committed,
+            applied: store.applied,
+            last_index: store.last_index_(),
+            first_index: store.snap_index + 1,
+        })
+    }
+
+    /// The leader of `group` as this node knows it.
+    pub fn leader_of(&self, group: GroupId) -> Option<NodeId> {
+        self.status(group).and_then(|s| s.leader)
+    }
+
+    /// Advances logical time by one tick for every group, and gives up on
+    /// requests past their deadline.
+    pub fn tick(&mut self) {
+        self.now += 1;
+        let now = self.now;
+        for (gid, g) in &mut self.groups {
+            g.node.tick();
+            g.proposals.retain(|_, p| {
+                let keep = p.deadline > now;
+                if !keep {
+                    self.early.push(Completion {
+                        token: p.token,
+                        result: Err(Error::ProposalLost {
+                            group: *gid,
+                            reason: "timed out",
+                        }),
+                    });
+                }
+                keep
+            });
+        }
+        let early = &mut self.early;
+        let mut expire = |group: GroupId, reads: &mut Vec<PendingRead>| {
+            reads.retain(|r| {
+                let keep = r.deadline > now;
+                if !keep {
+                    early.push(Completion {
+                        token: r.token,
+                        result: Err(Error::ReadUnconfirmed {
+                            group,
+                            reason: "timed out",
+                        }),
+                    });
+                }
+                keep
+            });
+        };
+        for (group, reads) in self.read_batches.values_mut() {
+            expire(*group, reads);
+        }
+        self.read_batches.retain(|_, (_, reads)| !reads.is_empty());
+    }
+
+    /// Hands the driver messages a peer sent. Messages for groups this node
+    /// does not hold are dropped.
+    pub fn step(&mut self, msgs: impl IntoIterator<Item = GroupMessage>) {
+        for GroupMessage { group, msg } in msgs {
+            match self.groups.get_mut(&group) {
+                Some(g) => {
+                    if let Err(e) = g.node.step(msg) {
+                        tracing::debug!(node_id = self.id.0, group_id = group.0, error = %e, "step refused");
+                    }
+                }
+                None => {
+                    tracing::debug!(
+                        node_id = self.id.0,
+                        group_id = group.0,
+                        "message for unknown group dropped"
+                    );
+                }
+            }
+        }
+    }
+
+    fn leader_group(&mut self, group: GroupId) -> Result<&mut Group> {
+        let g = self
+            .groups
+            .get_mut(&group)
+            .ok_or(Error::UnknownGroup(group))?;
+        if g.node.raft.state != StateRole::Leader {
+            let l = g.node.raft.leader_id;
+            return Err(Error::NotLeader {
+                group,
+                leader: (l != 0).then_some(NodeId(l)),
+            });
+        }
+        Ok(g)
+    }
+
+    /// Proposes a command to `group`. `Ok` means the answer will come in a
+    /// later round's completions under `token`; an error means nothing was
+    /// proposed.
+    pub fn propose(&mut self, token: Token, group: GroupId, proposal: &Proposal) -> Result<()> {
+        if let Proposal::Kv(cmd) = proposal {
+            self.cfg.limits.check(&cmd.op)?;
+        }
+        let data = wire::encode(proposal);
+        let id = self.next_proposal;
+        let deadline = self.now + self.cfg.proposal_timeout_ticks;
+        let me = self.id;
+        let g = self.leader_group(group)?;
+        let term = g.node.raft.term;
+        g.node
+            .propose(proposal_context(me, id), data)
+            .map_err(|e| match e {
+                raft::Error::ProposalDropped => Error::NotLeader {
+                    group,
+                    leader: None,
+                },
+                e => Error::Raft(e),
+            })?;
+        g.proposals.insert(
+            id,
+            PendingProposal {
+                token,
+                term,
+                deadline,
+            },
+        );
+        self.next_proposal += 1;
+        Ok(())
+    }
+
+    /// Proposes a membership change to `group`.
+    pub fn propose_conf_change(
+        &mut self,
+        token: Token,
+        group: GroupId,
+        cc: ConfChangeV2,
+    ) -> Result<()> {
+        let id = self.next_proposal;
+        let deadline = self.now + self.cfg.proposal_timeout_ticks;
+        let me = self.id;
+        let g = self.leader_group(group)?;
+        let term = g.node.raft.term;
+        g.node.propose_conf_change(proposal_context(me, id), cc)?;
+        g.proposals.insert(
+            id,
+            PendingProposal {
+                token,
+                term,
+                deadline,
+            },
+        );
+        self.next_proposal += 1;
+        Ok(())
+    }
+
+    /// Queues a linearizable read of `key` in `group`. Reads queued before a
+    /// round share one ReadIndex round trip per group.
+    pub fn read(&mut self, token: Token, group: GroupId, key: &[u8]) -> Result<()> {
+        self.cfg.limits.check_key(key)?;
+        let deadline = self.now + self.cfg.read_timeout_ticks;
+        let g = self.leader_group(group)?;
+        g.reads.push(PendingRead {
+            token,
+            key: key.to_vec(),
+            deadline,
+        });
+        Ok(())
+    }
+
+    /// Asks the leader of `group` (this node) to hand leadership to `to`.
+    pub fn transfer_leader(&mut self, group: GroupId, to: NodeId) -> Result<()> {
+        let g = self.leader_group(group)?;
+        g.node.transfer_leader(to.0);
+        Ok(())
+    }
+
+    /// Makes this node campaign for `group` now (tests and operators).
+    pub fn campaign(&mut self, group: GroupId) -> Result<()> {
+        let g = self
+            .groups
+            .get_mut(&group)
+            .ok_or(Error::UnknownGroup(group))?;
+        g.node.campaign()?;
+        Ok(())
+    }
+}
+
+impl Group {
+    fn new(
+        id: NodeId,
+        cfg: &DriverConfig,
+        mut store: GroupStorage,
+        logger: &slog::Logger,
+    ) -> Result<Group> {
+        // Applied entries were committed, whatever the last saved commit says.
+        store.hard_state.commit = store.hard_state.commit.max(store.applied);
+        let rc = cfg.raft_config(id, store.group, &store.conf_state.voters, store.applied);
+        let logger = logger.new(slog::o!("group_id" => store.group.0, "node_id" => id.0));
+        Ok(Group {
+            node: RawNode::new(&rc, store, &logger)?,
+            proposals: BTreeMap::new(),
+            reads: Vec::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

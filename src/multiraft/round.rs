@@ -1,0 +1,326 @@
+//! One driver round: the Ready of every busy group, one redb commit.
+
+use std::collections::BTreeMap;
+
+use raft::eraftpb::{Message, Snapshot};
+use raft::StateRole;
+
+use super::apply::{apply_entries, Applier};
+use super::{Completion, Driver, Group, GroupMessage, PendingRead, Reply, RoundOutput};
+use crate::catalog::{Effect, GroupInfo};
+use crate::error::{Error, Result};
+use crate::kv::Response;
+use crate::storage::{RoundWriter, SnapshotData};
+use crate::types::{GroupId, NodeId};
+use crate::wire;
+
+fn push_messages(
+    out: &mut BTreeMap<NodeId, Vec<GroupMessage>>,
+    group: GroupId,
+    msgs: Vec<Message>,
+) {
+    for msg in msgs {
+        out.entry(NodeId(msg.to))
+            .or_default()
+            .push(GroupMessage { group, msg });
+    }
+}
+
+impl Driver {
+    /// Runs one round. See the module documentation for the order of work.
+    /// An error means the disk failed; the node must stop.
+    pub fn round(&mut self) -> Result<RoundOutput> {
+        let mut out = RoundOutput {
+            completions: std::mem::take(&mut self.early),
+            ..Default::default()
+        };
+        self.issue_reads(&mut out);
+
+        let busy: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.node.has_ready())
+            .map(|(id, _)| *id)
+            .collect();
+        if busy.is_empty() {
+            self.serve_reads(&mut out)?;
+            return Ok(out);
+        }
+
+        let round = self.engine.begin_round()?;
+        let mut persisted = Vec::with_capacity(busy.len());
+        let mut effects = Vec::new();
+        let staged = {
+            let mut w = round.writer()?;
+            for gid in &busy {
+                let (number, msgs) = self.handle_ready(*gid, &mut w, &mut out, &mut effects)?;
+                persisted.push((*gid, number, msgs));
+            }
+            self.compact(&mut w)?;
+            for e in &effects {
+                let Effect::OpenGroup(info) = e;
+                self.stage_new_group(&mut w, info)?;
+            }
+            w.entries
+        };
+        round.commit(staged)?;
+        out.committed = true;
+
+        for (gid, number, msgs) in persisted {
+            let g = self.groups.get_mut(&gid).expect("busy group exists");
+            g.node.on_persist_ready(number);
+            let applied = g.node.store().applied;
+            g.node.advance_apply_to(applied);
+            push_messages(&mut out.outbound, gid, msgs);
+        }
+        for e in effects {
+            let Effect::OpenGroup(info) = e;
+            self.open_new_group(&info)?;
+        }
+        self.drop_stale_requests(&mut out);
+        self.serve_reads(&mut out)?;
+        Ok(out)
+    }
+
+    /// Handles one group's Ready up to `advance_append_async`. Returns the
+    /// ready's number and the messages that must wait for the commit.
+    fn handle_ready(
+        &mut self,
+        gid: GroupId,
+        w: &mut RoundWriter<'_>,
+        out: &mut RoundOutput,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(u64, Vec<Message>)> {
+        let me = self.id;
+        let trace = self.cfg.trace_applies;
+        let g = self.groups.get_mut(&gid).expect("busy group exists");
+        let mut rd = g.node.ready();
+        push_messages(&mut out.outbound, gid, rd.take_messages());
+
+        let mut state_dirty = false;
+        if !rd.snapshot().is_empty() {
+            let old_catalog_groups = self.catalog.groups_of(me).map(|i| i.id).collect::<Vec<_>>();
+            install_snapshot(g, w, rd.snapshot(), &mut self.catalog)?;
+            for info in self.catalog.groups_of(me) {
+                if !old_catalog_groups.contains(&info.id) && !self.groups_contains(info.id) {
+                    effects.push(Effect::OpenGroup(info.clone()));
+                }
+            }
+            state_dirty = true;
+        }
+        let g = self.groups.get_mut(&gid).expect("busy group exists");
+
+        let committed = rd.take_committed_entries();
+        if !committed.is_empty() {
+            let mut applier = Applier {
+                me,
+                catalog: &mut self.catalog,
+                effects,
+                completions: &mut out.completions,
+                trace: trace.then_some(&mut out.applied),
+            };
+            state_dirty |= apply_entries(g, w, &committed, &mut applier)?;
+        }
+
+        let entries = rd.take_entries();
+        if !entries.is_empty() {
+            let old_last = g.node.mut_store().append(&entries);
+            w.append(gid, &entries, old_last)?;
+        }
+        if let Some(hs) = rd.hs() {
+            g.node.mut_store().hard_state = hs.clone();
+            state_dirty = true;
+        }
+        if state_dirty {
+            w.put_raft_state(gid, &g.node.store().record())?;
+        }
+        for rs in rd.take_read_states() {
+            if let Some(batch) = read_batch_id(&rs.request_ctx) {
+                if let Some((group, reads)) = self.read_batches.remove(&batch) {
+                    self.reads_ready.push((group, rs.index, reads));
+                }
+            }
+        }
+        let persisted = rd.take_persisted_messages();
+        let number = rd.number();
+        g.node.advance_append_async(rd);
+        Ok((number, persisted))
+    }
+
+    fn groups_contains(&self, id: GroupId) -> bool {
+        self.groups.contains_key(&id)
+    }
+
+    /// Compacts the logs of groups that applied far enough past their
+    /// compaction point.
+    fn compact(&mut self, w: &mut RoundWriter<'_>) -> Result<()> {
+        let limit = self.cfg.log_keep + self.cfg.compact_slack;
+        for (gid, g) in &mut self.groups {
+            let s = g.node.store();
+            if s.applied.saturating_sub(s.snap_index) <= limit {
+                continue;
+            }
+            let from = s.snap_index + 1;
+            let upto = s.applied - self.cfg.log_keep;
+            g.node.mut_store().compact(upto);
+            w.compact(*gid, from, upto)?;
+            w.put_raft_state(*gid, &g.node.store().record())?;
+        }
+        Ok(())
+    }
+
+    /// Writes the initial state of a group a catalog change placed here, in
+    /// the same transaction as the catalog (which the applier staged first).
+    fn stage_new_group(&mut self, w: &mut RoundWriter<'_>, info: &GroupInfo) -> Result<()> {
+        if self.groups.contains_key(&info.id) {
+            return Ok(());
+        }
+        let store = self.engine.new_group(info);
+        w.put_raft_state(info.id, &store.record())
+    }
+
+    fn open_new_group(&mut self, info: &GroupInfo) -> Result<()> {
+        if self.groups.contains_key(&info.id) {
+            return Ok(());
+        }
+        let store = self.engine.new_group(info);
+        let g = Group::new(self.id, &self.cfg, store, &self.logger)?;
+        tracing::info!(node_id = self.id.0, group_id = info.id.0, "group opened");
+        self.groups.insert(info.id, g);
+        Ok(())
+    }
+
+    /// Turns each group's queued reads into one ReadIndex request.
+    fn issue_reads(&mut self, out: &mut RoundOutput) {
+        for (gid, g) in &mut self.groups {
+            if g.reads.is_empty() {
+                continue;
+            }
+            let reads = std::mem::take(&mut g.reads);
+            if g.node.raft.state != StateRole::Leader {
+                fail_reads(out, *gid, reads, leader_hint(g));
+                continue;
+            }
+            let batch = self.next_read_batch;
+            self.next_read_batch += 1;
+            g.node.read_index(batch.to_le_bytes().to_vec());
+            self.read_batches.insert(batch, (*gid, reads));
+        }
+    }
+
+    /// Fails proposals and reads whose leader lost its term.
+    fn drop_stale_requests(&mut self, out: &mut RoundOutput) {
+        for (gid, g) in &mut self.groups {
+            let (role, term) = (g.node.raft.state, g.node.raft.term);
+            g.proposals.retain(|_, p| {
+                let keep = role == StateRole::Leader && p.term == term;
+                if !keep {
+                    out.completions.push(Completion {
+                        token: p.token,
+                        result: Err(Error::ProposalLost {
+                            group: *gid,
+                            reason: "leadership changed",
+                        }),
+                    });
+                }
+                keep
+            });
+        }
+        let groups = &self.groups;
+        let lost = |gid: &GroupId| {
+            groups
+                .get(gid)
+                .is_none_or(|g| g.node.raft.state != StateRole::Leader)
+        };
+        let mut keep = BTreeMap::new();
+        for (id, (gid, reads)) in std::mem::take(&mut self.read_batches) {
+            if lost(&gid) {
+                fail_reads(out, gid, reads, groups.get(&gid).and_then(leader_hint));
+            } else {
+                keep.insert(id, (gid, reads));
+            }
+        }
+        self.read_batches = keep;
+    }
+
+    /// Answers confirmed reads whose read index has been applied.
+    fn serve_reads(&mut self, out: &mut RoundOutput) -> Result<()> {
+        if self.reads_ready.is_empty() {
+            return Ok(());
+        }
+        let groups = &self.groups;
+        let (due, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_ready)
+            .into_iter()
+            .partition(|(gid, index, _)| {
+                groups
+                    .get(gid)
+                    .is_none_or(|g| g.node.store().applied >= *index)
+            });
+        self.reads_ready = wait;
+        let mut keys = Vec::new();
+        let mut tokens = Vec::new();
+        for (gid, _, reads) in &due {
+            for r in reads {
+                keys.push((*gid, r.key.as_slice()));
+                tokens.push(r.token);
+            }
+        }
+        let values = self.engine.get_many(&keys)?;
+        for (token, value) in tokens.into_iter().zip(values) {
+            out.completions.push(Completion {
+                token,
+                result: Ok(Reply::Kv(Response::Value(value))),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn leader_hint(g: &Group) -> Option<NodeId> {
+    let l = g.node.raft.leader_id;
+    (l != 0).then_some(NodeId(l))
+}
+
+fn fail_reads(
+    out: &mut RoundOutput,
+    group: GroupId,
+    reads: Vec<PendingRead>,
+    leader: Option<NodeId>,
+) {
+    for r in reads {
+        out.completions.push(Completion {
+            token: r.token,
+            result: Err(Error::NotLeader { group, leader }),
+        });
+    }
+}
+
+fn read_batch_id(ctx: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(ctx.try_into().ok()?))
+}
+
+/// Replaces a group's state with a snapshot received from its leader.
+fn install_snapshot(
+    g: &mut Group,
+    w: &mut RoundWriter<'_>,
+    snap: &Snapshot,
+    catalog: &mut crate::catalog::Catalog,
+) -> Result<()> {
+    let meta = snap.get_metadata();
+    let data: SnapshotData = wire::decode("snapshot", &snap.data)?;
+    let store = g.node.mut_store();
+    let gid = store.group;
+    let (old_first, old_last) = (store.snap_index + 1, store.last_index_());
+    w.install_snapshot(gid, meta.index, &data, old_first, old_last)?;
+    if let Some(bytes) = &data.catalog {
+        *catalog = wire::decode("catalog", bytes)?;
+    }
+    store.install_snapshot(meta.index, meta.term, meta.get_conf_state().clone());
+    tracing::info!(
+        group_id = gid.0,
+        index = meta.index,
+        rows = data.rows.len(),
+        "snapshot installed"
+    );
+    Ok(())
+}

@@ -1,0 +1,416 @@
+//! A deterministic simulated cluster: N nodes in one process.
+//!
+//! Each node is a real [`Driver`] over a real redb database, kept on a
+//! [`MemDisk`] so that a crash (dropping the driver) loses exactly what no
+//! committed transaction wrote. Between the nodes sits [`Network`], an
+//! in-memory transport that can drop, delay, duplicate, reorder and
+//! partition messages. Time is simulated: each [`Sim::step`] delivers the
+//! messages that are due and runs one round on every live node, and every
+//! `steps_per_tick` steps each node ticks. Every random choice comes from one
+//! seeded generator, so a failing run is replayed by its seed.
+//!
+//! Clients are modelled by [`Sim::submit`] (fire a request, get a token) and
+//! by helpers that retry a request until it is answered, following leader
+//! hints as a real client would.
+
+mod network;
+
+pub use network::{Faults, Network};
+
+use std::collections::BTreeMap;
+
+use raft::StateRole;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::catalog::Catalog;
+use crate::error::{Action, Error, Result};
+use crate::kv::{Command, Op, Response};
+use crate::multiraft::{Applied, Driver, DriverConfig, Proposal, Reply, Token};
+use crate::storage::{Engine, MemDisk};
+use crate::types::{GroupId, NodeId};
+
+/// How to build a simulated cluster.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Number of nodes (ids 1..=nodes).
+    pub nodes: u64,
+    /// Data groups created at bootstrap.
+    pub data_groups: u64,
+    /// Vshard count.
+    pub vshards: u32,
+    /// Replicas per group.
+    pub replicas: usize,
+    /// The seed of the whole run.
+    pub seed: u64,
+    /// Network faults.
+    pub faults: Faults,
+    /// Rounds per tick: messages travel within a tick, as on a real network
+    /// whose round trip is far below the tick interval.
+    pub steps_per_tick: u64,
+    /// Driver settings (the seed is overridden per node from `seed`).
+    pub driver: DriverConfig,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            nodes: 3,
+            data_groups: 32,
+            vshards: 1024,
+            replicas: 3,
+            seed: 1,
+            faults: Faults::default(),
+            steps_per_tick: 4,
+            driver: DriverConfig::default(),
+        }
+    }
+}
+
+/// One simulated node: its disk, and its driver while it is up.
+pub struct SimNode {
+    /// The node's disk; survives crashes.
+    pub disk: MemDisk,
+    /// The running driver, `None` while crashed.
+    pub driver: Option<Driver>,
+    /// Every entry this node applied, over all its lives (with tracing on).
+    pub applied: Vec<Applied>,
+}
+
+/// The simulated cluster.
+pub struct Sim {
+    /// The configuration it was built with.
+    pub cfg: SimConfig,
+    /// Nodes by id.
+    pub nodes: BTreeMap<NodeId, SimNode>,
+    /// The in-memory transport.
+    pub net: Network,
+    /// The run's random generator.
+    pub rng: ChaCha8Rng,
+    /// Steps taken.
+    pub now: u64,
+    /// The bootstrap catalog (for routing).
+    pub catalog: Catalog,
+    /// Answers received, by token.
+    pub completions: BTreeMap<Token, Result<Reply>>,
+    next_token: Token,
+}
+
+impl Sim {
+    /// Builds and bootstraps a cluster; no step has run yet.
+    pub fn new(cfg: SimConfig) -> Result<Sim> {
+        let ids: Vec<(NodeId, String)> = (1..=cfg.nodes)
+            .map(|i| (NodeId(i), format!("sim-{i}")))
+            .collect();
+        let catalog = Catalog::bootstrap(
+            0xF10_7111A ^ cfg.seed,
+            cfg.vshards,
+            &ids,
+            cfg.data_groups,
+            cfg.replicas,
+        )?;
+        let mut nodes = BTreeMap::new();
+        for (id, _) in &ids {
+            let disk = MemDisk::new();
+            Engine::open_backend(disk.clone())?.bootstrap(*id, &catalog)?;
+            nodes.insert(
+                *id,
+                SimNode {
+                    disk,
+                    driver: None,
+                    applied: Vec::new(),
+                },
+            );
+        }
+        let mut sim = Sim {
+            rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+            net: Network::new(cfg.faults.clone()),
+            cfg,
+            nodes,
+            now: 0,
+            catalog,
+            completions: BTreeMap::new(),
+            next_token: 1,
+        };
+        let all: Vec<NodeId> = sim.nodes.keys().copied().collect();
+        for id in all {
+            sim.restart(id)?;
+        }
+        Ok(sim)
+    }
+
+    /// Starts (or restarts) a node from its disk.
+    pub fn restart(&mut self, id: NodeId) -> Result<()> {
+        let mut dcfg = self.cfg.driver.clone();
+        dcfg.seed = self.cfg.seed ^ id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let node = self
+            .nodes
+            .get_mut(&id)
+            .ok_or_else(|| Error::Invalid(format!("no node {id}")))?;
+        assert!(node.driver.is_none(), "{id} is already running");
+        let engine = Engine::open_backend(node.disk.clone())?;
+        node.driver = Some(Driver::open(engine, dcfg)?);
+        Ok(())
+    }
+
+    /// Crashes a node: its driver and everything not committed to its disk
+    /// are gone. Messages in flight to it will be dropped.
+    pub fn crash(&mut self, id: NodeId) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.driver = None;
+        }
+    }
+
+    /// Whether a node is up.
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.driver.is_some())
+    }
+
+    /// The driver of a live node.
+    pub fn driver(&self, id: NodeId) -> Option<&Driver> {
+        self.nodes.get(&id)?.driver.as_ref()
+    }
+
+    /// The driver of a live node, mutably.
+    pub fn driver_mut(&mut self, id: NodeId) -> Option<&mut Driver> {
+        self.nodes.get_mut(&id)?.driver.as_mut()
+    }
+
+    /// All node ids.
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// All group ids, group 0 included.
+    pub fn group_ids(&self) -> Vec<GroupId> {
+        self.catalog.groups.keys().copied().collect()
+    }
+
+    /// One step: deliver due messages, run a round on every live node, and
+    /// tick every `steps_per_tick` steps.
+    pub fn step(&mut self) -> Result<()> {
+        self.now += 1;
+        let tick = self.now % self.cfg.steps_per_tick == 0;
+        for (to, msgs) in self.net.due(self.now) {
+            if let Some(d) = self.nodes.get_mut(&to).and_then(|n| n.driver.as_mut()) {
+                d.step(msgs);
+            }
+        }
+        for (id, node) in &mut self.nodes {
+            let Some(d) = node.driver.as_mut() else {
+                continue;
+            };
+            if tick {
+                d.tick();
+            }
+            let out = d.round()?;
+            node.applied.extend(out.applied);
+            for c in out.completions {
+                self.completions.insert(c.token, c.result);
+            }
+            for (to, msgs) in out.outbound {
+                self.net.send(&mut self.rng, self.now, *id, to, msgs);
+            }
+        }
+        Ok(())
+    }
+
+    /// Steps until `cond` holds, at most `max_steps` times. Returns whether
+    /// it held.
+    pub fn run_until(
+        &mut self,
+        max_steps: u64,
+        mut cond: impl FnMut(&Sim) -> bool,
+    ) -> Result<bool> {
+        for _ in 0..max_steps {
+            if cond(self) {
+                return Ok(true);
+            }
+            self.step()?;
+        }
+        Ok(cond(self))
+    }
+
+    /// Steps `ticks` ticks' worth.
+    pub fn run_ticks(&mut self, ticks: u64) -> Result<()> {
+        for _ in 0..ticks * self.cfg.steps_per_tick {
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    /// The live node that leads `group` in the highest term, if any.
+    pub fn leader(&self, group: GroupId) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter_map(|(id, n)| Some((id, n.driver.as_ref()?.status(group)?)))
+            .filter(|(_, s)| s.role == StateRole::Leader)
+            .max_by_key(|(_, s)| s.term)
+            .map(|(id, _)| *id)
+    }
+
+    /// Whether every group has a live leader.
+    pub fn all_have_leaders(&self) -> bool {
+        self.group_ids()
+            .into_iter()
+            .all(|g| self.leader(g).is_some())
+    }
+
+    fn token(&mut self) -> Token {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    /// Sends a proposal to `node` and returns the token its answer will come
+    /// under (an immediate refusal is recorded as the answer at once).
+    pub fn submit(&mut self, node: NodeId, group: GroupId, p: &Proposal) -> Token {
+        let token = self.token();
+        let r = match self.driver_mut(node) {
+            Some(d) => d.propose(token, group, p),
+            None => Err(Error::ProposalLost {
+                group,
+                reason: "node is down",
+            }),
+        };
+        if let Err(e) = r {
+            self.completions.insert(token, Err(e));
+        }
+        token
+    }
+
+    /// Sends a linearizable read to `node`.
+    pub fn submit_read(&mut self, node: NodeId, group: GroupId, key: &[u8]) -> Token {
+        let token = self.token();
+        let r = match self.driver_mut(node) {
+            Some(d) => d.read(token, group, key),
+            None => Err(Error::ReadUnconfirmed {
+                group,
+                reason: "node is down",
+            }),
+        };
+        if let Err(e) = r {
+            self.completions.insert(token, Err(e));
+        }
+        token
+    }
+
+    /// Where a client would send a request for `group`: the leader hint of
+    /// `hint` if given, else the live leader, else any live node.
+    fn target(&mut self, group: GroupId, hint: Option<NodeId>) -> Option<NodeId> {
+        if let Some(h) = hint.filter(|h| self.is_up(*h)) {
+            return Some(h);
+        }
+        if let Some(l) = self.leader(group) {
+            return Some(l);
+        }
+        let up: Vec<NodeId> = self
+            .node_ids()
+            .into_iter()
+            .filter(|n| self.is_up(*n))
+            .collect();
+        if up.is_empty() {
+            return None;
+        }
+        Some(up[self.rng.random_range(0..up.len())])
+    }
+
+    /// Runs one request to completion as a client would: send to the leader,
+    /// follow hints, retry retryable errors, give up after `max_steps`.
+    fn request(
+        &mut self,
+        group: GroupId,
+        max_steps: u64,
+        mut send: impl FnMut(&mut Sim, NodeId) -> Token,
+    ) -> Result<Reply> {
+        let deadline = self.now + max_steps;
+        let mut hint = None;
+        let mut last_err = Error::ProposalLost {
+            group,
+            reason: "no attempt made",
+        };
+        while self.now < deadline {
+            let Some(node) = self.target(group, hint.take()) else {
+                self.step()?;
+                continue;
+            };
+            let token = send(self, node);
+            let answered =
+                self.run_until(deadline - self.now, |s| s.completions.contains_key(&token))?;
+            if !answered {
+                break;
+            }
+            match self.completions.remove(&token).expect("answered") {
+                Ok(r) => return Ok(r),
+                Err(e) => {
+                    if let Error::NotLeader { leader, .. } = &e {
+                        hint = *leader;
+                    }
+                    if e.action() == Action::Fail {
+                        return Err(e);
+                    }
+                    last_err = e;
+                    // Back off a little before retrying.
+                    for _ in 0..self.cfg.steps_per_tick {
+                        self.step()?;
+                    }
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    /// Applies `op` as client `client` with sequence `seq` (retried with the
+    /// same pair until answered).
+    pub fn write(&mut self, client: u64, seq: u64, op: Op, max_steps: u64) -> Result<Response> {
+        let group = self.catalog.group_of(op.key());
+        let p = Proposal::Kv(Command {
+            client,
+            seq,
+            ack_below: seq,
+            op,
+        });
+        match self.request(group, max_steps, |s, node| s.submit(node, group, &p))? {
+            Reply::Kv(r) => Ok(r),
+            other => Err(Error::Invalid(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// A linearizable read of `key`.
+    pub fn read(&mut self, key: &[u8], max_steps: u64) -> Result<Option<Vec<u8>>> {
+        let group = self.catalog.group_of(key);
+        match self.request(group, max_steps, |s, node| s.submit_read(node, group, key))? {
+            Reply::Kv(Response::Value(v)) => Ok(v),
+            other => Err(Error::Invalid(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Per group, whether every live replica has applied the same index with
+    /// the same state digest.
+    pub fn converged(&self) -> Result<bool> {
+        for g in self.group_ids() {
+            let mut seen = None;
+            for n in self.nodes.values() {
+                let Some(d) = n.driver.as_ref() else { continue };
+                if d.status(g).is_none() {
+                    continue;
+                }
+                let digest = d.engine().group_digest(g)?;
+                if *seen.get_or_insert(digest) != digest {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Steps until every live replica has converged, checking every tick.
+    pub fn run_until_converged(&mut self, max_ticks: u64) -> Result<bool> {
+        for _ in 0..max_ticks {
+            if self.converged()? {
+                return Ok(true);
+            }
+            self.run_ticks(1)?;
+        }
+        self.converged()
+    }
+}

@@ -1,0 +1,222 @@
+//! The write side of one driver round: every table open in one redb write
+//! transaction, shared by all groups that have work.
+//!
+//! The driver stages everything a round produces (new log entries, hard
+//! states, applied KV rows, apply indexes, catalog changes) through a
+//! [`RoundWriter`]; [`Round::commit`] then makes it durable with a single
+//! commit, which is a single fsync whatever the number of groups.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use raft::eraftpb::Entry;
+use redb::{ReadableTable, Table, WriteTransaction};
+
+use super::schema::{
+    RaftStateRecord, SnapshotData, APPLIED, FLOORS, KV, LOG, META, META_CATALOG, RAFT_STATE,
+    SESSIONS,
+};
+use super::Stats;
+use crate::catalog::Catalog;
+use crate::error::{Error, Result};
+use crate::kv::{KvStore, Response};
+use crate::types::GroupId;
+use crate::wire;
+
+/// An open round: one write transaction.
+pub struct Round {
+    txn: WriteTransaction,
+    stats: Arc<Stats>,
+}
+
+impl Round {
+    pub(crate) fn new(txn: WriteTransaction, stats: Arc<Stats>) -> Self {
+        Round { txn, stats }
+    }
+
+    /// Opens the tables for staging writes.
+    pub fn writer(&self) -> Result<RoundWriter<'_>> {
+        Ok(RoundWriter {
+            log: self.txn.open_table(LOG)?,
+            raft: self.txn.open_table(RAFT_STATE)?,
+            applied: self.txn.open_table(APPLIED)?,
+            kv: self.txn.open_table(KV)?,
+            sessions: self.txn.open_table(SESSIONS)?,
+            floors: self.txn.open_table(FLOORS)?,
+            meta: self.txn.open_table(META)?,
+            entries: 0,
+        })
+    }
+
+    /// Commits the round: one durable commit for everything staged.
+    pub fn commit(self, entries: u64) -> Result<()> {
+        self.txn.commit()?;
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .entries_persisted
+            .fetch_add(entries, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Staged writes of one round, for any number of groups.
+pub struct RoundWriter<'t> {
+    log: Table<'t, (u64, u64), &'static [u8]>,
+    raft: Table<'t, u64, &'static [u8]>,
+    applied: Table<'t, u64, u64>,
+    kv: Table<'t, (u64, &'static [u8]), &'static [u8]>,
+    sessions: Table<'t, (u64, u64, u64), &'static [u8]>,
+    floors: Table<'t, (u64, u64), u64>,
+    meta: Table<'t, &'static str, &'static [u8]>,
+    /// Log entries staged so far.
+    pub(crate) entries: u64,
+}
+
+impl<'t> RoundWriter<'t> {
+    /// Stages new log entries; `old_last` is the last index stored before,
+    /// so that a conflicting suffix is removed.
+    pub fn append(&mut self, group: GroupId, new: &[Entry], old_last: u64) -> Result<()> {
+        let Some(first) = new.first() else {
+            return Ok(());
+        };
+        let new_last = new[new.len() - 1].index;
+        // Entries past the new tail that an older leader wrote must go.
+        for idx in first.index..=old_last {
+            if idx > new_last {
+                self.log.remove((group.0, idx))?;
+            }
+        }
+        for e in new {
+            let bytes = e.write_to_bytes().map_err(|err| Error::Corrupt {
+                what: "raft entry encoding",
+                detail: err.to_string(),
+            })?;
+            self.log.insert((group.0, e.index), bytes.as_slice())?;
+        }
+        self.entries += new.len() as u64;
+        Ok(())
+    }
+
+    /// Removes log entries `from..=upto`.
+    pub fn compact(&mut self, group: GroupId, from: u64, upto: u64) -> Result<()> {
+        for idx in from..=upto {
+            self.log.remove((group.0, idx))?;
+        }
+        Ok(())
+    }
+
+    /// Stages a group's raft state record.
+    pub fn put_raft_state(&mut self, group: GroupId, rec: &RaftStateRecord) -> Result<()> {
+        self.raft.insert(group.0, wire::encode(rec).as_slice())?;
+        Ok(())
+    }
+
+    /// Stages a group's apply index.
+    pub fn set_applied(&mut self, group: GroupId, index: u64) -> Result<()> {
+        self.applied.insert(group.0, index)?;
+        Ok(())
+    }
+
+    /// Stages the catalog.
+    pub fn put_catalog(&mut self, catalog: &Catalog) -> Result<()> {
+        self.meta
+            .insert(META_CATALOG, wire::encode(catalog).as_slice())?;
+        Ok(())
+    }
+
+    /// Replaces a group's whole applied state with a snapshot's.
+    pub fn install_snapshot(
+        &mut self,
+        group: GroupId,
+        index: u64,
+        data: &SnapshotData,
+        old_first: u64,
+        old_last: u64,
+    ) -> Result<()> {
+        let g = group.0;
+        self.kv
+            .retain_in((g, &[][..])..(g + 1, &[][..]), |_, _| false)?;
+        self.sessions
+            .retain_in((g, 0, 0)..(g + 1, 0, 0), |_, _| false)?;
+        self.floors.retain_in((g, 0)..(g + 1, 0), |_, _| false)?;
+        if old_first <= old_last {
+            self.compact(group, old_first, old_last)?;
+        }
+        for (k, v) in &data.rows {
+            self.kv.insert((g, k.as_slice()), v.as_slice())?;
+        }
+        for (client, seq, r) in &data.sessions {
+            self.sessions.insert((g, *client, *seq), r.as_slice())?;
+        }
+        for (client, floor) in &data.floors {
+            self.floors.insert((g, *client), *floor)?;
+        }
+        if let Some(c) = &data.catalog {
+            self.meta.insert(META_CATALOG, c.as_slice())?;
+        }
+        self.applied.insert(g, index)?;
+        Ok(())
+    }
+
+    /// A [`KvStore`] over one group's rows in this round.
+    pub fn kv<'w>(&'w mut self, group: GroupId) -> GroupKv<'w, 't> {
+        GroupKv {
+            w: self,
+            g: group.0,
+        }
+    }
+}
+
+/// One group's KV and session rows inside a round.
+pub struct GroupKv<'w, 't> {
+    w: &'w mut RoundWriter<'t>,
+    g: u64,
+}
+
+impl KvStore for GroupKv<'_, '_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.w.kv.get((self.g, key))?.map(|v| v.value().to_vec()))
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.w.kv.insert((self.g, key), value)?;
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        Ok(self.w.kv.remove((self.g, key))?.is_some())
+    }
+
+    fn session_get(&self, client: u64, seq: u64) -> Result<Option<Response>> {
+        match self.w.sessions.get((self.g, client, seq))? {
+            Some(v) => Ok(Some(wire::decode("session response", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn session_put(&mut self, client: u64, seq: u64, response: &Response) -> Result<()> {
+        self.w
+            .sessions
+            .insert((self.g, client, seq), wire::encode(response).as_slice())?;
+        Ok(())
+    }
+
+    fn session_floor(&self, client: u64) -> Result<u64> {
+        Ok(self
+            .w
+            .floors
+            .get((self.g, client))?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    fn session_trim(&mut self, client: u64, floor: u64) -> Result<()> {
+        let g = self.g;
+        self.w
+            .sessions
+            .retain_in((g, client, 0)..(g, client, floor), |_, _| false)?;
+        self.w.floors.insert((g, client), floor)?;
+        Ok(())
+    }
+}
