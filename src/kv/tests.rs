@@ -27,7 +27,14 @@ fn cas(k: &str, expected: Option<&str>, new: Option<&str>) -> Op {
 #[test]
 fn cas_table() {
     // (stored value before, expected, new) -> (swapped, stored value after)
-    let cases: &[(Option<&str>, Option<&str>, Option<&str>, bool, Option<&str>)] = &[
+    type Case = (
+        Option<&'static str>,
+        Option<&'static str>,
+        Option<&'static str>,
+        bool,
+        Option<&'static str>,
+    );
+    let cases: &[Case] = &[
         (None, None, Some("a"), true, Some("a")),
         (None, Some("a"), Some("b"), false, None),
         (Some("a"), Some("a"), Some("b"), true, Some("b")),

@@ -431,6 +431,17 @@ impl Driver {
         Ok(())
     }
 
+    /// Tells every group this node leads that `peer` could not be reached,
+    /// so that replication to it falls back to probing from its last known
+    /// position instead of streaming entries that will be lost.
+    pub fn report_unreachable(&mut self, peer: NodeId) {
+        for g in self.groups.values_mut() {
+            if g.node.raft.state == StateRole::Leader {
+                g.node.report_unreachable(peer.0);
+            }
+        }
+    }
+
     /// Makes this node campaign for `group` now (tests and operators).
     pub fn campaign(&mut self, group: GroupId) -> Result<()> {
         let g = self

@@ -13,19 +13,19 @@
 //! by helpers that retry a request until it is answered, following leader
 //! hints as a real client would.
 
+mod client;
 mod network;
 
 pub use network::{Faults, Network};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use raft::StateRole;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::catalog::Catalog;
-use crate::error::{Action, Error, Result};
-use crate::kv::{Command, Op, Response};
+use crate::error::{Error, Result};
 use crate::multiraft::{Applied, Driver, DriverConfig, Proposal, Reply, Token};
 use crate::storage::{Engine, MemDisk};
 use crate::types::{GroupId, NodeId};
@@ -94,6 +94,8 @@ pub struct Sim {
     /// Answers received, by token.
     pub completions: BTreeMap<Token, Result<Reply>>,
     next_token: Token,
+    /// Nodes up at the start of the current step.
+    up: BTreeSet<NodeId>,
 }
 
 impl Sim {
@@ -131,6 +133,7 @@ impl Sim {
             catalog,
             completions: BTreeMap::new(),
             next_token: 1,
+            up: BTreeSet::new(),
         };
         let all: Vec<NodeId> = sim.nodes.keys().copied().collect();
         for id in all {
@@ -196,6 +199,12 @@ impl Sim {
                 d.step(msgs);
             }
         }
+        self.up = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.driver.is_some())
+            .map(|(id, _)| *id)
+            .collect();
         for (id, node) in &mut self.nodes {
             let Some(d) = node.driver.as_mut() else {
                 continue;
@@ -209,7 +218,10 @@ impl Sim {
                 self.completions.insert(c.token, c.result);
             }
             for (to, msgs) in out.outbound {
-                self.net.send(&mut self.rng, self.now, *id, to, msgs);
+                let up = self.up.contains(&to);
+                if !self.net.send(&mut self.rng, self.now, *id, to, msgs) || !up {
+                    d.report_unreachable(to);
+                }
             }
         }
         Ok(())
@@ -292,96 +304,6 @@ impl Sim {
             self.completions.insert(token, Err(e));
         }
         token
-    }
-
-    /// Where a client would send a request for `group`: the leader hint of
-    /// `hint` if given, else the live leader, else any live node.
-    fn target(&mut self, group: GroupId, hint: Option<NodeId>) -> Option<NodeId> {
-        if let Some(h) = hint.filter(|h| self.is_up(*h)) {
-            return Some(h);
-        }
-        if let Some(l) = self.leader(group) {
-            return Some(l);
-        }
-        let up: Vec<NodeId> = self
-            .node_ids()
-            .into_iter()
-            .filter(|n| self.is_up(*n))
-            .collect();
-        if up.is_empty() {
-            return None;
-        }
-        Some(up[self.rng.random_range(0..up.len())])
-    }
-
-    /// Runs one request to completion as a client would: send to the leader,
-    /// follow hints, retry retryable errors, give up after `max_steps`.
-    fn request(
-        &mut self,
-        group: GroupId,
-        max_steps: u64,
-        mut send: impl FnMut(&mut Sim, NodeId) -> Token,
-    ) -> Result<Reply> {
-        let deadline = self.now + max_steps;
-        let mut hint = None;
-        let mut last_err = Error::ProposalLost {
-            group,
-            reason: "no attempt made",
-        };
-        while self.now < deadline {
-            let Some(node) = self.target(group, hint.take()) else {
-                self.step()?;
-                continue;
-            };
-            let token = send(self, node);
-            let answered =
-                self.run_until(deadline - self.now, |s| s.completions.contains_key(&token))?;
-            if !answered {
-                break;
-            }
-            match self.completions.remove(&token).expect("answered") {
-                Ok(r) => return Ok(r),
-                Err(e) => {
-                    if let Error::NotLeader { leader, .. } = &e {
-                        hint = *leader;
-                    }
-                    if e.action() == Action::Fail {
-                        return Err(e);
-                    }
-                    last_err = e;
-                    // Back off a little before retrying.
-                    for _ in 0..self.cfg.steps_per_tick {
-                        self.step()?;
-                    }
-                }
-            }
-        }
-        Err(last_err)
-    }
-
-    /// Applies `op` as client `client` with sequence `seq` (retried with the
-    /// same pair until answered).
-    pub fn write(&mut self, client: u64, seq: u64, op: Op, max_steps: u64) -> Result<Response> {
-        let group = self.catalog.group_of(op.key());
-        let p = Proposal::Kv(Command {
-            client,
-            seq,
-            ack_below: seq,
-            op,
-        });
-        match self.request(group, max_steps, |s, node| s.submit(node, group, &p))? {
-            Reply::Kv(r) => Ok(r),
-            other => Err(Error::Invalid(format!("unexpected reply {other:?}"))),
-        }
-    }
-
-    /// A linearizable read of `key`.
-    pub fn read(&mut self, key: &[u8], max_steps: u64) -> Result<Option<Vec<u8>>> {
-        let group = self.catalog.group_of(key);
-        match self.request(group, max_steps, |s, node| s.submit_read(node, group, key))? {
-            Reply::Kv(Response::Value(v)) => Ok(v),
-            other => Err(Error::Invalid(format!("unexpected reply {other:?}"))),
-        }
     }
 
     /// Per group, whether every live replica has applied the same index with

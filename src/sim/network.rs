@@ -90,7 +90,9 @@ impl Network {
     }
 
     /// Puts a batch of messages from `from` to `to` in flight, applying the
-    /// faults message by message.
+    /// faults message by message. Returns `false` when the link is cut: the
+    /// sender learns the peer is unreachable, as it would from a failed
+    /// connection (a message lost in flight tells it nothing).
     pub fn send(
         &mut self,
         rng: &mut ChaCha8Rng,
@@ -98,9 +100,9 @@ impl Network {
         from: NodeId,
         to: NodeId,
         msgs: Vec<GroupMessage>,
-    ) {
+    ) -> bool {
         if self.cut.contains(&(from, to)) {
-            return;
+            return false;
         }
         for m in msgs {
             if self.faults.drop > 0.0 && rng.random_bool(self.faults.drop) {
@@ -122,6 +124,7 @@ impl Network {
                     .insert((now + 1 + delay, self.seq), (to, m.clone()));
             }
         }
+        true
     }
 
     /// Takes the messages due by `now`, grouped per destination, in order.

@@ -180,8 +180,10 @@ impl GroupStorage {
         } else {
             raft::Storage::term(self, applied)?
         };
-        let mut snap = Snapshot::default();
-        snap.data = wire::encode(&data).into();
+        let mut snap = Snapshot {
+            data: wire::encode(&data).into(),
+            ..Default::default()
+        };
         let meta = snap.mut_metadata();
         meta.index = applied;
         meta.term = term;

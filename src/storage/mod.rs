@@ -247,9 +247,11 @@ impl Engine {
 
 /// The Raft state a group starts from: its voters and learners, empty log.
 fn initial_record(info: &GroupInfo) -> RaftStateRecord {
-    let mut cs = ConfState::default();
-    cs.voters = info.voters.iter().map(|n| n.0).collect();
-    cs.learners = info.learners.iter().map(|n| n.0).collect();
+    let cs = ConfState {
+        voters: info.voters.iter().map(|n| n.0).collect(),
+        learners: info.learners.iter().map(|n| n.0).collect(),
+        ..Default::default()
+    };
     RaftStateRecord::new(&HardState::default(), &cs, 0, 0)
 }
 

@@ -78,22 +78,24 @@ impl RaftStateRecord {
 
     /// The HardState part.
     pub fn hard_state(&self) -> HardState {
-        let mut hs = HardState::default();
-        hs.term = self.term;
-        hs.vote = self.vote;
-        hs.commit = self.commit;
-        hs
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.commit,
+            ..Default::default()
+        }
     }
 
     /// The ConfState part.
     pub fn conf_state(&self) -> ConfState {
-        let mut cs = ConfState::default();
-        cs.voters = self.voters.clone();
-        cs.learners = self.learners.clone();
-        cs.voters_outgoing = self.voters_outgoing.clone();
-        cs.learners_next = self.learners_next.clone();
-        cs.auto_leave = self.auto_leave;
-        cs
+        ConfState {
+            voters: self.voters.clone(),
+            learners: self.learners.clone(),
+            voters_outgoing: self.voters_outgoing.clone(),
+            learners_next: self.learners_next.clone(),
+            auto_leave: self.auto_leave,
+            ..Default::default()
+        }
     }
 }
 

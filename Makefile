@@ -1,0 +1,24 @@
+# Flotilla: the two commands a newcomer needs are `make run` and `make test`.
+CARGO ?= cargo
+
+.PHONY: run test lint bench build
+
+## Build and run the in-process demo: a 3-node cluster, writes, reads, a crash and a restart.
+run:
+	$(CARGO) run --release --bin flotilla -- demo
+
+## The whole test suite (unit, simulation scenarios, 200 randomized seeds), plus lints.
+test: lint
+	$(CARGO) test --all-targets
+
+## Formatting and clippy, warnings as errors.
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+## Criterion micro-benchmarks (throughput and fsyncs per 1,000 writes).
+bench:
+	$(CARGO) bench --bench driver
+
+build:
+	$(CARGO) build --release
