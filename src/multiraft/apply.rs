@@ -112,11 +112,14 @@ pub(super) fn apply_entries(
             }
         }
         if let Some(id) = own_proposal(a.me, &e.context) {
-            if let Some(p) = g.proposals.remove(&id) {
-                a.completions.push(Completion {
-                    token: p.token,
-                    result: outcome,
-                });
+            // The same id in another term would be another proposal's entry.
+            if g.proposals.get(&id).is_some_and(|p| p.term == e.term) {
+                if let Some(p) = g.proposals.remove(&id) {
+                    a.completions.push(Completion {
+                        token: p.token,
+                        result: outcome,
+                    });
+                }
             }
         }
     }

@@ -36,7 +36,7 @@ pub use config::{DriverConfig, ELECTION_TICKS, HEARTBEAT_TICKS};
 use std::collections::BTreeMap;
 
 use raft::eraftpb::{ConfChangeV2, Message};
-use raft::{RawNode, StateRole};
+use raft::{RawNode, SnapshotStatus, StateRole};
 
 use crate::catalog::{Catalog, CatalogCommand};
 use crate::error::{Error, Result};
@@ -44,6 +44,10 @@ use crate::kv::{Command, Response};
 use crate::storage::{Engine, GroupStorage};
 use crate::types::{GroupId, NodeId};
 use crate::wire;
+
+/// Bits of a proposal id numbering proposals within one incarnation of the
+/// driver; the bits above hold the incarnation. 2^40 proposals per start.
+const PROPOSAL_ID_BITS: u32 = 40;
 
 /// A caller-chosen handle that comes back with the answer to a request.
 pub type Token = u64;
@@ -207,6 +211,7 @@ impl Driver {
         let catalog = engine
             .catalog()?
             .ok_or_else(|| Error::Invalid("the node has no catalog".into()))?;
+        let incarnation = engine.next_incarnation()?;
         let logger = raft_logger();
         let mut groups = BTreeMap::new();
         for store in engine.load_groups()? {
@@ -222,7 +227,8 @@ impl Driver {
             groups,
             catalog,
             now: 0,
-            next_proposal: 1,
+            // Ids of this incarnation never repeat those of an earlier one.
+            next_proposal: incarnation << PROPOSAL_ID_BITS,
             next_read_batch: 1,
             read_batches: BTreeMap::new(),
             reads_ready: Vec::new(),
@@ -439,6 +445,20 @@ impl Driver {
             if g.node.raft.state == StateRole::Leader {
                 g.node.report_unreachable(peer.0);
             }
+        }
+    }
+
+    /// Tells the leader of `group` whether a snapshot message to `peer` left
+    /// this node. raft-rs holds replication to a peer while a snapshot is
+    /// outstanding, so the transport must report every one it was handed.
+    pub fn report_snapshot(&mut self, group: GroupId, peer: NodeId, sent: bool) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            let status = if sent {
+                SnapshotStatus::Finish
+            } else {
+                SnapshotStatus::Failure
+            };
+            g.node.report_snapshot(peer.0, status);
         }
     }
 

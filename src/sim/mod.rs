@@ -20,6 +20,7 @@ pub use network::{Faults, Network};
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use raft::eraftpb::MessageType;
 use raft::StateRole;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -218,9 +219,18 @@ impl Sim {
                 self.completions.insert(c.token, c.result);
             }
             for (to, msgs) in out.outbound {
-                let up = self.up.contains(&to);
-                if !self.net.send(&mut self.rng, self.now, *id, to, msgs) || !up {
+                let snapshots: Vec<GroupId> = msgs
+                    .iter()
+                    .filter(|m| m.msg.get_msg_type() == MessageType::MsgSnapshot)
+                    .map(|m| m.group)
+                    .collect();
+                let sent =
+                    self.net.send(&mut self.rng, self.now, *id, to, msgs) && self.up.contains(&to);
+                if !sent {
                     d.report_unreachable(to);
+                }
+                for g in snapshots {
+                    d.report_snapshot(g, to, sent);
                 }
             }
         }
@@ -323,6 +333,27 @@ impl Sim {
             }
         }
         Ok(true)
+    }
+
+    /// A table of every replica's state (role, term, indexes, digest), for
+    /// failure messages.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for g in self.group_ids() {
+            for (id, n) in &self.nodes {
+                let Some(d) = n.driver.as_ref() else {
+                    out.push_str(&format!("{g} {id}: down\n"));
+                    continue;
+                };
+                let Some(s) = d.status(g) else { continue };
+                let digest = d.engine().group_digest(g).map(|(_, h)| h).unwrap_or(0);
+                out.push_str(&format!(
+                    "{g} {id}: {:?} term {} leader {:?} commit {} applied {} log {}..={} digest {digest:016x}\n",
+                    s.role, s.term, s.leader, s.commit, s.applied, s.first_index, s.last_index
+                ));
+            }
+        }
+        out
     }
 
     /// Steps until every live replica has converged, checking every tick.

@@ -36,8 +36,8 @@ use crate::error::{Error, Result};
 use crate::types::{GroupId, NodeId};
 use crate::wire;
 use schema::{
-    APPLIED, FLOORS, KV, LOG, META, META_CATALOG, META_CLUSTER_ID, META_NODE_ID, RAFT_STATE,
-    SESSIONS,
+    APPLIED, FLOORS, KV, LOG, META, META_CATALOG, META_CLUSTER_ID, META_INCARNATION, META_NODE_ID,
+    RAFT_STATE, SESSIONS,
 };
 
 /// Counters of the storage engine, shared with whoever wants to read them.
@@ -144,6 +144,23 @@ impl Engine {
         self.meta(META_CATALOG)?
             .map(|b| wire::decode("catalog", &b))
             .transpose()
+    }
+
+    /// Counts one more start of this node and returns the new count.
+    pub fn next_incarnation(&self) -> Result<u64> {
+        let txn = self.db.begin_write()?;
+        let n = {
+            let mut meta = txn.open_table(META)?;
+            let old = match meta.get(META_INCARNATION)? {
+                Some(v) => bytes_u64("incarnation", v.value())?,
+                None => 0,
+            };
+            meta.insert(META_INCARNATION, u64_bytes(old + 1).as_slice())?;
+            old + 1
+        };
+        txn.commit()?;
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(n)
     }
 
     /// Makes this node a member of the catalog's cluster: node id, cluster id,

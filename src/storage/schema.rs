@@ -31,6 +31,10 @@ pub(crate) const META_NODE_ID: &str = "node_id";
 pub(crate) const META_CLUSTER_ID: &str = "cluster_id";
 /// META key: the rkyv-encoded catalog, as of group 0's apply index.
 pub(crate) const META_CATALOG: &str = "catalog";
+/// META key: how many times a driver has opened this database (u64, little
+/// endian). Proposal ids carry it, so an entry proposed before a restart is
+/// never mistaken for one proposed after.
+pub(crate) const META_INCARNATION: &str = "incarnation";
 
 /// What a group's Raft state looks like on disk.
 #[derive(
