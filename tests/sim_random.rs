@@ -217,7 +217,6 @@ type AppliedAs = (Option<Command>, Result<Response, String>);
 fn check_history(sim: &Sim, acked: &[(Command, Response)]) -> Result<(), String> {
     // (group, index) -> (command, outcome), agreed by every replica.
     let mut log: BTreeMap<(GroupId, u64), AppliedAs> = BTreeMap::new();
-    BTreeMap::new();
     for (id, node) in &sim.nodes {
         for a in &node.applied {
             let v = (a.command.clone(), a.outcome.clone());
