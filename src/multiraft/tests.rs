@@ -1,1 +1,185 @@
+use super::*;
+use crate::catalog::{GroupInfo, NodeState};
+use crate::kv::Op;
+use crate::sim::{Sim, SimConfig};
+use crate::types::CATALOG_GROUP;
 
+fn cluster(seed: u64) -> Sim {
+    let cfg = SimConfig {
+        seed,
+        data_groups: 4,
+        vshards: 64,
+        ..SimConfig::default()
+    };
+    let mut sim = Sim::new(cfg).unwrap();
+    assert!(sim.run_until(20_000, |s| s.all_have_leaders()).unwrap());
+    sim
+}
+
+fn put(key: &[u8], value: Vec<u8>) -> Proposal {
+    Proposal::Kv(Command {
+        client: 0,
+        seq: 0,
+        ack_below: 0,
+        op: Op::Put {
+            key: key.to_vec(),
+            value,
+        },
+    })
+}
+
+#[test]
+fn a_follower_refuses_requests_and_names_the_leader() {
+    let mut sim = cluster(1);
+    let g = GroupId(1);
+    let leader = sim.leader(g).unwrap();
+    let follower = sim.node_ids().into_iter().find(|n| *n != leader).unwrap();
+    assert!(sim
+        .run_until(1_000, |s| s
+            .driver(follower)
+            .unwrap()
+            .leader_of(g)
+            .is_some())
+        .unwrap());
+    let d = sim.driver_mut(follower).unwrap();
+    let err = d.propose(1, g, &put(b"k", vec![1])).unwrap_err();
+    assert!(
+        matches!(err, Error::NotLeader { group, leader: Some(l) } if group == g && l == leader),
+        "{err}"
+    );
+    let err = d.read(2, g, b"k").unwrap_err();
+    assert!(matches!(err, Error::NotLeader { .. }), "{err}");
+    let err = d.propose(3, GroupId(99), &put(b"k", vec![1])).unwrap_err();
+    assert!(matches!(err, Error::UnknownGroup(GroupId(99))), "{err}");
+}
+
+#[test]
+fn an_oversize_value_is_refused_before_it_is_proposed() {
+    let mut sim = cluster(2);
+    let g = GroupId(2);
+    let leader = sim.leader(g).unwrap();
+    let d = sim.driver_mut(leader).unwrap();
+    let last = d.status(g).unwrap().last_index;
+    let err = d
+        .propose(
+            1,
+            g,
+            &put(b"k", vec![0; crate::kv::Limits::default().max_value + 1]),
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::ValueTooLarge { .. }), "{err}");
+    let err = d.propose(2, g, &put(&[b'k'; 4097], vec![])).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::KeyTooLarge {
+                len: 4097,
+                max: 4096
+            }
+        ),
+        "{err}"
+    );
+    d.round().unwrap();
+    assert_eq!(
+        d.status(g).unwrap().last_index,
+        last,
+        "nothing reached the log"
+    );
+}
+
+#[test]
+fn a_group_created_through_the_catalog_opens_on_its_members_and_serves() {
+    let mut sim = cluster(3);
+    let new = GroupInfo {
+        id: GroupId(50),
+        voters: vec![NodeId(1), NodeId(2)],
+        learners: vec![],
+    };
+    let leader0 = sim.leader(CATALOG_GROUP).unwrap();
+    let t = sim.submit(
+        leader0,
+        CATALOG_GROUP,
+        &Proposal::Catalog(CatalogCommand::CreateGroup(new.clone())),
+    );
+    assert!(sim
+        .run_until(4_000, |s| s.completions.contains_key(&t))
+        .unwrap());
+    assert!(matches!(
+        sim.completions.remove(&t),
+        Some(Ok(Reply::Catalog))
+    ));
+    assert!(sim
+        .run_until(20_000, |s| s.leader(new.id).is_some())
+        .unwrap());
+    for n in sim.node_ids() {
+        let d = sim.driver(n).unwrap();
+        let persisted = d.engine().catalog().unwrap().unwrap();
+        assert_eq!(
+            persisted.groups.get(&new.id),
+            Some(&new),
+            "{n} persisted the catalog"
+        );
+        assert_eq!(d.status(new.id).is_some(), new.has_replica(n), "{n}");
+    }
+    let l = sim.leader(new.id).unwrap();
+    let t = sim.submit(l, new.id, &put(b"fresh", b"yes".to_vec()));
+    assert!(sim
+        .run_until(4_000, |s| s.completions.contains_key(&t))
+        .unwrap());
+    assert!(matches!(
+        sim.completions.remove(&t),
+        Some(Ok(Reply::Kv(Response::Written)))
+    ));
+    // A member restarted from disk still holds the group.
+    sim.crash(NodeId(2));
+    sim.restart(NodeId(2)).unwrap();
+    assert!(sim.driver(NodeId(2)).unwrap().status(new.id).is_some());
+    // A command that does not fit the catalog is refused on every replica alike.
+    let bad = CatalogCommand::SetNodeState {
+        node: NodeId(9),
+        state: NodeState::Removed,
+    };
+    let leader0 = sim.leader(CATALOG_GROUP).unwrap();
+    let t = sim.submit(leader0, CATALOG_GROUP, &Proposal::Catalog(bad));
+    assert!(sim
+        .run_until(4_000, |s| s.completions.contains_key(&t))
+        .unwrap());
+    assert!(matches!(
+        sim.completions.remove(&t),
+        Some(Err(Error::Invalid(_)))
+    ));
+}
+
+#[test]
+fn reads_are_batched_into_one_read_index_per_group_per_round() {
+    let mut sim = cluster(4);
+    let g = GroupId(1);
+    let leader = sim.leader(g).unwrap();
+    let d = sim.driver_mut(leader).unwrap();
+    for t in 0..10 {
+        d.read(100 + t, g, b"nothing").unwrap();
+    }
+    let out = d.round().unwrap();
+    let heartbeats = out
+        .outbound
+        .values()
+        .flatten()
+        .filter(|m| {
+            m.group == g && m.msg.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat
+        })
+        .count();
+    assert_eq!(
+        heartbeats, 2,
+        "one ReadIndex heartbeat to each follower for all ten reads"
+    );
+    assert!(sim
+        .run_until(1_000, |s| (100..110)
+            .all(|t| s.completions.contains_key(&t)))
+        .unwrap());
+    for t in 100..110 {
+        assert!(matches!(
+            sim.completions.get(&t),
+            Some(Ok(Reply::Kv(Response::Value(None))))
+        ));
+    }
+}

@@ -1,1 +1,182 @@
+use raft::eraftpb::Entry;
+use raft::Storage as _;
 
+use super::*;
+use crate::catalog::Catalog;
+
+fn catalog() -> Catalog {
+    let nodes: Vec<_> = (1..=3).map(|i| (NodeId(i), format!("n{i}"))).collect();
+    Catalog::bootstrap(99, 64, &nodes, 4, 3).unwrap()
+}
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        data: vec![index as u8].into(),
+        ..Default::default()
+    }
+}
+
+fn group_of(engine: &Engine, g: u64) -> GroupStorage {
+    engine
+        .load_groups()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.group == GroupId(g))
+        .unwrap()
+}
+
+#[test]
+fn bootstrap_writes_identity_catalog_and_groups_once() {
+    let disk = MemDisk::new();
+    let e = Engine::open_backend(disk.clone()).unwrap();
+    assert!(!e.is_bootstrapped().unwrap());
+    e.bootstrap(NodeId(2), &catalog()).unwrap();
+    let err = e.bootstrap(NodeId(2), &catalog()).unwrap_err();
+    assert!(
+        err.to_string().contains("already belongs to cluster"),
+        "{err}"
+    );
+    drop(e);
+    let e = Engine::open_backend(disk).unwrap();
+    assert_eq!(e.node_id().unwrap(), Some(NodeId(2)));
+    assert_eq!(e.cluster_id().unwrap(), Some(99));
+    assert_eq!(e.catalog().unwrap(), Some(catalog()));
+    let groups = e.load_groups().unwrap();
+    assert_eq!(groups.len(), 5, "group 0 and 4 data groups");
+    for g in &groups {
+        let mut voters = g.conf_state.voters.clone();
+        voters.sort_unstable();
+        assert_eq!(voters, vec![1, 2, 3], "{}", g.group);
+    }
+}
+
+#[test]
+fn entries_of_many_groups_persist_in_one_commit_and_reload() {
+    let disk = MemDisk::new();
+    let e = Engine::open_backend(disk.clone()).unwrap();
+    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    let before = e.stats().commits();
+    let round = e.begin_round().unwrap();
+    {
+        let mut w = round.writer().unwrap();
+        for g in 1..=4 {
+            let es: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
+            w.append(GroupId(g), &es, 0).unwrap();
+        }
+    }
+    round.commit(20).unwrap();
+    assert_eq!(e.stats().commits() - before, 1);
+    drop(e);
+    let e = Engine::open_backend(disk).unwrap();
+    for g in 1..=4 {
+        let s = group_of(&e, g);
+        assert_eq!(s.last_index().unwrap(), 5);
+        assert_eq!(s.term(3).unwrap(), 1);
+    }
+}
+
+#[test]
+fn a_conflicting_append_replaces_the_old_suffix_on_disk() {
+    let disk = MemDisk::new();
+    let e = Engine::open_backend(disk.clone()).unwrap();
+    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    let mut s = group_of(&e, 1);
+    let write = |e: &Engine, s: &mut GroupStorage, es: Vec<Entry>| {
+        let round = e.begin_round().unwrap();
+        {
+            let mut w = round.writer().unwrap();
+            let old_last = s.append(&es);
+            w.append(GroupId(1), &es, old_last).unwrap();
+        }
+        round.commit(es.len() as u64).unwrap();
+    };
+    write(&e, &mut s, (1..=6).map(|i| entry(i, 1)).collect());
+    // A new leader overwrites from index 4 with a shorter suffix.
+    write(&e, &mut s, vec![entry(4, 2)]);
+    assert_eq!(s.last_index().unwrap(), 4);
+    drop(e);
+    let e = Engine::open_backend(disk).unwrap();
+    let s = group_of(&e, 1);
+    assert_eq!(
+        s.last_index().unwrap(),
+        4,
+        "entries 5 and 6 of term 1 are gone from disk"
+    );
+    assert_eq!(s.term(4).unwrap(), 2);
+}
+
+#[test]
+fn compaction_keeps_the_term_of_the_compaction_point() {
+    let disk = MemDisk::new();
+    let e = Engine::open_backend(disk).unwrap();
+    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    let mut s = group_of(&e, 1);
+    s.append(&(1..=10).map(|i| entry(i, i / 4 + 1)).collect::<Vec<_>>());
+    s.applied = 8;
+    s.compact(6);
+    assert_eq!(s.first_index().unwrap(), 7);
+    assert_eq!(s.term(6).unwrap(), 2);
+    assert!(matches!(
+        s.term(5),
+        Err(raft::Error::Store(raft::StorageError::Compacted))
+    ));
+    assert!(matches!(
+        s.entries(5, 8, None, raft::GetEntriesContext::empty(false)),
+        Err(_)
+    ));
+    assert_eq!(
+        s.entries(7, 11, None, raft::GetEntriesContext::empty(false))
+            .unwrap()
+            .len(),
+        4
+    );
+}
+
+#[test]
+fn a_corrupt_database_is_an_error_not_a_panic() {
+    let disk = MemDisk::new();
+    let e = Engine::open_backend(disk.clone()).unwrap();
+    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    drop(e);
+    // Scribble over everything past the header region.
+    let size = disk.size();
+    disk.scribble(0, size);
+    let result = std::panic::catch_unwind(|| {
+        Engine::open_backend(disk.clone()).and_then(|e| e.load_groups())
+    });
+    match result {
+        Ok(r) => assert!(r.is_err(), "a scribbled database must not open cleanly"),
+        Err(_) => panic!("opening a corrupt database panicked"),
+    }
+}
+
+#[test]
+fn garbage_in_a_row_is_reported_as_corrupt() {
+    let e = Engine::open_backend(MemDisk::new()).unwrap();
+    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    let txn = e.db.begin_write().unwrap();
+    {
+        let mut meta = txn.open_table(META).unwrap();
+        meta.insert(META_CATALOG, [0xde, 0xad, 0xbe, 0xef].as_slice())
+            .unwrap();
+        let mut raft = txn.open_table(RAFT_STATE).unwrap();
+        raft.insert(1, [1u8, 2, 3].as_slice()).unwrap();
+    }
+    txn.commit().unwrap();
+    assert!(matches!(
+        e.catalog(),
+        Err(Error::Corrupt {
+            what: "catalog",
+            ..
+        })
+    ));
+    assert!(matches!(
+        e.load_groups(),
+        Err(Error::Corrupt {
+            what: "raft state",
+            ..
+        })
+    ));
+}
