@@ -124,7 +124,7 @@ fn compaction_keeps_the_term_of_the_compaction_point() {
     ));
     assert!(matches!(
         s.entries(5, 8, None, raft::GetEntriesContext::empty(false)),
-        Err(_)
+        Err(raft::Error::Store(raft::StorageError::Compacted))
     ));
     assert_eq!(
         s.entries(7, 11, None, raft::GetEntriesContext::empty(false))
