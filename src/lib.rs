@@ -37,6 +37,7 @@
 //! - [`catalog`]: group 0's state machine and routing.
 //! - [`wire`]: rkyv encodings with validation.
 //! - [`sim`]: a deterministic in-process cluster for tests and the demo.
+//! - [`local`]: drivers on real threads wired in memory, for benchmarks.
 //!
 //! Protocol code (multiraft, kv, catalog) reads no clock and no OS
 //! randomness: time arrives as ticks and randomness as a seed, which is what
@@ -46,6 +47,7 @@ pub mod catalog;
 pub mod demo;
 pub mod error;
 pub mod kv;
+pub mod local;
 pub mod multiraft;
 pub mod sim;
 pub mod storage;

@@ -30,6 +30,7 @@
 mod apply;
 mod config;
 mod round;
+pub mod runner;
 
 pub use config::{DriverConfig, ELECTION_TICKS, HEARTBEAT_TICKS};
 
