@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use raft::StateRole;
@@ -33,8 +33,9 @@ pub struct LocalCluster {
     network: LocalNetwork,
     runners: BTreeMap<NodeId, Runner>,
     stats: BTreeMap<NodeId, Arc<Stats>>,
-    /// Last known leader per group.
-    leaders: BTreeMap<GroupId, NodeId>,
+    /// Last known leader per group. A std lock: held only to copy or swap
+    /// the map, never across an await.
+    leaders: RwLock<BTreeMap<GroupId, NodeId>>,
 }
 
 impl LocalCluster {
@@ -74,7 +75,7 @@ impl LocalCluster {
             network,
             runners,
             stats,
-            leaders: BTreeMap::new(),
+            leaders: RwLock::default(),
         })
     }
 
@@ -88,109 +89,115 @@ impl LocalCluster {
         self.stats.values().map(|s| s.commits()).sum()
     }
 
+    fn leader(&self, group: GroupId) -> NodeId {
+        let leaders = self.leaders.read().unwrap_or_else(|p| p.into_inner());
+        leaders.get(&group).copied().unwrap_or(NodeId(1))
+    }
+
     /// Asks every node who leads what; remembers the answers.
-    pub fn refresh_leaders(&mut self) {
+    pub async fn refresh_leaders(&self) {
         let mut leaders = BTreeMap::new();
         for (id, r) in &self.runners {
-            if let Ok(all) = r.handle().status().blocking_recv() {
+            if let Ok(all) = r.handle().status().await {
                 for s in all.into_iter().filter(|s| s.role == StateRole::Leader) {
                     leaders.insert(s.group, *id);
                 }
             }
         }
-        self.leaders = leaders;
+        *self.leaders.write().unwrap_or_else(|p| p.into_inner()) = leaders;
     }
 
     /// Waits until every group has a leader, polling until `timeout`.
-    pub fn wait_for_leaders(&mut self, timeout: Duration) -> bool {
+    pub async fn wait_for_leaders(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            self.refresh_leaders();
-            if self.leaders.len() == self.catalog.groups.len() {
+            self.refresh_leaders().await;
+            let known = self.leaders.read().unwrap_or_else(|p| p.into_inner()).len();
+            if known == self.catalog.groups.len() {
                 return true;
             }
             if Instant::now() >= deadline {
                 return false;
             }
-            std::thread::sleep(LOCAL_TICK);
+            tokio::time::sleep(LOCAL_TICK).await;
         }
     }
 
-    /// Sends a command to the leader of its group without waiting.
-    pub fn submit(&self, cmd: Command) -> oneshot::Receiver<Result<Reply>> {
-        let group = self.catalog.group_of(cmd.op.key());
-        let node = self.leaders.get(&group).copied().unwrap_or(NodeId(1));
-        match self.handle(node) {
-            Some(h) => h.propose(group, Proposal::Kv(cmd)),
-            None => {
-                let (tx, rx) = oneshot::channel();
-                let _ = tx.send(Err(Error::UnknownGroup(group)));
-                rx
-            }
-        }
-    }
-
-    /// Applies many commands, all in flight at once, retrying each (same
-    /// client and sequence) until answered or `timeout` passes.
-    pub fn write_many(&mut self, cmds: &[Command], timeout: Duration) -> Result<Vec<Response>> {
+    /// Runs one request against the leader of `group`, retrying retryable
+    /// errors (after refreshing the leader map) until `timeout`.
+    async fn request(
+        &self,
+        group: GroupId,
+        timeout: Duration,
+        send: impl Fn(&DriverHandle) -> oneshot::Receiver<Result<Reply>>,
+    ) -> Result<Reply> {
         let deadline = Instant::now() + timeout;
-        let mut results: Vec<Option<Response>> = vec![None; cmds.len()];
-        while results.iter().any(Option::is_none) {
+        loop {
+            let h = self
+                .handle(self.leader(group))
+                .ok_or(Error::UnknownGroup(group))?;
+            let err = match send(&h).await {
+                Ok(Ok(r)) => return Ok(r),
+                Ok(Err(e)) if e.action() == Action::Fail => return Err(e),
+                Ok(Err(e)) => e,
+                Err(_) => Error::ProposalLost {
+                    group,
+                    reason: "the node stopped",
+                },
+            };
             if Instant::now() >= deadline {
-                return Err(Error::ProposalLost {
-                    group: GroupId(0),
-                    reason: "not answered in time",
-                });
+                return Err(err);
             }
-            let pending: Vec<(usize, oneshot::Receiver<Result<Reply>>)> = (0..cmds.len())
-                .filter(|i| results[*i].is_none())
-                .map(|i| (i, self.submit(cmds[i].clone())))
-                .collect();
-            let mut stale = false;
-            for (i, rx) in pending {
-                match rx.blocking_recv() {
-                    Ok(Ok(Reply::Kv(r))) => results[i] = Some(r),
-                    Ok(Ok(other)) => {
-                        return Err(Error::Invalid(format!("unexpected reply {other:?}")))
-                    }
-                    Ok(Err(e)) if e.action() == Action::Fail => return Err(e),
-                    Ok(Err(_)) | Err(_) => stale = true,
-                }
-            }
-            if stale {
-                std::thread::sleep(LOCAL_TICK);
-                self.refresh_leaders();
-            }
+            tokio::time::sleep(LOCAL_TICK).await;
+            self.refresh_leaders().await;
         }
-        Ok(results
-            .into_iter()
-            .map(|r| r.expect("all answered"))
-            .collect())
+    }
+
+    /// Applies one command, retried with the same client and sequence.
+    pub async fn write(&self, cmd: Command, timeout: Duration) -> Result<Response> {
+        let group = self.catalog.group_of(cmd.op.key());
+        let p = Proposal::Kv(cmd);
+        match self
+            .request(group, timeout, |h| h.propose(group, p.clone()))
+            .await?
+        {
+            Reply::Kv(r) => Ok(r),
+            other => Err(Error::Invalid(format!("unexpected reply {other:?}"))),
+        }
     }
 
     /// A linearizable read through the group's leader.
-    pub fn read(&mut self, key: &[u8], timeout: Duration) -> Result<Option<Vec<u8>>> {
+    pub async fn read(&self, key: &[u8], timeout: Duration) -> Result<Option<Vec<u8>>> {
         let group = self.catalog.group_of(key);
-        let deadline = Instant::now() + timeout;
-        loop {
-            let node = self.leaders.get(&group).copied().unwrap_or(NodeId(1));
-            let h = self.handle(node).ok_or(Error::UnknownGroup(group))?;
-            match h.read(group, key.to_vec()).blocking_recv() {
-                Ok(Ok(Reply::Kv(Response::Value(v)))) => return Ok(v),
-                Ok(Err(e)) if e.action() == Action::Fail => return Err(e),
-                _ if Instant::now() < deadline => {
-                    std::thread::sleep(LOCAL_TICK);
-                    self.refresh_leaders();
-                }
-                Ok(Ok(other)) => return Err(Error::Invalid(format!("unexpected reply {other:?}"))),
-                _ => {
-                    return Err(Error::ReadUnconfirmed {
-                        group,
-                        reason: "timed out",
-                    })
-                }
-            }
+        match self
+            .request(group, timeout, |h| h.read(group, key.to_vec()))
+            .await?
+        {
+            Reply::Kv(Response::Value(v)) => Ok(v),
+            other => Err(Error::Invalid(format!("unexpected reply {other:?}"))),
         }
+    }
+
+    /// Applies many commands, all in flight at once.
+    pub async fn write_many(
+        self: &Arc<Self>,
+        cmds: Vec<Command>,
+        timeout: Duration,
+    ) -> Result<Vec<Response>> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, cmd) in cmds.into_iter().enumerate() {
+            let me = self.clone();
+            tasks.spawn(async move { (i, me.write(cmd, timeout).await) });
+        }
+        let mut out = vec![None; tasks.len()];
+        while let Some(done) = tasks.join_next().await {
+            let (i, r) = done.map_err(|e| Error::Invalid(format!("client task failed: {e}")))?;
+            out[i] = Some(r?);
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.expect("every task answered"))
+            .collect())
     }
 
     /// Stops every node.

@@ -1,17 +1,18 @@
 //! The threaded runner: three driver threads with real time, wired in
 //! memory, elect leaders and serve writes and linearizable reads.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla::kv::{Command, Op, Response};
 use flotilla::local::LocalCluster;
 
-#[test]
-fn three_driver_threads_elect_and_serve() {
+#[tokio::test]
+async fn three_driver_threads_elect_and_serve() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = LocalCluster::start(3, 8, 256, Some(dir.path())).unwrap();
+    let c = Arc::new(LocalCluster::start(3, 8, 256, Some(dir.path())).unwrap());
     assert!(
-        c.wait_for_leaders(Duration::from_secs(20)),
+        c.wait_for_leaders(Duration::from_secs(20)).await,
         "no leaders within 20 s"
     );
     let cmds: Vec<Command> = (0..200)
@@ -26,7 +27,7 @@ fn three_driver_threads_elect_and_serve() {
         })
         .collect();
     let commits_before = c.commits();
-    let answers = c.write_many(&cmds, Duration::from_secs(30)).unwrap();
+    let answers = c.write_many(cmds, Duration::from_secs(30)).await.unwrap();
     assert!(answers.iter().all(|r| *r == Response::Written));
     let fsyncs = c.commits() - commits_before;
     // 200 writes in flight together share rounds: far fewer than one fsync
@@ -38,8 +39,9 @@ fn three_driver_threads_elect_and_serve() {
     for i in 0..200u64 {
         let v = c
             .read(format!("t{i}").as_bytes(), Duration::from_secs(10))
+            .await
             .unwrap();
         assert_eq!(v, Some(i.to_le_bytes().to_vec()));
     }
-    c.stop().unwrap();
+    Arc::into_inner(c).expect("no other owner").stop().unwrap();
 }

@@ -30,6 +30,16 @@ impl Driver {
     /// Runs one round. See the module documentation for the order of work.
     /// An error means the disk failed; the node must stop.
     pub fn round(&mut self) -> Result<RoundOutput> {
+        self.round_with(|_| {})
+    }
+
+    /// Runs one round, handing `early` what may leave before the round's
+    /// commit: messages raft-rs allows to be sent before local persistence
+    /// (a leader's appends, so followers write in parallel with it) and
+    /// answers to proposals whose entries applied (they are committed on a
+    /// quorum already; replaying the log re-applies them after a crash).
+    /// `early` takes what it sends out of the output; the rest is returned.
+    pub fn round_with(&mut self, early: impl FnOnce(&mut RoundOutput)) -> Result<RoundOutput> {
         let mut out = RoundOutput {
             completions: std::mem::take(&mut self.early),
             ..Default::default()
@@ -63,6 +73,7 @@ impl Driver {
             }
             w.entries
         };
+        early(&mut out);
         round.commit(staged)?;
         out.committed = true;
 

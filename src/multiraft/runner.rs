@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use raft::eraftpb::MessageType;
 use tokio::sync::oneshot;
 
-use super::{Driver, GroupMessage, GroupStatus, Proposal, Reply, Token};
+use super::{Driver, GroupMessage, GroupStatus, Proposal, Reply, RoundOutput, Token};
 use crate::error::{Error, Result};
 use crate::types::{GroupId, NodeId};
 
@@ -223,24 +223,36 @@ fn run(
                 next_tick = Instant::now() + tick;
             }
         }
-        let out = driver.round()?;
-        for (to, msgs) in out.outbound {
-            let snapshots: Vec<GroupId> = msgs
-                .iter()
-                .filter(|m| m.msg.get_msg_type() == MessageType::MsgSnapshot)
-                .map(|m| m.group)
-                .collect();
-            let sent = transport.send(to, msgs);
+        // Messages and answers leave as soon as the driver allows: leaders'
+        // appends before the round's fsync, the rest after it.
+        let mut reports: Vec<(NodeId, bool, Vec<GroupId>)> = Vec::new();
+        let mut dispatch =
+            |out: &mut RoundOutput, reports: &mut Vec<(NodeId, bool, Vec<GroupId>)>| {
+                for (to, msgs) in std::mem::take(&mut out.outbound) {
+                    let snapshots: Vec<GroupId> = msgs
+                        .iter()
+                        .filter(|m| m.msg.get_msg_type() == MessageType::MsgSnapshot)
+                        .map(|m| m.group)
+                        .collect();
+                    let sent = transport.send(to, msgs);
+                    if !sent || !snapshots.is_empty() {
+                        reports.push((to, sent, snapshots));
+                    }
+                }
+                for c in out.completions.drain(..) {
+                    if let Some(reply) = waiting.remove(&c.token) {
+                        let _ = reply.send(c.result);
+                    }
+                }
+            };
+        let mut out = driver.round_with(|o| dispatch(o, &mut reports))?;
+        dispatch(&mut out, &mut reports);
+        for (to, sent, snapshots) in reports {
             if !sent {
                 driver.report_unreachable(to);
             }
             for g in snapshots {
                 driver.report_snapshot(g, to, sent);
-            }
-        }
-        for c in out.completions {
-            if let Some(reply) = waiting.remove(&c.token) {
-                let _ = reply.send(c.result);
             }
         }
     }
