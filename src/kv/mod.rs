@@ -93,6 +93,23 @@ pub enum Response {
     Value(Option<Vec<u8>>),
 }
 
+/// What a group remembers of one client: the answers it may still ask for
+/// again, and the sequence below which it promised never to ask.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub struct Session {
+    /// Every sequence below this was acknowledged by the client.
+    pub floor: u64,
+    /// Recorded answers by sequence, oldest first.
+    pub results: Vec<(u64, Response)>,
+}
+
+/// Answers kept per client and group at most. A client that never
+/// acknowledges anything loses deduplication of its oldest commands past
+/// this many, instead of growing its session row without bound.
+pub const MAX_SESSION_RESULTS: usize = 256;
+
 /// The storage a state machine applies to: the KV rows and the session rows
 /// of one group.
 pub trait KvStore {
@@ -102,31 +119,29 @@ pub trait KvStore {
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()>;
     /// Removes a key; returns whether it existed.
     fn delete(&mut self, key: &[u8]) -> Result<bool>;
-    /// The recorded response of `(client, seq)`, if any.
-    fn session_get(&self, client: u64, seq: u64) -> Result<Option<Response>>;
-    /// Records the response of `(client, seq)`.
-    fn session_put(&mut self, client: u64, seq: u64, response: &Response) -> Result<()>;
-    /// The lowest sequence of `client` whose response is still remembered.
-    fn session_floor(&self, client: u64) -> Result<u64>;
-    /// Forgets every response of `client` below `floor` and raises the floor.
-    fn session_trim(&mut self, client: u64, floor: u64) -> Result<()>;
+    /// The session of `client`, if it has one.
+    fn session(&self, client: u64) -> Result<Option<Session>>;
+    /// Stores the session of `client`.
+    fn put_session(&mut self, client: u64, session: &Session) -> Result<()>;
 }
 
 /// Applies one command to a store. Deterministic: the same store contents and
 /// command give the same response and the same new contents on every replica.
 pub fn apply(store: &mut impl KvStore, cmd: &Command) -> Result<Response> {
+    let mut session = None;
     if cmd.client != 0 {
-        let floor = store.session_floor(cmd.client)?;
-        if cmd.seq < floor {
+        let s = store.session(cmd.client)?.unwrap_or_default();
+        if cmd.seq < s.floor {
             return Err(Error::SessionExpired {
                 client: cmd.client,
                 seq: cmd.seq,
-                floor,
+                floor: s.floor,
             });
         }
-        if let Some(previous) = store.session_get(cmd.client, cmd.seq)? {
-            return Ok(previous);
+        if let Some((_, previous)) = s.results.iter().find(|(seq, _)| *seq == cmd.seq) {
+            return Ok(previous.clone());
         }
+        session = Some(s);
     }
     let response = match &cmd.op {
         Op::Put { key, value } => {
@@ -150,14 +165,19 @@ pub fn apply(store: &mut impl KvStore, cmd: &Command) -> Result<Response> {
             Response::Cas { swapped, current }
         }
     };
-    if cmd.client != 0 {
-        store.session_put(cmd.client, cmd.seq, &response)?;
-        let floor = store.session_floor(cmd.client)?;
-        // Never trim the entry just written: a retry of it must still dedupe.
-        let ack = cmd.ack_below.min(cmd.seq);
-        if ack > floor {
-            store.session_trim(cmd.client, ack)?;
+    if let Some(mut s) = session {
+        let at = s.results.partition_point(|(seq, _)| *seq < cmd.seq);
+        s.results.insert(at, (cmd.seq, response.clone()));
+        // Never forget the answer just recorded: its retry must still dedupe.
+        s.floor = s.floor.max(cmd.ack_below.min(cmd.seq));
+        if s.results.len() > MAX_SESSION_RESULTS {
+            s.floor = s
+                .floor
+                .max(s.results[s.results.len() - MAX_SESSION_RESULTS].0);
         }
+        let floor = s.floor;
+        s.results.retain(|(seq, _)| *seq >= floor);
+        store.put_session(cmd.client, &s)?;
     }
     Ok(response)
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{KvStore, Response};
+use super::{KvStore, Session};
 use crate::error::Result;
 
 /// A [`KvStore`] kept in ordered maps.
@@ -10,10 +10,8 @@ use crate::error::Result;
 pub struct MapStore {
     /// The KV rows.
     pub rows: BTreeMap<Vec<u8>, Vec<u8>>,
-    /// Recorded responses by (client, seq).
-    pub sessions: BTreeMap<(u64, u64), Response>,
-    /// Session floors by client.
-    pub floors: BTreeMap<u64, u64>,
+    /// Sessions by client.
+    pub sessions: BTreeMap<u64, Session>,
 }
 
 impl KvStore for MapStore {
@@ -27,19 +25,11 @@ impl KvStore for MapStore {
     fn delete(&mut self, key: &[u8]) -> Result<bool> {
         Ok(self.rows.remove(key).is_some())
     }
-    fn session_get(&self, client: u64, seq: u64) -> Result<Option<Response>> {
-        Ok(self.sessions.get(&(client, seq)).cloned())
+    fn session(&self, client: u64) -> Result<Option<Session>> {
+        Ok(self.sessions.get(&client).cloned())
     }
-    fn session_put(&mut self, client: u64, seq: u64, response: &Response) -> Result<()> {
-        self.sessions.insert((client, seq), response.clone());
-        Ok(())
-    }
-    fn session_floor(&self, client: u64) -> Result<u64> {
-        Ok(self.floors.get(&client).copied().unwrap_or(0))
-    }
-    fn session_trim(&mut self, client: u64, floor: u64) -> Result<()> {
-        self.sessions.retain(|&(c, s), _| c != client || s >= floor);
-        self.floors.insert(client, floor);
+    fn put_session(&mut self, client: u64, session: &Session) -> Result<()> {
+        self.sessions.insert(client, session.clone());
         Ok(())
     }
 }

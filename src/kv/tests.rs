@@ -87,8 +87,10 @@ fn acknowledged_sequences_are_trimmed_and_then_refused() {
     let mut c = cmd(3, 6, put("k", "v"));
     c.ack_below = 5;
     apply(&mut s, &c).unwrap();
-    assert_eq!(s.session_floor(3).unwrap(), 5);
-    assert_eq!(s.sessions.len(), 2, "only seqs 5 and 6 remain");
+    let session = s.session(3).unwrap().unwrap();
+    assert_eq!(session.floor, 5);
+    let kept: Vec<u64> = session.results.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(kept, vec![5, 6], "only seqs 5 and 6 remain");
     let err = apply(&mut s, &cmd(3, 2, put("k", "v"))).unwrap_err();
     assert!(matches!(
         err,
@@ -120,4 +122,21 @@ fn limits_reject_oversize_keys_and_values() {
         Err(Error::ValueTooLarge { .. })
     ));
     assert!(matches!(l.check(&put("", "v")), Err(Error::Invalid(_))));
+}
+
+#[test]
+fn a_client_that_never_acknowledges_keeps_a_bounded_session() {
+    let mut s = MapStore::default();
+    let n = MAX_SESSION_RESULTS as u64 + 50;
+    for seq in 1..=n {
+        apply(&mut s, &cmd(4, seq, put("k", "v"))).unwrap();
+    }
+    let session = s.session(4).unwrap().unwrap();
+    assert_eq!(session.results.len(), MAX_SESSION_RESULTS);
+    assert_eq!(session.floor, n - MAX_SESSION_RESULTS as u64 + 1);
+    // The newest answers still deduplicate.
+    assert_eq!(
+        apply(&mut s, &cmd(4, n, cas("k", None, Some("x")))).unwrap(),
+        Response::Written
+    );
 }

@@ -16,8 +16,7 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 use redb::{Database, ReadableDatabase};
 
 use super::schema::{
-    RaftStateRecord, SnapshotData, APPLIED, FLOORS, KV, LOG, META, META_CATALOG, RAFT_STATE,
-    SESSIONS,
+    RaftStateRecord, SnapshotData, APPLIED, KV, LOG, META, META_CATALOG, RAFT_STATE, SESSIONS,
 };
 use crate::error::{Error, Result};
 use crate::types::{GroupId, CATALOG_GROUP};
@@ -160,14 +159,9 @@ impl GroupStorage {
             let (k, v) = row?;
             data.rows.push((k.value().1.to_vec(), v.value().to_vec()));
         }
-        for row in txn.open_table(SESSIONS)?.range((g, 0, 0)..(g + 1, 0, 0))? {
+        for row in txn.open_table(SESSIONS)?.range((g, 0)..(g + 1, 0))? {
             let (k, v) = row?;
-            let (_, client, seq) = k.value();
-            data.sessions.push((client, seq, v.value().to_vec()));
-        }
-        for row in txn.open_table(FLOORS)?.range((g, 0)..(g + 1, 0))? {
-            let (k, v) = row?;
-            data.floors.push((k.value().1, v.value()));
+            data.sessions.push((k.value().1, v.value().to_vec()));
         }
         if self.group == CATALOG_GROUP {
             data.catalog = txn

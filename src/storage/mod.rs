@@ -36,7 +36,7 @@ use crate::error::{Error, Result};
 use crate::types::{GroupId, NodeId};
 use crate::wire;
 use schema::{
-    APPLIED, FLOORS, KV, LOG, META, META_CATALOG, META_CLUSTER_ID, META_INCARNATION, META_NODE_ID,
+    APPLIED, KV, LOG, META, META_CATALOG, META_CLUSTER_ID, META_INCARNATION, META_NODE_ID,
     RAFT_STATE, SESSIONS,
 };
 
@@ -97,7 +97,6 @@ impl Engine {
         txn.open_table(APPLIED)?;
         txn.open_table(KV)?;
         txn.open_table(SESSIONS)?;
-        txn.open_table(FLOORS)?;
         txn.open_table(META)?;
         txn.commit()?;
         Ok(Engine {
@@ -251,11 +250,9 @@ impl Engine {
             h.update(&(v.value().len() as u64).to_le_bytes());
             h.update(v.value());
         }
-        for row in txn.open_table(SESSIONS)?.range((g, 0, 0)..(g + 1, 0, 0))? {
+        for row in txn.open_table(SESSIONS)?.range((g, 0)..(g + 1, 0))? {
             let (k, v) = row?;
-            let (_, c, s) = k.value();
-            h.update(&c.to_le_bytes());
-            h.update(&s.to_le_bytes());
+            h.update(&k.value().1.to_le_bytes());
             h.update(v.value());
         }
         Ok((applied, h.digest()))

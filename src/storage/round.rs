@@ -14,13 +14,12 @@ use raft::eraftpb::Entry;
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::schema::{
-    RaftStateRecord, SnapshotData, APPLIED, FLOORS, KV, LOG, META, META_CATALOG, RAFT_STATE,
-    SESSIONS,
+    RaftStateRecord, SnapshotData, APPLIED, KV, LOG, META, META_CATALOG, RAFT_STATE, SESSIONS,
 };
 use super::Stats;
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
-use crate::kv::{KvStore, Response};
+use crate::kv::{KvStore, Session};
 use crate::types::GroupId;
 use crate::wire;
 
@@ -43,7 +42,6 @@ impl Round {
             applied: self.txn.open_table(APPLIED)?,
             kv: self.txn.open_table(KV)?,
             sessions: self.txn.open_table(SESSIONS)?,
-            floors: self.txn.open_table(FLOORS)?,
             meta: self.txn.open_table(META)?,
             entries: 0,
         })
@@ -66,8 +64,7 @@ pub struct RoundWriter<'t> {
     raft: Table<'t, u64, &'static [u8]>,
     applied: Table<'t, u64, u64>,
     kv: Table<'t, (u64, &'static [u8]), &'static [u8]>,
-    sessions: Table<'t, (u64, u64, u64), &'static [u8]>,
-    floors: Table<'t, (u64, u64), u64>,
+    sessions: Table<'t, (u64, u64), &'static [u8]>,
     meta: Table<'t, &'static str, &'static [u8]>,
     /// Log entries staged so far.
     pub(crate) entries: u64,
@@ -137,20 +134,15 @@ impl<'t> RoundWriter<'t> {
         let g = group.0;
         self.kv
             .retain_in((g, &[][..])..(g + 1, &[][..]), |_, _| false)?;
-        self.sessions
-            .retain_in((g, 0, 0)..(g + 1, 0, 0), |_, _| false)?;
-        self.floors.retain_in((g, 0)..(g + 1, 0), |_, _| false)?;
+        self.sessions.retain_in((g, 0)..(g + 1, 0), |_, _| false)?;
         if old_first <= old_last {
             self.compact(group, old_first, old_last)?;
         }
         for (k, v) in &data.rows {
             self.kv.insert((g, k.as_slice()), v.as_slice())?;
         }
-        for (client, seq, r) in &data.sessions {
-            self.sessions.insert((g, *client, *seq), r.as_slice())?;
-        }
-        for (client, floor) in &data.floors {
-            self.floors.insert((g, *client), *floor)?;
+        for (client, session) in &data.sessions {
+            self.sessions.insert((g, *client), session.as_slice())?;
         }
         if let Some(c) = &data.catalog {
             self.meta.insert(META_CATALOG, c.as_slice())?;
@@ -188,35 +180,17 @@ impl KvStore for GroupKv<'_, '_> {
         Ok(self.w.kv.remove((self.g, key))?.is_some())
     }
 
-    fn session_get(&self, client: u64, seq: u64) -> Result<Option<Response>> {
-        match self.w.sessions.get((self.g, client, seq))? {
-            Some(v) => Ok(Some(wire::decode("session response", v.value())?)),
+    fn session(&self, client: u64) -> Result<Option<Session>> {
+        match self.w.sessions.get((self.g, client))? {
+            Some(v) => Ok(Some(wire::decode("client session", v.value())?)),
             None => Ok(None),
         }
     }
 
-    fn session_put(&mut self, client: u64, seq: u64, response: &Response) -> Result<()> {
+    fn put_session(&mut self, client: u64, session: &Session) -> Result<()> {
         self.w
             .sessions
-            .insert((self.g, client, seq), wire::encode(response).as_slice())?;
-        Ok(())
-    }
-
-    fn session_floor(&self, client: u64) -> Result<u64> {
-        Ok(self
-            .w
-            .floors
-            .get((self.g, client))?
-            .map(|v| v.value())
-            .unwrap_or(0))
-    }
-
-    fn session_trim(&mut self, client: u64, floor: u64) -> Result<()> {
-        let g = self.g;
-        self.w
-            .sessions
-            .retain_in((g, client, 0)..(g, client, floor), |_, _| false)?;
-        self.w.floors.insert((g, client), floor)?;
+            .insert((self.g, client), wire::encode(session).as_slice())?;
         Ok(())
     }
 }

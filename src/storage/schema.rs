@@ -16,11 +16,8 @@ pub(crate) const RAFT_STATE: TableDefinition<u64, &[u8]> = TableDefinition::new(
 pub(crate) const APPLIED: TableDefinition<u64, u64> = TableDefinition::new("applied");
 /// KV rows: (group, key) → value.
 pub(crate) const KV: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("kv");
-/// Client session results: (group, client, seq) → rkyv `Response`.
-pub(crate) const SESSIONS: TableDefinition<(u64, u64, u64), &[u8]> =
-    TableDefinition::new("sessions");
-/// Client session floors: (group, client) → lowest remembered seq.
-pub(crate) const FLOORS: TableDefinition<(u64, u64), u64> = TableDefinition::new("session_floors");
+/// Client sessions: (group, client) → rkyv `kv::Session`.
+pub(crate) const SESSIONS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("sessions");
 /// Node-wide facts: see the `META_*` keys.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -110,10 +107,8 @@ impl RaftStateRecord {
 pub struct SnapshotData {
     /// KV rows.
     pub rows: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Session results: (client, seq, rkyv response).
-    pub sessions: Vec<(u64, u64, Vec<u8>)>,
-    /// Session floors: (client, floor).
-    pub floors: Vec<(u64, u64)>,
+    /// Sessions: (client, rkyv `kv::Session`).
+    pub sessions: Vec<(u64, Vec<u8>)>,
     /// For group 0: the rkyv-encoded catalog.
     pub catalog: Option<Vec<u8>>,
 }
