@@ -1,7 +1,7 @@
 # Flotilla: the two commands a newcomer needs are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test lint bench build
+.PHONY: run test lint bench build certs
 
 ## Build and run the in-process demo: a 3-node cluster, writes, reads, a crash and a restart.
 run:
@@ -22,3 +22,7 @@ bench:
 
 build:
 	$(CARGO) build --release
+
+## Development certificates in certs/ (a CA, node, admin and client certificates).
+certs:
+	$(CARGO) run --release --bin flotilla -- certs create --dir certs --hosts 127.0.0.1,localhost

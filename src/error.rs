@@ -90,6 +90,14 @@ pub enum Error {
     /// Raft refused an operation.
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
+    /// A certificate or key could not be made, read or accepted.
+    #[error("certificate {path}: {detail}")]
+    Certificate {
+        /// The file (or peer) it came from.
+        path: String,
+        /// What is wrong.
+        detail: String,
+    },
     /// A request that is malformed in a way no retry can fix.
     #[error("invalid request: {0}")]
     Invalid(String),
@@ -107,6 +115,7 @@ impl Error {
             | Error::Corrupt { .. }
             | Error::Storage(_)
             | Error::Raft(_)
+            | Error::Certificate { .. }
             | Error::Invalid(_) => Action::Fail,
         }
     }

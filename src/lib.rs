@@ -36,6 +36,7 @@
 //! - [`kv`]: the deterministic KV state machine.
 //! - [`catalog`]: group 0's state machine and routing.
 //! - [`wire`]: rkyv encodings with validation.
+//! - [`certs`]: the cluster CA and role-bearing certificates.
 //! - [`sim`]: a deterministic in-process cluster for tests and the demo.
 //! - [`local`]: drivers on real threads wired in memory, for benchmarks.
 //!
@@ -44,6 +45,7 @@
 //! lets [`sim`] replay any run from its seed.
 
 pub mod catalog;
+pub mod certs;
 pub mod demo;
 pub mod error;
 pub mod kv;

@@ -1,5 +1,7 @@
 //! The `flotilla` command.
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -23,6 +25,27 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         keys: u64,
     },
+    /// Certificate management.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Creates a cluster CA and node, admin and client certificates.
+    Create {
+        /// Directory to write them to.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Hosts (IP addresses or DNS names) the node certificate is valid for.
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
+        hosts: Vec<String>,
+        /// Replace an existing CA (every certificate it signed stops working).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +58,13 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Demo { keys } => flotilla::demo::run(&mut std::io::stdout(), keys)?,
+        Command::Certs {
+            command: CertsCommand::Create { dir, hosts, force },
+        } => {
+            for path in flotilla::certs::create(&dir, &hosts, force)? {
+                println!("wrote {}", path.display());
+            }
+        }
     }
     Ok(())
 }

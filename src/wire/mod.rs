@@ -4,9 +4,11 @@
 //! Raft entries, the catalog, snapshot payloads) is rkyv-encoded and decoded
 //! through [`decode`], which validates the bytes with bytecheck before any
 //! field is touched. A malformed buffer becomes [`Error::Corrupt`], never a
-//! panic. Raft's own protobuf types stay inside the node: the transport
-//! converts them (a later layer), and storage keeps raft entries in the
-//! encoding raft-rs gives them.
+//! panic. Raft's own protobuf types stay inside the node: [`message`] mirrors
+//! them for the network, and storage keeps raft entries on local disk in
+//! the encoding raft-rs gives them.
+
+pub mod message;
 
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::rancor;
