@@ -46,6 +46,9 @@ pub enum Error {
         /// Why it was given up on.
         reason: &'static str,
     },
+    /// A peer could not be reached or the connection to it broke.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
     /// This node holds no replica of the group.
     #[error("{0} has no replica on this node")]
     UnknownGroup(GroupId),
@@ -108,7 +111,9 @@ impl Error {
     pub fn action(&self) -> Action {
         match self {
             Error::NotLeader { .. } | Error::UnknownGroup(_) => Action::Redirect,
-            Error::ProposalLost { .. } | Error::ReadUnconfirmed { .. } => Action::Retry,
+            Error::ProposalLost { .. } | Error::ReadUnconfirmed { .. } | Error::Unreachable(_) => {
+                Action::Retry
+            }
             Error::KeyTooLarge { .. }
             | Error::ValueTooLarge { .. }
             | Error::SessionExpired { .. }

@@ -37,6 +37,7 @@
 //! - [`catalog`]: group 0's state machine and routing.
 //! - [`wire`]: rkyv encodings with validation.
 //! - [`certs`]: the cluster CA and role-bearing certificates.
+//! - [`transport`]: QUIC with mutual TLS between nodes, frames, refusals.
 //! - [`sim`]: a deterministic in-process cluster for tests and the demo.
 //! - [`local`]: drivers on real threads wired in memory, for benchmarks.
 //!
@@ -53,6 +54,7 @@ pub mod local;
 pub mod multiraft;
 pub mod sim;
 pub mod storage;
+pub mod transport;
 pub mod types;
 pub mod wire;
 

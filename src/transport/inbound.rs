@@ -1,0 +1,127 @@
+//! Accepting peers and reading their frames.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use quinn::{Connection, RecvStream};
+
+use super::frame::{read_frame, Frame};
+use super::{Inbox, Transport};
+use crate::certs::{role_of, spki_sha256, Role};
+use crate::error::Error;
+use crate::multiraft::GroupMessage;
+
+/// QUIC error code for a peer refused after the handshake.
+const REFUSED: u32 = 0x46;
+/// QUIC stream error code for a malformed frame.
+const BAD_FRAME: u32 = 0x47;
+
+pub(super) async fn accept_loop(t: Arc<Transport>, inbox: Arc<dyn Inbox>) {
+    while let Some(incoming) = t.endpoint.accept().await {
+        let remote = incoming.remote_address();
+        let (t, inbox) = (t.clone(), inbox.clone());
+        tokio::spawn(async move {
+            match incoming.await {
+                Ok(conn) => serve_connection(t, inbox, conn).await,
+                Err(e) => {
+                    t.stats.refused_handshakes.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(node_id = t.node.0, peer = %remote, error = %e, "connection refused during the TLS handshake");
+                }
+            }
+        });
+    }
+}
+
+/// What the handshake proved about a peer.
+struct PeerCert {
+    role: Option<Role>,
+    spki: Option<[u8; 32]>,
+}
+
+fn peer_cert(conn: &Connection) -> PeerCert {
+    let der = conn
+        .peer_identity()
+        .and_then(|id| {
+            id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|certs| certs.first().map(|c| c.to_vec()));
+    match der {
+        Some(d) => PeerCert {
+            role: role_of(&d).ok().flatten(),
+            spki: spki_sha256(&d).ok(),
+        },
+        None => PeerCert {
+            role: None,
+            spki: None,
+        },
+    }
+}
+
+async fn serve_connection(t: Arc<Transport>, inbox: Arc<dyn Inbox>, conn: Connection) {
+    let cert = Arc::new(peer_cert(&conn));
+    loop {
+        match conn.accept_uni().await {
+            Ok(recv) => {
+                let (t, inbox, conn, cert) = (t.clone(), inbox.clone(), conn.clone(), cert.clone());
+                tokio::spawn(async move { serve_stream(t, inbox, conn, &cert, recv).await });
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+async fn serve_stream(
+    t: Arc<Transport>,
+    inbox: Arc<dyn Inbox>,
+    conn: Connection,
+    cert: &PeerCert,
+    mut recv: RecvStream,
+) {
+    let peer = conn.remote_address();
+    loop {
+        let frame = match read_frame(&mut recv).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(Error::Unreachable(_)) => return,
+            Err(e) => {
+                t.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(node_id = t.node.0, peer = %peer, error = %e, "malformed frame; stream closed");
+                let _ = recv.stop(BAD_FRAME.into());
+                return;
+            }
+        };
+        match frame {
+            Frame::Raft { from, batch } => {
+                if cert.role != Some(Role::Node) {
+                    t.stats.refused_roles.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(node_id = t.node.0, peer = %peer, role = ?cert.role, "Raft traffic from a certificate without the node role refused");
+                    conn.close(REFUSED.into(), b"only nodes may send raft traffic");
+                    return;
+                }
+                if let Some(pin) = t.pin_of(from) {
+                    if cert.spki != Some(pin) {
+                        t.stats.refused_pins.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(node_id = t.node.0, peer = %peer, claimed = from.0, "peer key does not match the pin of the node it claims to be");
+                        conn.close(REFUSED.into(), b"key does not match pin");
+                        return;
+                    }
+                }
+                let mut msgs = Vec::with_capacity(batch.len());
+                for (group, m) in batch {
+                    match m.into_raft() {
+                        Ok(msg) => msgs.push(GroupMessage { group, msg }),
+                        Err(e) => {
+                            t.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(node_id = t.node.0, peer = %peer, error = %e, "malformed raft message; stream closed");
+                            let _ = recv.stop(BAD_FRAME.into());
+                            return;
+                        }
+                    }
+                }
+                t.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+                inbox.deliver(from, msgs);
+            }
+        }
+    }
+}

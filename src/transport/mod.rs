@@ -1,0 +1,168 @@
+//! The network between nodes: QUIC (quinn) with mutual TLS (rustls).
+//!
+//! Each node runs one [`Transport`]: a quinn endpoint that accepts
+//! connections from peers and dials them. Every connection is mutual TLS
+//! against the cluster CA with ALPN `flotilla/1` ([`tls`]); after the
+//! handshake the peer's certificate decides what it may send: only the
+//! `node` role may send Raft traffic, and a node whose public key the
+//! catalog pins must present that key. Everything travels as length-prefixed
+//! rkyv [`frame`]s with a size limit; a bad frame closes that stream, is
+//! logged and counted, and the node keeps serving.
+//!
+//! Outbound, each peer has one task owning one connection and one
+//! long-lived unidirectional stream on which the Raft messages of all
+//! groups bound for that peer travel in batches; it reconnects with
+//! exponential backoff. The driver thread hands it batches through a
+//! channel ([`QuicSender`]), so the driver never waits on the network.
+//!
+//! Left out for now: RPC streams (client requests, joins) and snapshot
+//! chunking; snapshots travel inside a Raft frame.
+
+pub mod frame;
+mod inbound;
+mod outbound;
+pub mod tls;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+pub use outbound::QuicSender;
+pub use tls::TlsIdentity;
+
+use crate::error::{Error, Result};
+use crate::multiraft::runner::DriverHandle;
+use crate::multiraft::GroupMessage;
+use crate::types::NodeId;
+
+/// Where inbound Raft messages go.
+pub trait Inbox: Send + Sync + 'static {
+    /// Hands over a batch that arrived from `from`.
+    fn deliver(&self, from: NodeId, msgs: Vec<GroupMessage>);
+}
+
+impl Inbox for DriverHandle {
+    fn deliver(&self, _from: NodeId, msgs: Vec<GroupMessage>) {
+        DriverHandle::deliver(self, msgs);
+    }
+}
+
+/// Counters of what the transport saw, refusals included.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    /// Frames received and accepted.
+    pub frames_in: AtomicU64,
+    /// Frames sent.
+    pub frames_out: AtomicU64,
+    /// Frames that failed to decode or exceeded the size limit.
+    pub bad_frames: AtomicU64,
+    /// Connections whose TLS handshake failed (no certificate, unknown CA,
+    /// wrong ALPN).
+    pub refused_handshakes: AtomicU64,
+    /// Raft frames from a certificate without the node role.
+    pub refused_roles: AtomicU64,
+    /// Raft frames from a node whose key does not match its pin.
+    pub refused_pins: AtomicU64,
+}
+
+impl TransportStats {
+    /// Reads a counter.
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// What the transport knows of a peer.
+#[derive(Clone, Debug)]
+struct Peer {
+    addr: SocketAddr,
+    /// SHA-256 of its SubjectPublicKeyInfo, once the catalog knows it.
+    pin: Option<[u8; 32]>,
+}
+
+/// A node's QUIC endpoint.
+pub struct Transport {
+    node: NodeId,
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    /// Peers by node id. A std lock: held only to copy an entry.
+    peers: RwLock<BTreeMap<NodeId, Peer>>,
+    /// One outbound task per peer, started on first use.
+    senders: Mutex<BTreeMap<NodeId, outbound::PeerSender>>,
+    stats: Arc<TransportStats>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Transport {
+    /// Binds `listen` and starts accepting peers; inbound Raft batches go to
+    /// `inbox`. Must run inside a tokio runtime.
+    pub fn bind(
+        node: NodeId,
+        listen: SocketAddr,
+        identity: &TlsIdentity,
+        inbox: Arc<dyn Inbox>,
+    ) -> Result<Arc<Transport>> {
+        let endpoint = quinn::Endpoint::server(identity.server_config()?, listen)
+            .map_err(|e| Error::Unreachable(format!("cannot listen on {listen}: {e}")))?;
+        let t = Arc::new(Transport {
+            node,
+            endpoint,
+            client_config: identity.client_config()?,
+            peers: RwLock::default(),
+            senders: Mutex::default(),
+            stats: Arc::default(),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        tokio::spawn(inbound::accept_loop(t.clone(), inbox));
+        Ok(t)
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.endpoint
+            .local_addr()
+            .map_err(|e| Error::Unreachable(e.to_string()))
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// Records (or updates) a peer's address and key pin.
+    pub fn set_peer(&self, node: NodeId, addr: SocketAddr, pin: Option<[u8; 32]>) {
+        self.peers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node, Peer { addr, pin });
+    }
+
+    fn peer(&self, node: NodeId) -> Option<Peer> {
+        self.peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node)
+            .cloned()
+    }
+
+    /// The pin of the node `node`, if known.
+    fn pin_of(&self, node: NodeId) -> Option<[u8; 32]> {
+        self.peer(node).and_then(|p| p.pin)
+    }
+
+    /// The transport's counters.
+    pub fn stats(&self) -> Arc<TransportStats> {
+        self.stats.clone()
+    }
+
+    /// A [`crate::multiraft::runner::Transport`] for the driver thread.
+    pub fn sender(self: &Arc<Self>) -> QuicSender {
+        QuicSender::new(self.clone())
+    }
+
+    /// Closes every connection and stops listening.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutting down");
+    }
+}

@@ -1,0 +1,108 @@
+//! rustls configurations for mutual TLS against the cluster CA.
+//!
+//! Both directions verify the peer's chain against the one cluster CA;
+//! neither accepts a connection without a client certificate. ALPN is
+//! `flotilla/1`, so anything else speaking QUIC to the port is turned away
+//! during the handshake. Roles and pins are checked after the handshake by
+//! the transport, from the peer's certificate ([`crate::certs`]).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+
+use crate::error::{Error, Result};
+
+/// The ALPN protocol of Flotilla's transport.
+pub const ALPN: &[u8] = b"flotilla/1";
+
+/// A certificate chain and key, with the CA that peers must chain to.
+pub struct TlsIdentity {
+    /// The cluster CA.
+    pub ca: CertificateDer<'static>,
+    /// This side's certificate.
+    pub cert: CertificateDer<'static>,
+    /// This side's private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+fn cert_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Certificate {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    }
+}
+
+impl TlsIdentity {
+    /// Loads PEM files.
+    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<TlsIdentity> {
+        Ok(TlsIdentity {
+            ca: CertificateDer::from_pem_file(ca).map_err(|e| cert_err(ca, e))?,
+            cert: CertificateDer::from_pem_file(cert).map_err(|e| cert_err(cert, e))?,
+            key: PrivateKeyDer::from_pem_file(key).map_err(|e| cert_err(key, e))?,
+        })
+    }
+
+    fn roots(&self) -> Result<Arc<RootCertStore>> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca.clone()).map_err(|e| Error::Certificate {
+            path: "CA".into(),
+            detail: e.to_string(),
+        })?;
+        Ok(Arc::new(roots))
+    }
+
+    fn tls_error(e: rustls::Error) -> Error {
+        Error::Certificate {
+            path: "TLS configuration".into(),
+            detail: e.to_string(),
+        }
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// The server side: requires and verifies a client certificate.
+    pub fn server_config(&self) -> Result<quinn::ServerConfig> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, Self::provider())
+            .build()
+            .map_err(|e| Error::Certificate {
+                path: "CA".into(),
+                detail: e.to_string(),
+            })?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(Self::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(Self::tls_error)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![self.cert.clone()], self.key.clone_key())
+            .map_err(Self::tls_error)?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let quic = QuicServerConfig::try_from(tls).map_err(|e| Error::Certificate {
+            path: "QUIC".into(),
+            detail: e.to_string(),
+        })?;
+        Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+    }
+
+    /// The client side: verifies the server against the CA and presents
+    /// this side's certificate.
+    pub fn client_config(&self) -> Result<quinn::ClientConfig> {
+        let mut tls = rustls::ClientConfig::builder_with_provider(Self::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(Self::tls_error)?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(vec![self.cert.clone()], self.key.clone_key())
+            .map_err(Self::tls_error)?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let quic = QuicClientConfig::try_from(tls).map_err(|e| Error::Certificate {
+            path: "QUIC".into(),
+            detail: e.to_string(),
+        })?;
+        Ok(quinn::ClientConfig::new(Arc::new(quic)))
+    }
+}

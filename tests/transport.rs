@@ -1,0 +1,201 @@
+//! The QUIC transport on loopback: Raft batches between nodes, and every
+//! refusal the blueprint names: a foreign CA, a client certificate sending
+//! Raft traffic, a pinned key that does not match, malformed and oversize
+//! frames, and non-QUIC garbage. After each refusal the node still serves.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flotilla::certs::{self, role_files, Role, CA_CERT};
+use flotilla::multiraft::runner::Transport as _;
+use flotilla::multiraft::GroupMessage;
+use flotilla::transport::{Inbox, TlsIdentity, Transport, TransportStats};
+use flotilla::types::{GroupId, NodeId};
+use raft::eraftpb::{Entry, Message, MessageType};
+
+/// How long any one expectation may take on a loaded machine.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct ChanInbox(Mutex<mpsc::Sender<(NodeId, Vec<GroupMessage>)>>);
+
+impl Inbox for ChanInbox {
+    fn deliver(&self, from: NodeId, msgs: Vec<GroupMessage>) {
+        let _ = self.0.lock().unwrap().send((from, msgs));
+    }
+}
+
+fn identity(dir: &Path, role: Role) -> TlsIdentity {
+    let (crt, key) = role_files(dir, role);
+    TlsIdentity::load(&dir.join(CA_CERT), &crt, &key).unwrap()
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn append(to: u64, index: u64) -> GroupMessage {
+    let msg = Message {
+        msg_type: MessageType::MsgAppend,
+        from: 1,
+        to,
+        term: 3,
+        index,
+        entries: vec![Entry {
+            term: 3,
+            index: index + 1,
+            data: vec![7; 32].into(),
+            ..Default::default()
+        }]
+        .into(),
+        ..Default::default()
+    };
+    GroupMessage {
+        group: GroupId(5),
+        msg,
+    }
+}
+
+/// Sends from `t` to `to` until a batch arrives on `rx` (the first sends
+/// report the peer unreachable while the connection is being made).
+async fn deliver(
+    t: &Arc<Transport>,
+    to: NodeId,
+    rx: &mpsc::Receiver<(NodeId, Vec<GroupMessage>)>,
+    index: u64,
+) -> (NodeId, Vec<GroupMessage>) {
+    let mut sender = t.sender();
+    let start = Instant::now();
+    while start.elapsed() < DEADLINE {
+        sender.send(to, vec![append(to.0, index)]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Ok(got) = rx.try_recv() {
+            return got;
+        }
+    }
+    panic!("nothing delivered within {DEADLINE:?}");
+}
+
+async fn wait_for(counter: &AtomicU64, at_least: u64) {
+    let start = Instant::now();
+    while TransportStats::get(counter) < at_least {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "counter stayed at {}",
+            TransportStats::get(counter)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Keeps sending from `t` (whose connections will be refused) until the
+/// counter moves.
+async fn send_until(t: &Arc<Transport>, to: NodeId, counter: &AtomicU64) {
+    let mut sender = t.sender();
+    let start = Instant::now();
+    while TransportStats::get(counter) == 0 {
+        assert!(start.elapsed() < DEADLINE, "refusal never counted");
+        sender.send(to, vec![append(to.0, 1)]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_exchange_raft_batches_and_refuse_what_they_must() {
+    let dir = tempfile::tempdir().unwrap();
+    certs::create(dir.path(), &["127.0.0.1".into()], false).unwrap();
+    let (tx_b, rx_b) = mpsc::channel();
+    let b = Transport::bind(
+        NodeId(2),
+        loopback(),
+        &identity(dir.path(), Role::Node),
+        Arc::new(ChanInbox(Mutex::new(tx_b))),
+    )
+    .unwrap();
+    let b_addr = b.local_addr().unwrap();
+    let b_stats = b.stats();
+    let (tx_a, _rx_a) = mpsc::channel();
+    let a = Transport::bind(
+        NodeId(1),
+        loopback(),
+        &identity(dir.path(), Role::Node),
+        Arc::new(ChanInbox(Mutex::new(tx_a))),
+    )
+    .unwrap();
+    a.set_peer(NodeId(2), b_addr, None);
+
+    // A batch arrives intact.
+    let (from, msgs) = deliver(&a, NodeId(2), &rx_b, 10).await;
+    assert_eq!(from, NodeId(1));
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].group, GroupId(5));
+    assert_eq!(msgs[0].msg, append(2, 10).msg);
+
+    // A client certificate may connect but not speak Raft.
+    let (tx_c, _rx_c) = mpsc::channel();
+    let c = Transport::bind(
+        NodeId(9),
+        loopback(),
+        &identity(dir.path(), Role::Client),
+        Arc::new(ChanInbox(Mutex::new(tx_c))),
+    )
+    .unwrap();
+    c.set_peer(NodeId(2), b_addr, None);
+    send_until(&c, NodeId(2), &b_stats.refused_roles).await;
+
+    // A certificate from another CA does not get past the handshake.
+    let other = tempfile::tempdir().unwrap();
+    certs::create(other.path(), &["127.0.0.1".into()], false).unwrap();
+    let (tx_d, _rx_d) = mpsc::channel();
+    let d = Transport::bind(
+        NodeId(3),
+        loopback(),
+        &identity(other.path(), Role::Node),
+        Arc::new(ChanInbox(Mutex::new(tx_d))),
+    )
+    .unwrap();
+    d.set_peer(NodeId(2), b_addr, None);
+    send_until(&d, NodeId(2), &b_stats.refused_handshakes).await;
+
+    // Malformed and oversize frames close their stream and are counted.
+    let raw = quinn::Endpoint::client(loopback()).unwrap();
+    let conn = raw
+        .connect_with(
+            identity(dir.path(), Role::Node).client_config().unwrap(),
+            b_addr,
+            "127.0.0.1",
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    let mut s = conn.open_uni().await.unwrap();
+    s.write_all(&[0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8])
+        .await
+        .unwrap();
+    s.finish().unwrap();
+    wait_for(&b_stats.bad_frames, 1).await;
+    let mut s = conn.open_uni().await.unwrap();
+    s.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    s.finish().unwrap();
+    wait_for(&b_stats.bad_frames, 2).await;
+
+    // Non-QUIC bytes on the port are dropped.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.send_to(b"GET / HTTP/1.1\r\n\r\n", b_addr).unwrap();
+
+    // After all of that, B still takes A's traffic.
+    while rx_b.try_recv().is_ok() {}
+    let (_, msgs) = deliver(&a, NodeId(2), &rx_b, 20).await;
+    assert!(msgs.iter().all(|m| m.group == GroupId(5)));
+
+    // Pin A to a key it does not have: B refuses A's frames.
+    b.set_peer(NodeId(1), a.local_addr().unwrap(), Some([0xAB; 32]));
+    send_until(&a, NodeId(2), &b_stats.refused_pins).await;
+
+    for t in [&a, &b, &c, &d] {
+        t.close();
+    }
+    raw.close(0u32.into(), b"done");
+}
