@@ -49,6 +49,12 @@ pub enum Error {
     /// A peer could not be reached or the connection to it broke.
     #[error("unreachable: {0}")]
     Unreachable(String),
+    /// The caller's certificate role may not make this request.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// A remote node failed the request for a reason no retry fixes.
+    #[error("remote error: {0}")]
+    Remote(String),
     /// This node holds no replica of the group.
     #[error("{0} has no replica on this node")]
     UnknownGroup(GroupId),
@@ -121,6 +127,8 @@ impl Error {
             | Error::Storage(_)
             | Error::Raft(_)
             | Error::Certificate { .. }
+            | Error::PermissionDenied(_)
+            | Error::Remote(_)
             | Error::Invalid(_) => Action::Fail,
         }
     }

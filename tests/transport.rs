@@ -3,8 +3,10 @@
 //! Raft traffic, a pinned key that does not match, malformed and oversize
 //! frames, and non-QUIC garbage. After each refusal the node still serves.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 use flotilla::certs::{self, role_files, Role, CA_CERT};
 use flotilla::multiraft::runner::Transport as _;
 use flotilla::multiraft::GroupMessage;
+use flotilla::transport::rpc::{RpcError, RpcRequest, RpcResponse, Service};
 use flotilla::transport::{Inbox, TlsIdentity, Transport, TransportStats};
 use flotilla::types::{GroupId, NodeId};
 use raft::eraftpb::{Entry, Message, MessageType};
@@ -30,6 +33,30 @@ impl Inbox for ChanInbox {
 fn identity(dir: &Path, role: Role) -> TlsIdentity {
     let (crt, key) = role_files(dir, role);
     TlsIdentity::load(&dir.join(CA_CERT), &crt, &key).unwrap()
+}
+
+/// A transport on a free loopback port whose Raft batches go to `tx`.
+fn bound(
+    node: NodeId,
+    id: &TlsIdentity,
+    tx: mpsc::Sender<(NodeId, Vec<GroupMessage>)>,
+) -> Arc<Transport> {
+    let t = Transport::bind(node, loopback(), id).unwrap();
+    t.serve(Arc::new(ChanInbox(Mutex::new(tx))), Arc::new(NoService));
+    t
+}
+
+/// Answers every request with a failure; these tests send none.
+struct NoService;
+
+impl Service for NoService {
+    fn handle(&self, _req: RpcRequest) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>> {
+        Box::pin(async {
+            RpcResponse::Error(RpcError::from(&flotilla::Error::Invalid(
+                "no service".into(),
+            )))
+        })
+    }
 }
 
 fn loopback() -> SocketAddr {
@@ -107,23 +134,11 @@ async fn nodes_exchange_raft_batches_and_refuse_what_they_must() {
     let dir = tempfile::tempdir().unwrap();
     certs::create(dir.path(), &["127.0.0.1".into()], false).unwrap();
     let (tx_b, rx_b) = mpsc::channel();
-    let b = Transport::bind(
-        NodeId(2),
-        loopback(),
-        &identity(dir.path(), Role::Node),
-        Arc::new(ChanInbox(Mutex::new(tx_b))),
-    )
-    .unwrap();
+    let b = bound(NodeId(2), &identity(dir.path(), Role::Node), tx_b);
     let b_addr = b.local_addr().unwrap();
     let b_stats = b.stats();
     let (tx_a, _rx_a) = mpsc::channel();
-    let a = Transport::bind(
-        NodeId(1),
-        loopback(),
-        &identity(dir.path(), Role::Node),
-        Arc::new(ChanInbox(Mutex::new(tx_a))),
-    )
-    .unwrap();
+    let a = bound(NodeId(1), &identity(dir.path(), Role::Node), tx_a);
     a.set_peer(NodeId(2), b_addr, None);
 
     // A batch arrives intact.
@@ -135,13 +150,7 @@ async fn nodes_exchange_raft_batches_and_refuse_what_they_must() {
 
     // A client certificate may connect but not speak Raft.
     let (tx_c, _rx_c) = mpsc::channel();
-    let c = Transport::bind(
-        NodeId(9),
-        loopback(),
-        &identity(dir.path(), Role::Client),
-        Arc::new(ChanInbox(Mutex::new(tx_c))),
-    )
-    .unwrap();
+    let c = bound(NodeId(9), &identity(dir.path(), Role::Client), tx_c);
     c.set_peer(NodeId(2), b_addr, None);
     send_until(&c, NodeId(2), &b_stats.refused_roles).await;
 
@@ -149,13 +158,7 @@ async fn nodes_exchange_raft_batches_and_refuse_what_they_must() {
     let other = tempfile::tempdir().unwrap();
     certs::create(other.path(), &["127.0.0.1".into()], false).unwrap();
     let (tx_d, _rx_d) = mpsc::channel();
-    let d = Transport::bind(
-        NodeId(3),
-        loopback(),
-        &identity(other.path(), Role::Node),
-        Arc::new(ChanInbox(Mutex::new(tx_d))),
-    )
-    .unwrap();
+    let d = bound(NodeId(3), &identity(other.path(), Role::Node), tx_d);
     d.set_peer(NodeId(2), b_addr, None);
     send_until(&d, NodeId(2), &b_stats.refused_handshakes).await;
 

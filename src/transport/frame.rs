@@ -5,6 +5,10 @@
 //! does not validate is an error for that stream only.
 
 use quinn::{RecvStream, SendStream};
+use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::util::AlignedVec;
 
 use crate::error::{Error, Result};
 use crate::types::{GroupId, NodeId};
@@ -27,9 +31,12 @@ pub enum Frame {
     },
 }
 
-/// Writes one frame.
-pub async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<()> {
-    let body = encode(frame);
+/// Writes one frame of any rkyv type.
+pub async fn write_frame<T>(send: &mut SendStream, value: &T) -> Result<()>
+where
+    T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+{
+    let body = encode(value);
     if body.len() > MAX_FRAME_BYTES {
         return Err(Error::Invalid(format!(
             "frame of {} bytes exceeds {MAX_FRAME_BYTES}",
@@ -45,7 +52,12 @@ pub async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<()> {
 }
 
 /// Reads one frame; `Ok(None)` when the stream ended cleanly between frames.
-pub async fn read_frame(recv: &mut RecvStream) -> Result<Option<Frame>> {
+pub async fn read_frame<T>(recv: &mut RecvStream) -> Result<Option<T>>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<HighValidator<'a, rancor::Error>>
+        + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+{
     let mut len = [0u8; 4];
     match recv.read_exact(&mut len).await {
         Ok(()) => {}

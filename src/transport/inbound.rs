@@ -3,10 +3,11 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use quinn::{Connection, RecvStream};
+use quinn::{Connection, RecvStream, SendStream};
 
-use super::frame::{read_frame, Frame};
-use super::{Inbox, Transport};
+use super::frame::{read_frame, write_frame, Frame};
+use super::rpc::{RpcError, RpcRequest, RpcResponse};
+use super::Transport;
 use crate::certs::{role_of, spki_sha256, Role};
 use crate::error::Error;
 use crate::multiraft::GroupMessage;
@@ -16,13 +17,13 @@ const REFUSED: u32 = 0x46;
 /// QUIC stream error code for a malformed frame.
 const BAD_FRAME: u32 = 0x47;
 
-pub(super) async fn accept_loop(t: Arc<Transport>, inbox: Arc<dyn Inbox>) {
+pub(super) async fn accept_loop(t: Arc<Transport>) {
     while let Some(incoming) = t.endpoint.accept().await {
         let remote = incoming.remote_address();
-        let (t, inbox) = (t.clone(), inbox.clone());
+        let t = t.clone();
         tokio::spawn(async move {
             match incoming.await {
-                Ok(conn) => serve_connection(t, inbox, conn).await,
+                Ok(conn) => serve_connection(t, conn).await,
                 Err(e) => {
                     t.stats.refused_handshakes.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(node_id = t.node.0, peer = %remote, error = %e, "connection refused during the TLS handshake");
@@ -58,29 +59,65 @@ fn peer_cert(conn: &Connection) -> PeerCert {
     }
 }
 
-async fn serve_connection(t: Arc<Transport>, inbox: Arc<dyn Inbox>, conn: Connection) {
+async fn serve_connection(t: Arc<Transport>, conn: Connection) {
     let cert = Arc::new(peer_cert(&conn));
     loop {
-        match conn.accept_uni().await {
-            Ok(recv) => {
-                let (t, inbox, conn, cert) = (t.clone(), inbox.clone(), conn.clone(), cert.clone());
-                tokio::spawn(async move { serve_stream(t, inbox, conn, &cert, recv).await });
+        tokio::select! {
+            uni = conn.accept_uni() => {
+                let Ok(recv) = uni else { return };
+                let (t, conn, cert) = (t.clone(), conn.clone(), cert.clone());
+                tokio::spawn(async move { serve_stream(t, conn, &cert, recv).await });
             }
-            Err(_) => return,
+            bi = conn.accept_bi() => {
+                let Ok((send, recv)) = bi else { return };
+                let (t, cert) = (t.clone(), cert.clone());
+                tokio::spawn(async move { serve_request(t, &cert, send, recv).await });
+            }
         }
     }
 }
 
-async fn serve_stream(
+async fn serve_request(
     t: Arc<Transport>,
-    inbox: Arc<dyn Inbox>,
-    conn: Connection,
     cert: &PeerCert,
+    mut send: SendStream,
     mut recv: RecvStream,
 ) {
+    let req = match read_frame::<RpcRequest>(&mut recv).await {
+        Ok(Some(r)) => r,
+        Ok(None) | Err(Error::Unreachable(_)) => return,
+        Err(e) => {
+            t.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(node_id = t.node.0, error = %e, "malformed request; stream closed");
+            let _ = recv.stop(BAD_FRAME.into());
+            return;
+        }
+    };
+    let resp = if !req.allowed(cert.role) {
+        t.stats.refused_requests.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(node_id = t.node.0, role = ?cert.role, request = ?req, "request refused for the caller's role");
+        let e = Error::PermissionDenied(format!(
+            "a {:?} certificate may not make this request",
+            cert.role
+        ));
+        RpcResponse::Error(RpcError::from(&e))
+    } else {
+        match t.service() {
+            Some(s) => s.handle(req).await,
+            None => RpcResponse::Error(RpcError::from(&Error::Unreachable(
+                "the node is starting".into(),
+            ))),
+        }
+    };
+    if write_frame(&mut send, &resp).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+async fn serve_stream(t: Arc<Transport>, conn: Connection, cert: &PeerCert, mut recv: RecvStream) {
     let peer = conn.remote_address();
     loop {
-        let frame = match read_frame(&mut recv).await {
+        let frame = match read_frame::<Frame>(&mut recv).await {
             Ok(Some(f)) => f,
             Ok(None) => return,
             Err(Error::Unreachable(_)) => return,
@@ -120,7 +157,9 @@ async fn serve_stream(
                     }
                 }
                 t.stats.frames_in.fetch_add(1, Ordering::Relaxed);
-                inbox.deliver(from, msgs);
+                if let Some(inbox) = t.inbox() {
+                    inbox.deliver(from, msgs);
+                }
             }
         }
     }

@@ -15,12 +15,16 @@
 //! exponential backoff. The driver thread hands it batches through a
 //! channel ([`QuicSender`]), so the driver never waits on the network.
 //!
-//! Left out for now: RPC streams (client requests, joins) and snapshot
-//! chunking; snapshots travel inside a Raft frame.
+//! Requests from clients and operators use a bidirectional stream each
+//! ([`rpc`]); the certificate's role decides which requests are allowed.
+//!
+//! Left out for now: snapshot chunking (a snapshot travels inside one Raft
+//! frame) and connection reuse for [`rpc::call`] (one connection per call).
 
 pub mod frame;
 mod inbound;
 mod outbound;
+pub mod rpc;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -64,6 +68,8 @@ pub struct TransportStats {
     pub refused_roles: AtomicU64,
     /// Raft frames from a node whose key does not match its pin.
     pub refused_pins: AtomicU64,
+    /// Requests refused because of the caller's role.
+    pub refused_requests: AtomicU64,
 }
 
 impl TransportStats {
@@ -88,6 +94,10 @@ pub struct Transport {
     client_config: quinn::ClientConfig,
     /// Peers by node id. A std lock: held only to copy an entry.
     peers: RwLock<BTreeMap<NodeId, Peer>>,
+    /// Where inbound Raft batches go; set once the driver runs.
+    inbox: RwLock<Option<Arc<dyn Inbox>>>,
+    /// Who answers requests; set once the driver runs.
+    service: RwLock<Option<Arc<dyn rpc::Service>>>,
     /// One outbound task per peer, started on first use.
     senders: Mutex<BTreeMap<NodeId, outbound::PeerSender>>,
     stats: Arc<TransportStats>,
@@ -95,13 +105,13 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// Binds `listen` and starts accepting peers; inbound Raft batches go to
-    /// `inbox`. Must run inside a tokio runtime.
+    /// Binds `listen` and starts accepting peers. Until [`Transport::serve`]
+    /// names an inbox and a service, Raft batches are dropped and requests
+    /// answered with a retryable error. Must run inside a tokio runtime.
     pub fn bind(
         node: NodeId,
         listen: SocketAddr,
         identity: &TlsIdentity,
-        inbox: Arc<dyn Inbox>,
     ) -> Result<Arc<Transport>> {
         let endpoint = quinn::Endpoint::server(identity.server_config()?, listen)
             .map_err(|e| Error::Unreachable(format!("cannot listen on {listen}: {e}")))?;
@@ -110,12 +120,36 @@ impl Transport {
             endpoint,
             client_config: identity.client_config()?,
             peers: RwLock::default(),
+            inbox: RwLock::default(),
+            service: RwLock::default(),
             senders: Mutex::default(),
             stats: Arc::default(),
             runtime: tokio::runtime::Handle::current(),
         });
-        tokio::spawn(inbound::accept_loop(t.clone(), inbox));
+        tokio::spawn(inbound::accept_loop(t.clone()));
         Ok(t)
+    }
+
+    /// Names where inbound Raft batches go and who answers requests.
+    pub fn serve(&self, inbox: Arc<dyn Inbox>, service: Arc<dyn rpc::Service>) {
+        *self.inbox.write().unwrap_or_else(|p| p.into_inner()) = Some(inbox);
+        *self.service.write().unwrap_or_else(|p| p.into_inner()) = Some(service);
+    }
+
+    fn inbox(&self) -> Option<Arc<dyn Inbox>> {
+        self.inbox.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn service(&self) -> Option<Arc<dyn rpc::Service>> {
+        self.service
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The QUIC endpoint (it can also dial, as a client).
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
     }
 
     /// The address actually bound.

@@ -1,0 +1,216 @@
+//! Requests to a node: one bidirectional QUIC stream per call.
+//!
+//! A caller opens a stream, writes one [`RpcRequest`] frame and finishes
+//! its side; the node checks that the caller's certificate role may make
+//! that request, hands it to its [`Service`], and answers with one
+//! [`RpcResponse`] frame. Errors travel typed ([`RpcError`]) so a client can
+//! follow a leader hint or retry without parsing text.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use crate::certs::Role;
+use crate::error::{Action, Error, Result};
+use crate::kv::{Command, Response};
+use crate::multiraft::GroupStatus;
+use crate::types::{GroupId, NodeId};
+
+use super::frame::{read_frame, write_frame};
+
+/// A request to a node.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum RpcRequest {
+    /// Apply a KV command through a group's leader.
+    Propose {
+        /// The group owning the key.
+        group: GroupId,
+        /// The command.
+        command: Command,
+    },
+    /// Read a key linearizably through a group's leader.
+    Read {
+        /// The group owning the key.
+        group: GroupId,
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// The state of every group on the node.
+    Status,
+}
+
+impl RpcRequest {
+    /// Whether a caller with `role` may make this request.
+    pub fn allowed(&self, role: Option<Role>) -> bool {
+        match self {
+            RpcRequest::Propose { .. } | RpcRequest::Read { .. } | RpcRequest::Status => {
+                role.is_some()
+            }
+        }
+    }
+}
+
+/// One group's state, as the wire carries it.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct WireGroupStatus {
+    /// The group.
+    pub group: GroupId,
+    /// Whether this replica leads it.
+    pub leader: bool,
+    /// The leader this replica knows of.
+    pub leader_id: Option<NodeId>,
+    /// Current term.
+    pub term: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Apply index.
+    pub applied: u64,
+}
+
+impl From<&GroupStatus> for WireGroupStatus {
+    fn from(s: &GroupStatus) -> Self {
+        WireGroupStatus {
+            group: s.group,
+            leader: s.role == raft::StateRole::Leader,
+            leader_id: s.leader,
+            term: s.term,
+            commit: s.commit,
+            applied: s.applied,
+        }
+    }
+}
+
+/// What kind of failure an [`RpcError`] is: what the caller must do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum RpcErrorKind {
+    /// Go to `leader`.
+    NotLeader,
+    /// Try again.
+    Retry,
+    /// The caller's certificate may not make this request.
+    PermissionDenied,
+    /// Give up.
+    Fail,
+}
+
+/// A typed failure.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct RpcError {
+    /// What the caller must do.
+    pub kind: RpcErrorKind,
+    /// The group involved, if any.
+    pub group: Option<GroupId>,
+    /// The leader hint, for `NotLeader`.
+    pub leader: Option<NodeId>,
+    /// The node's message.
+    pub message: String,
+}
+
+impl From<&Error> for RpcError {
+    fn from(e: &Error) -> Self {
+        let (kind, group, leader) = match e {
+            Error::NotLeader { group, leader } => (RpcErrorKind::NotLeader, Some(*group), *leader),
+            Error::PermissionDenied(_) => (RpcErrorKind::PermissionDenied, None, None),
+            e if e.action() == Action::Retry => (RpcErrorKind::Retry, None, None),
+            e if e.action() == Action::Redirect => (RpcErrorKind::NotLeader, None, None),
+            _ => (RpcErrorKind::Fail, None, None),
+        };
+        RpcError {
+            kind,
+            group,
+            leader,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<RpcError> for Error {
+    fn from(e: RpcError) -> Self {
+        match e.kind {
+            RpcErrorKind::NotLeader => Error::NotLeader {
+                group: e.group.unwrap_or_default(),
+                leader: e.leader,
+            },
+            RpcErrorKind::Retry => Error::Unreachable(e.message),
+            RpcErrorKind::PermissionDenied => Error::PermissionDenied(e.message),
+            RpcErrorKind::Fail => Error::Remote(e.message),
+        }
+    }
+}
+
+/// A node's answer.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum RpcResponse {
+    /// A KV command's or read's result.
+    Kv(Response),
+    /// Group states.
+    Status(Vec<WireGroupStatus>),
+    /// A failure.
+    Error(RpcError),
+}
+
+/// What a node does with requests.
+pub trait Service: Send + Sync + 'static {
+    /// Answers one request from a caller whose certificate has `role`.
+    fn handle(&self, req: RpcRequest) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>>;
+}
+
+/// Makes one call to the node at `addr` over `endpoint`.
+pub async fn call(
+    endpoint: &quinn::Endpoint,
+    config: &quinn::ClientConfig,
+    addr: SocketAddr,
+    req: &RpcRequest,
+) -> Result<RpcResponse> {
+    let conn = endpoint
+        .connect_with(config.clone(), addr, &addr.ip().to_string())
+        .map_err(|e| Error::Unreachable(format!("{addr}: {e}")))?
+        .await
+        .map_err(|e| Error::Unreachable(format!("{addr}: {e}")))?;
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| Error::Unreachable(e.to_string()))?;
+    write_frame(&mut send, req).await?;
+    let _ = send.finish();
+    let resp = read_frame::<RpcResponse>(&mut recv)
+        .await?
+        .ok_or_else(|| Error::Unreachable(format!("{addr} closed the stream without answering")))?;
+    conn.close(0u32.into(), b"done");
+    Ok(resp)
+}
+
+/// A node's driver answers requests directly.
+impl Service for crate::multiraft::runner::DriverHandle {
+    fn handle(&self, req: RpcRequest) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>> {
+        Box::pin(async move {
+            let answer = match req {
+                RpcRequest::Propose { group, command } => {
+                    self.propose(group, crate::multiraft::Proposal::Kv(command))
+                        .await
+                }
+                RpcRequest::Read { group, key } => self.read(group, key).await,
+                RpcRequest::Status => {
+                    return match self.status().await {
+                        Ok(all) => {
+                            RpcResponse::Status(all.iter().map(WireGroupStatus::from).collect())
+                        }
+                        Err(_) => RpcResponse::Error(RpcError::from(&Error::Unreachable(
+                            "the driver stopped".into(),
+                        ))),
+                    };
+                }
+            };
+            match answer {
+                Ok(Ok(crate::multiraft::Reply::Kv(r))) => RpcResponse::Kv(r),
+                Ok(Ok(other)) => RpcResponse::Error(RpcError::from(&Error::Invalid(format!(
+                    "unexpected reply {other:?}"
+                )))),
+                Ok(Err(e)) => RpcResponse::Error(RpcError::from(&e)),
+                Err(_) => RpcResponse::Error(RpcError::from(&Error::Unreachable(
+                    "the driver stopped".into(),
+                ))),
+            }
+        })
+    }
+}
