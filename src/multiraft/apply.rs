@@ -1,7 +1,7 @@
 //! Applying committed entries: KV commands, catalog changes, conf changes.
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
+use raft::eraftpb::{ConfChange, ConfChangeSingle, ConfChangeV2, Entry, EntryType};
 
 use super::{own_proposal, Applied, Completion, Group, Proposal, Reply};
 use crate::catalog::{Catalog, Effect};
@@ -27,6 +27,29 @@ fn deterministic(e: &Error) -> bool {
         e,
         Error::SessionExpired { .. } | Error::Invalid(_) | Error::Corrupt { .. }
     )
+}
+
+/// Parses a conf-change entry of either version into the V2 form raft-rs
+/// applies (a V1 change is a V2 change with one step).
+fn parse_conf_change(e: &Entry) -> Result<ConfChangeV2> {
+    let corrupt = |err: protobuf::ProtobufError| Error::Corrupt {
+        what: "conf change",
+        detail: err.to_string(),
+    };
+    if e.get_entry_type() == EntryType::EntryConfChangeV2 {
+        return ConfChangeV2::parse_from_bytes(&e.data).map_err(corrupt);
+    }
+    let v1 = ConfChange::parse_from_bytes(&e.data).map_err(corrupt)?;
+    let step = ConfChangeSingle {
+        change_type: v1.get_change_type(),
+        node_id: v1.node_id,
+        ..Default::default()
+    };
+    Ok(ConfChangeV2 {
+        changes: vec![step].into(),
+        context: v1.context,
+        ..Default::default()
+    })
 }
 
 /// Applies committed entries in order; returns whether the group's Raft
@@ -71,21 +94,8 @@ pub(super) fn apply_entries(
                 ))),
                 Err(e) => Err(e),
             },
-            EntryType::EntryConfChange => {
-                let cc = ConfChange::parse_from_bytes(&e.data).map_err(|err| Error::Corrupt {
-                    what: "conf change",
-                    detail: err.to_string(),
-                })?;
-                let cs = g.node.apply_conf_change(&cc)?;
-                g.node.mut_store().conf_state = cs;
-                conf_changed = true;
-                Ok(Reply::ConfChanged)
-            }
-            EntryType::EntryConfChangeV2 => {
-                let cc = ConfChangeV2::parse_from_bytes(&e.data).map_err(|err| Error::Corrupt {
-                    what: "conf change",
-                    detail: err.to_string(),
-                })?;
+            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                let cc = parse_conf_change(e)?;
                 let cs = g.node.apply_conf_change(&cc)?;
                 g.node.mut_store().conf_state = cs;
                 conf_changed = true;

@@ -286,19 +286,7 @@ impl Driver {
         let now = self.now;
         for (gid, g) in &mut self.groups {
             g.node.tick();
-            g.proposals.retain(|_, p| {
-                let keep = p.deadline > now;
-                if !keep {
-                    self.early.push(Completion {
-                        token: p.token,
-                        result: Err(Error::ProposalLost {
-                            group: *gid,
-                            reason: "timed out",
-                        }),
-                    });
-                }
-                keep
-            });
+            g.fail_proposals(*gid, "timed out", &mut self.early, |p| p.deadline > now);
         }
         let early = &mut self.early;
         let mut expire = |group: GroupId, reads: &mut Vec<PendingRead>| {
@@ -366,30 +354,15 @@ impl Driver {
             self.cfg.limits.check(&cmd.op)?;
         }
         let data = wire::encode(proposal);
-        let id = self.next_proposal;
-        let deadline = self.now + self.cfg.proposal_timeout_ticks;
-        let me = self.id;
-        let g = self.leader_group(group)?;
-        let term = g.node.raft.term;
-        g.node
-            .propose(proposal_context(me, id), data)
-            .map_err(|e| match e {
+        self.track(token, group, |node, ctx| {
+            node.propose(ctx, data).map_err(|e| match e {
                 raft::Error::ProposalDropped => Error::NotLeader {
                     group,
                     leader: None,
                 },
                 e => Error::Raft(e),
-            })?;
-        g.proposals.insert(
-            id,
-            PendingProposal {
-                token,
-                term,
-                deadline,
-            },
-        );
-        self.next_proposal += 1;
-        Ok(())
+            })
+        })
     }
 
     /// Proposes a membership change to `group`.
@@ -399,12 +372,25 @@ impl Driver {
         group: GroupId,
         cc: ConfChangeV2,
     ) -> Result<()> {
+        self.track(token, group, |node, ctx| {
+            Ok(node.propose_conf_change(ctx, cc)?)
+        })
+    }
+
+    /// Hands a proposal to the leader of `group` with a fresh context, and
+    /// remembers it so its answer can find `token`.
+    fn track(
+        &mut self,
+        token: Token,
+        group: GroupId,
+        propose: impl FnOnce(&mut RawNode<GroupStorage>, Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
         let id = self.next_proposal;
         let deadline = self.now + self.cfg.proposal_timeout_ticks;
         let me = self.id;
         let g = self.leader_group(group)?;
         let term = g.node.raft.term;
-        g.node.propose_conf_change(proposal_context(me, id), cc)?;
+        propose(&mut g.node, proposal_context(me, id))?;
         g.proposals.insert(
             id,
             PendingProposal {
@@ -475,6 +461,26 @@ impl Driver {
 }
 
 impl Group {
+    /// Answers, with `ProposalLost`, every pending proposal `keep` rejects.
+    fn fail_proposals(
+        &mut self,
+        gid: GroupId,
+        reason: &'static str,
+        out: &mut Vec<Completion>,
+        keep: impl Fn(&PendingProposal) -> bool,
+    ) {
+        self.proposals.retain(|_, p| {
+            let kept = keep(p);
+            if !kept {
+                out.push(Completion {
+                    token: p.token,
+                    result: Err(Error::ProposalLost { group: gid, reason }),
+                });
+            }
+            kept
+        });
+    }
+
     fn new(
         id: NodeId,
         cfg: &DriverConfig,

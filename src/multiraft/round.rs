@@ -223,18 +223,8 @@ impl Driver {
     fn drop_stale_requests(&mut self, out: &mut RoundOutput) {
         for (gid, g) in &mut self.groups {
             let (role, term) = (g.node.raft.state, g.node.raft.term);
-            g.proposals.retain(|_, p| {
-                let keep = role == StateRole::Leader && p.term == term;
-                if !keep {
-                    out.completions.push(Completion {
-                        token: p.token,
-                        result: Err(Error::ProposalLost {
-                            group: *gid,
-                            reason: "leadership changed",
-                        }),
-                    });
-                }
-                keep
+            g.fail_proposals(*gid, "leadership changed", &mut out.completions, |p| {
+                role == StateRole::Leader && p.term == term
             });
         }
         let groups = &self.groups;
