@@ -428,7 +428,7 @@ fn a_round_with_entries_for_32_groups_makes_exactly_one_commit() {
     for _ in 0..3 {
         d.round().unwrap();
     }
-    let (commits, entries) = (stats.commits(), stats.entries());
+    let (rounds, commits, entries) = (stats.rounds(), stats.commits(), stats.entries());
     for (i, g) in data.iter().enumerate() {
         let p = Proposal::Kv(Command {
             client: 0,
@@ -443,6 +443,7 @@ fn a_round_with_entries_for_32_groups_makes_exactly_one_commit() {
     }
     let out = d.round().unwrap();
     assert!(out.committed);
+    assert_eq!(stats.rounds() - rounds, 1);
     assert_eq!(
         stats.commits() - commits,
         1,

@@ -40,6 +40,7 @@ impl Driver {
     /// quorum already; replaying the log re-applies them after a crash).
     /// `early` takes what it sends out of the output; the rest is returned.
     pub fn round_with(&mut self, early: impl FnOnce(&mut RoundOutput)) -> Result<RoundOutput> {
+        self.engine.count_round();
         let mut out = RoundOutput {
             completions: std::mem::take(&mut self.early),
             ..Default::default()

@@ -43,6 +43,8 @@ use schema::{
 /// Counters of the storage engine, shared with whoever wants to read them.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Driver rounds run, with or without work to persist.
+    pub rounds: AtomicU64,
     /// Write transactions committed (each one fsync on a real disk).
     pub commits: AtomicU64,
     /// Raft log entries written.
@@ -50,6 +52,10 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Rounds so far.
+    pub fn rounds(&self) -> u64 {
+        self.rounds.load(Ordering::Relaxed)
+    }
     /// Commits so far.
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
@@ -108,6 +114,11 @@ impl Engine {
     /// The engine's counters.
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
+    }
+
+    /// Counts one driver round.
+    pub fn count_round(&self) {
+        self.stats.rounds.fetch_add(1, Ordering::Relaxed);
     }
 
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
