@@ -38,6 +38,7 @@
 //! - [`wire`]: rkyv encodings with validation.
 //! - [`certs`]: the cluster CA and role-bearing certificates.
 //! - [`transport`]: QUIC with mutual TLS between nodes, frames, refusals.
+//! - [`node`]: lifecycle and the join loop.
 //! - [`sim`]: a deterministic in-process cluster for tests and the demo.
 //! - [`local`]: drivers on real threads wired in memory, for benchmarks.
 //!
@@ -52,6 +53,7 @@ pub mod error;
 pub mod kv;
 pub mod local;
 pub mod multiraft;
+pub mod node;
 pub mod sim;
 pub mod storage;
 pub mod transport;

@@ -1,0 +1,48 @@
+//! Node lifecycle: how a process becomes, and stays, a member of a cluster.
+//!
+//! A node is in one [`Lifecycle`] state at a time, shown by `status` and
+//! logged on every change. A node whose data directory holds a cluster id
+//! restarts from its own state (`Restarting`); one without joins through its
+//! seeds (`Joining`), driven by the pure [`join::JoinPlan`], which decides
+//! whom to ask next, follows leader redirects and spaces whole passes with
+//! exponential backoff and jitter.
+//!
+//! Left out for now: the process that drives these (`flotilla start`), which
+//! comes with the join request on the transport.
+
+pub mod join;
+
+use std::fmt;
+
+/// Where a node is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Opening its data directory.
+    Starting,
+    /// Replaying its own log and state before serving.
+    Restarting,
+    /// Asking seeds to admit it; `attempt` counts whole passes from 1.
+    Joining {
+        /// The pass under way.
+        attempt: u32,
+    },
+    /// Serving.
+    Ready,
+    /// Gave up; the reason says why.
+    Failed {
+        /// What went wrong, in words an operator can act on.
+        reason: String,
+    },
+}
+
+impl fmt::Display for Lifecycle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Lifecycle::Starting => write!(f, "starting"),
+            Lifecycle::Restarting => write!(f, "restarting"),
+            Lifecycle::Joining { attempt } => write!(f, "joining (attempt {attempt})"),
+            Lifecycle::Ready => write!(f, "ready"),
+            Lifecycle::Failed { reason } => write!(f, "failed: {reason}"),
+        }
+    }
+}
