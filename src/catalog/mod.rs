@@ -13,6 +13,7 @@
 //! leader of a group is a hint kept outside the catalog, because leadership
 //! changes far more often than placement.
 
+pub mod placement;
 mod routing;
 
 pub use routing::vshard_of;
