@@ -121,7 +121,14 @@ pub enum CatalogCommand {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
     /// This node now holds a replica of the group: create its storage.
-    OpenGroup(GroupInfo),
+    OpenGroup {
+        /// The group as the catalog has it.
+        info: GroupInfo,
+        /// A group created by this change: every member starts from the
+        /// same configuration. Otherwise this node joins a running group
+        /// and starts empty, waiting for its leader's snapshot.
+        fresh: bool,
+    },
 }
 
 impl Catalog {
@@ -229,7 +236,10 @@ impl Catalog {
                 self.check_members(info)?;
                 self.groups.insert(info.id, info.clone());
                 if info.has_replica(local) {
-                    effects.push(Effect::OpenGroup(info.clone()));
+                    effects.push(Effect::OpenGroup {
+                        info: info.clone(),
+                        fresh: true,
+                    });
                 }
             }
             CatalogCommand::SetGroupMembers(info) => {
@@ -239,7 +249,10 @@ impl Catalog {
                     .insert(info.id, info.clone())
                     .ok_or_else(|| Error::Invalid(format!("unknown group {}", info.id)))?;
                 if info.has_replica(local) && !old.has_replica(local) {
-                    effects.push(Effect::OpenGroup(info.clone()));
+                    effects.push(Effect::OpenGroup {
+                        info: info.clone(),
+                        fresh: false,
+                    });
                 }
             }
             CatalogCommand::AssignVShards { first, last, group } => {

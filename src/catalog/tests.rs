@@ -45,7 +45,13 @@ fn creating_a_group_opens_it_only_on_its_members() {
     let fx = c
         .apply(&CatalogCommand::CreateGroup(info.clone()), NodeId(1))
         .unwrap();
-    assert_eq!(fx, vec![Effect::OpenGroup(info.clone())]);
+    assert_eq!(
+        fx,
+        vec![Effect::OpenGroup {
+            info: info.clone(),
+            fresh: true
+        }]
+    );
     assert!(other
         .apply(&CatalogCommand::CreateGroup(info), NodeId(3))
         .unwrap()

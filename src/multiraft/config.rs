@@ -50,6 +50,8 @@ pub struct DriverConfig {
     pub limits: Limits,
     /// Report every applied entry in the round output (for checkers).
     pub trace_applies: bool,
+    /// Voters per group that placement aims for.
+    pub replicas: usize,
 }
 
 impl Default for DriverConfig {
@@ -66,6 +68,7 @@ impl Default for DriverConfig {
             read_timeout_ticks: 4 * ELECTION_TICKS as u64,
             limits: Limits::default(),
             trace_applies: false,
+            replicas: crate::catalog::DEFAULT_REPLICAS,
         }
     }
 }

@@ -29,6 +29,7 @@
 
 mod apply;
 mod config;
+mod membership;
 mod round;
 pub mod runner;
 
@@ -160,6 +161,10 @@ pub struct GroupStatus {
     pub last_index: u64,
     /// First index still in the log.
     pub first_index: u64,
+    /// Voters of the applied configuration.
+    pub voters: Vec<NodeId>,
+    /// Learners of the applied configuration.
+    pub learners: Vec<NodeId>,
 }
 
 /// The multi-raft driver of one node. See the module documentation.
@@ -180,6 +185,10 @@ pub struct Driver {
     reads_ready: Vec<(GroupId, u64, Vec<PendingRead>)>,
     /// Answers produced outside a round (timeouts), delivered with the next.
     early: Vec<Completion>,
+    /// Catalog epoch the placement plan last ran on (group 0's leader only).
+    last_plan_epoch: u64,
+    /// Tick the placement plan last ran at.
+    last_plan_tick: u64,
 }
 
 fn proposal_context(node: NodeId, id: u64) -> Vec<u8> {
@@ -234,6 +243,8 @@ impl Driver {
             read_batches: BTreeMap::new(),
             reads_ready: Vec::new(),
             early: Vec::new(),
+            last_plan_epoch: 0,
+            last_plan_tick: 0,
         })
     }
 
@@ -271,6 +282,13 @@ impl Driver {
             applied: store.applied,
             last_index: store.last_index_(),
             first_index: store.snap_index + 1,
+            voters: store.conf_state.voters.iter().map(|n| NodeId(*n)).collect(),
+            learners: store
+                .conf_state
+                .learners
+                .iter()
+                .map(|n| NodeId(*n))
+                .collect(),
         })
     }
 
@@ -288,6 +306,8 @@ impl Driver {
             g.node.tick();
             g.fail_proposals(*gid, "timed out", &mut self.early, |p| p.deadline > now);
         }
+        self.reconcile_membership();
+        self.plan_placement();
         let early = &mut self.early;
         let mut expire = |group: GroupId, reads: &mut Vec<PendingRead>| {
             reads.retain(|r| {

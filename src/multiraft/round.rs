@@ -68,9 +68,8 @@ impl Driver {
                 persisted.push((*gid, number, msgs));
             }
             self.compact(&mut w)?;
-            for e in &effects {
-                let Effect::OpenGroup(info) = e;
-                self.stage_new_group(&mut w, info)?;
+            for Effect::OpenGroup { info, fresh } in &effects {
+                self.stage_new_group(&mut w, info, *fresh)?;
             }
             w.entries
         };
@@ -85,9 +84,8 @@ impl Driver {
             g.node.advance_apply_to(applied);
             push_messages(&mut out.outbound, gid, msgs);
         }
-        for e in effects {
-            let Effect::OpenGroup(info) = e;
-            self.open_new_group(&info)?;
+        for Effect::OpenGroup { info, fresh } in effects {
+            self.open_new_group(&info, fresh)?;
         }
         self.drop_stale_requests(&mut out);
         self.serve_reads(&mut out)?;
@@ -115,7 +113,10 @@ impl Driver {
             install_snapshot(g, w, rd.snapshot(), &mut self.catalog)?;
             for info in self.catalog.groups_of(me) {
                 if !old_catalog_groups.contains(&info.id) && !self.groups_contains(info.id) {
-                    effects.push(Effect::OpenGroup(info.clone()));
+                    effects.push(Effect::OpenGroup {
+                        info: info.clone(),
+                        fresh: false,
+                    });
                 }
             }
             state_dirty = true;
@@ -183,21 +184,30 @@ impl Driver {
 
     /// Writes the initial state of a group a catalog change placed here, in
     /// the same transaction as the catalog (which the applier staged first).
-    fn stage_new_group(&mut self, w: &mut RoundWriter<'_>, info: &GroupInfo) -> Result<()> {
+    fn stage_new_group(
+        &mut self,
+        w: &mut RoundWriter<'_>,
+        info: &GroupInfo,
+        fresh: bool,
+    ) -> Result<()> {
         if self.groups.contains_key(&info.id) {
             return Ok(());
         }
-        let store = self.engine.new_group(info);
-        w.put_raft_state(info.id, &store.record())
+        w.put_raft_state(info.id, &self.engine.new_group(info, fresh).record())
     }
 
-    fn open_new_group(&mut self, info: &GroupInfo) -> Result<()> {
+    fn open_new_group(&mut self, info: &GroupInfo, fresh: bool) -> Result<()> {
         if self.groups.contains_key(&info.id) {
             return Ok(());
         }
-        let store = self.engine.new_group(info);
+        let store = self.engine.new_group(info, fresh);
         let g = Group::new(self.id, &self.cfg, store, &self.logger)?;
-        tracing::info!(node_id = self.id.0, group_id = info.id.0, "group opened");
+        tracing::info!(
+            node_id = self.id.0,
+            group_id = info.id.0,
+            fresh,
+            "group opened"
+        );
         self.groups.insert(info.id, g);
         Ok(())
     }

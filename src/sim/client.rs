@@ -32,7 +32,7 @@ impl Sim {
 
     /// Runs one request to completion as a client would: send to the leader,
     /// follow hints, retry retryable errors, give up after `max_steps`.
-    fn request(
+    pub(super) fn request(
         &mut self,
         group: GroupId,
         max_steps: u64,

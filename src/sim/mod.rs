@@ -25,11 +25,11 @@ use raft::StateRole;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogCommand, NodeInfo, NodeState};
 use crate::error::{Error, Result};
 use crate::multiraft::{Applied, Driver, DriverConfig, Proposal, Reply, Token};
 use crate::storage::{Engine, MemDisk};
-use crate::types::{GroupId, NodeId};
+use crate::types::{GroupId, NodeId, CATALOG_GROUP};
 
 /// How to build a simulated cluster.
 #[derive(Clone, Debug)]
@@ -154,6 +154,39 @@ impl Sim {
         assert!(node.driver.is_none(), "{id} is already running");
         let engine = Engine::open_backend(node.disk.clone())?;
         node.driver = Some(Driver::open(engine, dcfg)?);
+        Ok(())
+    }
+
+    /// Adds a node to the running cluster the way a join does: the new node
+    /// stores the catalog it was given and an empty group 0, then group 0's
+    /// leader registers it. Placement and each group's leader do the rest.
+    pub fn join(&mut self, id: NodeId, max_steps: u64) -> Result<()> {
+        let leader = self.leader(CATALOG_GROUP).ok_or(Error::NotLeader {
+            group: CATALOG_GROUP,
+            leader: None,
+        })?;
+        let catalog = self.driver(leader).expect("leader is up").catalog().clone();
+        let disk = MemDisk::new();
+        Engine::open_backend(disk.clone())?.bootstrap_joiner(id, &catalog)?;
+        self.nodes.insert(
+            id,
+            SimNode {
+                disk,
+                driver: None,
+                applied: Vec::new(),
+            },
+        );
+        self.restart(id)?;
+        let info = NodeInfo {
+            id,
+            addr: format!("sim-{}", id.0),
+            spki_sha256: vec![],
+            state: NodeState::Active,
+        };
+        let p = Proposal::Catalog(CatalogCommand::UpsertNode(info));
+        self.request(CATALOG_GROUP, max_steps, |s, node| {
+            s.submit(node, CATALOG_GROUP, &p)
+        })?;
         Ok(())
     }
 
@@ -316,14 +349,17 @@ impl Sim {
         token
     }
 
-    /// Per group, whether every live replica has applied the same index with
+    /// Per group, whether every live member has applied the same index with
     /// the same state digest.
     pub fn converged(&self) -> Result<bool> {
         for g in self.group_ids() {
             let mut seen = None;
             for n in self.nodes.values() {
                 let Some(d) = n.driver.as_ref() else { continue };
-                if d.status(g).is_none() {
+                // A replica removed from the group keeps its last state
+                // until it is cleaned up; only members must agree.
+                let Some(st) = d.status(g) else { continue };
+                if !st.voters.contains(&d.id()) && !st.learners.contains(&d.id()) {
                     continue;
                 }
                 let digest = d.engine().group_digest(g)?;

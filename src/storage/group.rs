@@ -49,11 +49,13 @@ impl GroupStorage {
         let raft = txn.open_table(RAFT_STATE)?;
         let rec_bytes = raft.get(group.0)?.ok_or(Error::UnknownGroup(group))?;
         let rec: RaftStateRecord = wire::decode("raft state", rec_bytes.value())?;
+        // Everything up to the compaction point is applied, even before the
+        // first apply writes a row (a group starts at `INIT_INDEX`).
         let applied = txn
             .open_table(APPLIED)?
             .get(group.0)?
-            .map(|v| v.value())
-            .unwrap_or(0);
+            .map_or(0, |v| v.value())
+            .max(rec.snap_index);
         let log = txn.open_table(LOG)?;
         let mut entries = Vec::new();
         for row in log.range((group.0, rec.snap_index + 1)..=(group.0, u64::MAX))? {
@@ -146,14 +148,14 @@ impl GroupStorage {
     fn build_snapshot(&self) -> Result<Snapshot> {
         let g = self.group.0;
         let txn = self.db.begin_read()?;
-        let applied = txn
-            .open_table(APPLIED)?
-            .get(g)?
-            .map(|v| v.value())
-            .unwrap_or(0);
         let raft = txn.open_table(RAFT_STATE)?;
         let rec_bytes = raft.get(g)?.ok_or(Error::UnknownGroup(self.group))?;
         let rec: RaftStateRecord = wire::decode("raft state", rec_bytes.value())?;
+        let applied = txn
+            .open_table(APPLIED)?
+            .get(g)?
+            .map_or(0, |v| v.value())
+            .max(rec.snap_index);
         let mut data = SnapshotData::default();
         for row in txn.open_table(KV)?.range((g, &[][..])..(g + 1, &[][..]))? {
             let (k, v) = row?;
@@ -246,16 +248,16 @@ impl raft::Storage for GroupStorage {
 
 impl GroupStorage {
     /// A group with no log yet.
-    pub(crate) fn fresh(db: Arc<Database>, group: GroupId, hs: HardState, cs: ConfState) -> Self {
+    pub(crate) fn fresh(db: Arc<Database>, group: GroupId, rec: &RaftStateRecord) -> Self {
         GroupStorage {
             group,
             db,
-            hard_state: hs,
-            conf_state: cs,
-            snap_index: 0,
-            snap_term: 0,
+            hard_state: rec.hard_state(),
+            conf_state: rec.conf_state(),
+            snap_index: rec.snap_index,
+            snap_term: rec.snap_term,
             entries: Vec::new(),
-            applied: 0,
+            applied: rec.snap_index,
         }
     }
 }

@@ -33,7 +33,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::catalog::{Catalog, GroupInfo};
 use crate::error::{Error, Result};
-use crate::types::{GroupId, NodeId};
+use crate::types::{GroupId, NodeId, CATALOG_GROUP};
 use crate::wire;
 use schema::{
     APPLIED, KV, LOG, META, META_CATALOG, META_CLUSTER_ID, META_INCARNATION, META_NODE_ID,
@@ -177,6 +177,32 @@ impl Engine {
     /// catalog and the initial Raft state of every group placed here, in one
     /// transaction. Refuses a node that already belongs to a cluster.
     pub fn bootstrap(&self, node: NodeId, catalog: &Catalog) -> Result<()> {
+        let groups: Vec<_> = catalog
+            .groups_of(node)
+            .map(|g| (g.id, initial_record(g)))
+            .collect();
+        self.write_membership(node, catalog, &groups)
+    }
+
+    /// Makes this node a joiner of the catalog's cluster: node id, cluster id
+    /// and catalog, and an empty group 0, in one transaction. Group 0's leader
+    /// then adds the node and sends it the catalog; placement does the rest.
+    pub fn bootstrap_joiner(&self, node: NodeId, catalog: &Catalog) -> Result<()> {
+        self.write_membership(
+            node,
+            catalog,
+            &[(CATALOG_GROUP, RaftStateRecord::default())],
+        )
+    }
+
+    /// Writes identity, cluster id, catalog and the given groups' initial
+    /// state in one transaction, refusing a node that has a cluster already.
+    fn write_membership(
+        &self,
+        node: NodeId,
+        catalog: &Catalog,
+        groups: &[(GroupId, RaftStateRecord)],
+    ) -> Result<()> {
         if let Some(existing) = self.cluster_id()? {
             return Err(Error::Invalid(format!(
                 "this data directory already belongs to cluster {existing:016x}"
@@ -189,8 +215,8 @@ impl Engine {
             meta.insert(META_CLUSTER_ID, u64_bytes(catalog.cluster_id).as_slice())?;
             meta.insert(META_CATALOG, wire::encode(catalog).as_slice())?;
             let mut raft = txn.open_table(RAFT_STATE)?;
-            for g in catalog.groups_of(node) {
-                raft.insert(g.id.0, wire::encode(&initial_record(g)).as_slice())?;
+            for (g, rec) in groups {
+                raft.insert(g.0, wire::encode(rec).as_slice())?;
             }
         }
         txn.commit()?;
@@ -214,11 +240,17 @@ impl Engine {
             .collect()
     }
 
-    /// An empty storage for a group created by a catalog change; its initial
-    /// state record must be staged in the same round (see [`initial_record`]).
-    pub fn new_group(&self, info: &GroupInfo) -> GroupStorage {
-        let rec = initial_record(info);
-        GroupStorage::fresh(self.db.clone(), info.id, rec.hard_state(), rec.conf_state())
+    /// An empty storage for a group a catalog change placed on this node;
+    /// its state record must be staged in the same round. A `fresh` group
+    /// starts with the catalog's members as its configuration; a group this
+    /// node joins starts with none and waits for its leader's snapshot.
+    pub fn new_group(&self, info: &GroupInfo, fresh: bool) -> GroupStorage {
+        let rec = if fresh {
+            initial_record(info)
+        } else {
+            RaftStateRecord::default()
+        };
+        GroupStorage::fresh(self.db.clone(), info.id, &rec)
     }
 
     /// Starts a round.
@@ -271,14 +303,30 @@ impl Engine {
 }
 
 /// The Raft state a group starts from: its voters and learners, empty log.
+///
+/// The log starts as if compacted up to [`INIT_INDEX`]: the founding
+/// configuration lives in the state, not in any entry, so a node added
+/// later (whose log is empty) is always behind the leader's first index
+/// and receives a snapshot carrying that configuration, rather than entries
+/// it could not apply without it.
 fn initial_record(info: &GroupInfo) -> RaftStateRecord {
     let cs = ConfState {
         voters: info.voters.iter().map(|n| n.0).collect(),
         learners: info.learners.iter().map(|n| n.0).collect(),
         ..Default::default()
     };
-    RaftStateRecord::new(&HardState::default(), &cs, 0, 0)
+    let hs = HardState {
+        term: INIT_TERM,
+        commit: INIT_INDEX,
+        ..Default::default()
+    };
+    RaftStateRecord::new(&hs, &cs, INIT_INDEX, INIT_TERM)
 }
+
+/// Index a founding member's log starts after (see [`initial_record`]).
+pub const INIT_INDEX: u64 = 5;
+/// Term of that starting point.
+pub const INIT_TERM: u64 = 5;
 
 #[cfg(test)]
 mod tests;

@@ -2,6 +2,9 @@ use raft::eraftpb::Entry;
 use raft::Storage as _;
 
 use super::*;
+
+/// Where a founding member's log starts.
+const B: u64 = INIT_INDEX;
 use crate::catalog::Catalog;
 
 fn catalog() -> Catalog {
@@ -62,8 +65,8 @@ fn entries_of_many_groups_persist_in_one_commit_and_reload() {
     {
         let mut w = round.writer().unwrap();
         for g in 1..=4 {
-            let es: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
-            w.append(GroupId(g), &es, 0).unwrap();
+            let es: Vec<Entry> = (1..=5).map(|i| entry(B + i, 1)).collect();
+            w.append(GroupId(g), &es, B).unwrap();
         }
     }
     round.commit(20).unwrap();
@@ -72,8 +75,8 @@ fn entries_of_many_groups_persist_in_one_commit_and_reload() {
     let e = Engine::open_backend(disk).unwrap();
     for g in 1..=4 {
         let s = group_of(&e, g);
-        assert_eq!(s.last_index().unwrap(), 5);
-        assert_eq!(s.term(3).unwrap(), 1);
+        assert_eq!(s.last_index().unwrap(), B + 5);
+        assert_eq!(s.term(B + 3).unwrap(), 1);
     }
 }
 
@@ -92,19 +95,19 @@ fn a_conflicting_append_replaces_the_old_suffix_on_disk() {
         }
         round.commit(es.len() as u64).unwrap();
     };
-    write(&e, &mut s, (1..=6).map(|i| entry(i, 1)).collect());
+    write(&e, &mut s, (1..=6).map(|i| entry(B + i, 1)).collect());
     // A new leader overwrites from index 4 with a shorter suffix.
-    write(&e, &mut s, vec![entry(4, 2)]);
-    assert_eq!(s.last_index().unwrap(), 4);
+    write(&e, &mut s, vec![entry(B + 4, 2)]);
+    assert_eq!(s.last_index().unwrap(), B + 4);
     drop(e);
     let e = Engine::open_backend(disk).unwrap();
     let s = group_of(&e, 1);
     assert_eq!(
         s.last_index().unwrap(),
-        4,
+        B + 4,
         "entries 5 and 6 of term 1 are gone from disk"
     );
-    assert_eq!(s.term(4).unwrap(), 2);
+    assert_eq!(s.term(B + 4).unwrap(), 2);
 }
 
 #[test]
@@ -113,21 +116,25 @@ fn compaction_keeps_the_term_of_the_compaction_point() {
     let e = Engine::open_backend(disk).unwrap();
     e.bootstrap(NodeId(1), &catalog()).unwrap();
     let mut s = group_of(&e, 1);
-    s.append(&(1..=10).map(|i| entry(i, i / 4 + 1)).collect::<Vec<_>>());
-    s.applied = 8;
-    s.compact(6);
-    assert_eq!(s.first_index().unwrap(), 7);
-    assert_eq!(s.term(6).unwrap(), 2);
+    s.append(
+        &(1..=10)
+            .map(|i| entry(B + i, i / 4 + 1))
+            .collect::<Vec<_>>(),
+    );
+    s.applied = B + 8;
+    s.compact(B + 6);
+    assert_eq!(s.first_index().unwrap(), B + 7);
+    assert_eq!(s.term(B + 6).unwrap(), 2);
     assert!(matches!(
-        s.term(5),
+        s.term(B + 5),
         Err(raft::Error::Store(raft::StorageError::Compacted))
     ));
     assert!(matches!(
-        s.entries(5, 8, None, raft::GetEntriesContext::empty(false)),
+        s.entries(B + 5, B + 8, None, raft::GetEntriesContext::empty(false)),
         Err(raft::Error::Store(raft::StorageError::Compacted))
     ));
     assert_eq!(
-        s.entries(7, 11, None, raft::GetEntriesContext::empty(false))
+        s.entries(B + 7, B + 11, None, raft::GetEntriesContext::empty(false))
             .unwrap()
             .len(),
         4
