@@ -95,6 +95,14 @@ pub struct Catalog {
 pub enum CatalogCommand {
     /// Adds a node or updates its address and pin.
     UpsertNode(NodeInfo),
+    /// Admits a joining node: it gets the next free id, or the id already
+    /// registered for its address (so a retried join is admitted once).
+    AddNode {
+        /// Where peers and clients reach it.
+        addr: String,
+        /// SHA-256 of its certificate's SubjectPublicKeyInfo.
+        spki_sha256: Vec<u8>,
+    },
     /// Changes a node's state.
     SetNodeState {
         /// The node.
@@ -129,6 +137,9 @@ pub enum Effect {
         /// and starts empty, waiting for its leader's snapshot.
         fresh: bool,
     },
+    /// A node was admitted with this id (reported on every replica; only
+    /// the proposer uses it, to answer the joiner).
+    NodeAdmitted(NodeId),
 }
 
 impl Catalog {
@@ -221,6 +232,20 @@ impl Catalog {
         match cmd {
             CatalogCommand::UpsertNode(info) => {
                 self.nodes.insert(info.id, info.clone());
+            }
+            CatalogCommand::AddNode { addr, spki_sha256 } => {
+                let id = match self.nodes.values().find(|n| n.addr == *addr) {
+                    Some(n) => n.id,
+                    None => NodeId(self.nodes.keys().next_back().map_or(1, |n| n.0 + 1)),
+                };
+                let info = NodeInfo {
+                    id,
+                    addr: addr.clone(),
+                    spki_sha256: spki_sha256.clone(),
+                    state: NodeState::Active,
+                };
+                self.nodes.insert(id, info);
+                effects.push(Effect::NodeAdmitted(id));
             }
             CatalogCommand::SetNodeState { node, state } => {
                 let info = self

@@ -95,3 +95,25 @@ fn invalid_commands_change_nothing() {
         assert_eq!(c, before);
     }
 }
+
+#[test]
+fn admitting_a_node_assigns_the_next_id_once_per_address() {
+    let mut c = Catalog::bootstrap(1, 64, &three(), 4, 3).unwrap();
+    let add = |addr: &str| CatalogCommand::AddNode {
+        addr: addr.into(),
+        spki_sha256: vec![7],
+    };
+    assert_eq!(
+        c.apply(&add("127.0.0.4:7000"), NodeId(1)).unwrap(),
+        vec![Effect::NodeAdmitted(NodeId(4))]
+    );
+    assert_eq!(
+        c.apply(&add("127.0.0.4:7000"), NodeId(1)).unwrap(),
+        vec![Effect::NodeAdmitted(NodeId(4))]
+    );
+    assert_eq!(
+        c.apply(&add("127.0.0.5:7000"), NodeId(1)).unwrap(),
+        vec![Effect::NodeAdmitted(NodeId(5))]
+    );
+    assert_eq!(c.nodes.len(), 5);
+}

@@ -83,8 +83,12 @@ pub(super) fn apply_entries(
                     match a.catalog.apply(&cmd, a.me) {
                         Ok(fx) => {
                             w.put_catalog(a.catalog)?;
+                            let admitted = fx.iter().find_map(|f| match f {
+                                Effect::NodeAdmitted(id) => Some(*id),
+                                _ => None,
+                            });
                             a.effects.extend(fx);
-                            Ok(Reply::Catalog)
+                            Ok(admitted.map_or(Reply::Catalog, Reply::NodeAdmitted))
                         }
                         Err(e) => Err(e),
                     }

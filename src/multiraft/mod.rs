@@ -79,6 +79,8 @@ pub enum Reply {
     Kv(Response),
     /// A catalog change applied.
     Catalog,
+    /// A joining node was admitted with this id.
+    NodeAdmitted(NodeId),
     /// A membership change applied.
     ConfChanged,
 }

@@ -68,8 +68,10 @@ impl Driver {
                 persisted.push((*gid, number, msgs));
             }
             self.compact(&mut w)?;
-            for Effect::OpenGroup { info, fresh } in &effects {
-                self.stage_new_group(&mut w, info, *fresh)?;
+            for e in &effects {
+                if let Effect::OpenGroup { info, fresh } = e {
+                    self.stage_new_group(&mut w, info, *fresh)?;
+                }
             }
             w.entries
         };
@@ -84,8 +86,10 @@ impl Driver {
             g.node.advance_apply_to(applied);
             push_messages(&mut out.outbound, gid, msgs);
         }
-        for Effect::OpenGroup { info, fresh } in effects {
-            self.open_new_group(&info, fresh)?;
+        for e in effects {
+            if let Effect::OpenGroup { info, fresh } = e {
+                self.open_new_group(&info, fresh)?;
+            }
         }
         self.drop_stale_requests(&mut out);
         self.serve_reads(&mut out)?;
