@@ -56,6 +56,8 @@ pub enum Input {
     },
     /// The status of every group on the node.
     Status(oneshot::Sender<Vec<GroupStatus>>),
+    /// The catalog as this node last applied it.
+    Catalog(oneshot::Sender<crate::catalog::Catalog>),
     /// Stop the thread after the current round.
     Stop,
 }
@@ -96,6 +98,13 @@ impl DriverHandle {
     /// Reads linearizably; await the receiver for the answer.
     pub fn read(&self, group: GroupId, key: Vec<u8>) -> oneshot::Receiver<Result<Reply>> {
         self.call(|reply| Input::Read { group, key, reply })
+    }
+
+    /// The catalog as the node last applied it.
+    pub fn catalog(&self) -> oneshot::Receiver<crate::catalog::Catalog> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Input::Catalog(tx));
+        rx
     }
 
     /// The status of every group on the node.
@@ -211,6 +220,9 @@ fn run(
                 Input::Status(reply) => {
                     let all = driver.group_ids().collect::<Vec<_>>();
                     let _ = reply.send(all.into_iter().filter_map(|g| driver.status(g)).collect());
+                }
+                Input::Catalog(reply) => {
+                    let _ = reply.send(driver.catalog().clone());
                 }
                 Input::Stop => return Ok(()),
             }

@@ -26,7 +26,7 @@ pub(super) async fn accept_loop(t: Arc<Transport>) {
                 Ok(conn) => serve_connection(t, conn).await,
                 Err(e) => {
                     t.stats.refused_handshakes.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(node_id = t.node.0, peer = %remote, error = %e, "connection refused during the TLS handshake");
+                    tracing::warn!(node_id = t.node().0, peer = %remote, error = %e, "connection refused during the TLS handshake");
                 }
             }
         });
@@ -88,14 +88,14 @@ async fn serve_request(
         Ok(None) | Err(Error::Unreachable(_)) => return,
         Err(e) => {
             t.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(node_id = t.node.0, error = %e, "malformed request; stream closed");
+            tracing::warn!(node_id = t.node().0, error = %e, "malformed request; stream closed");
             let _ = recv.stop(BAD_FRAME.into());
             return;
         }
     };
     let resp = if !req.allowed(cert.role) {
         t.stats.refused_requests.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(node_id = t.node.0, role = ?cert.role, request = ?req, "request refused for the caller's role");
+        tracing::warn!(node_id = t.node().0, role = ?cert.role, request = ?req, "request refused for the caller's role");
         let e = Error::PermissionDenied(format!(
             "a {:?} certificate may not make this request",
             cert.role
@@ -123,7 +123,7 @@ async fn serve_stream(t: Arc<Transport>, conn: Connection, cert: &PeerCert, mut 
             Err(Error::Unreachable(_)) => return,
             Err(e) => {
                 t.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(node_id = t.node.0, peer = %peer, error = %e, "malformed frame; stream closed");
+                tracing::warn!(node_id = t.node().0, peer = %peer, error = %e, "malformed frame; stream closed");
                 let _ = recv.stop(BAD_FRAME.into());
                 return;
             }
@@ -132,14 +132,14 @@ async fn serve_stream(t: Arc<Transport>, conn: Connection, cert: &PeerCert, mut 
             Frame::Raft { from, batch } => {
                 if cert.role != Some(Role::Node) {
                     t.stats.refused_roles.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(node_id = t.node.0, peer = %peer, role = ?cert.role, "Raft traffic from a certificate without the node role refused");
+                    tracing::warn!(node_id = t.node().0, peer = %peer, role = ?cert.role, "Raft traffic from a certificate without the node role refused");
                     conn.close(REFUSED.into(), b"only nodes may send raft traffic");
                     return;
                 }
                 if let Some(pin) = t.pin_of(from) {
                     if cert.spki != Some(pin) {
                         t.stats.refused_pins.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(node_id = t.node.0, peer = %peer, claimed = from.0, "peer key does not match the pin of the node it claims to be");
+                        tracing::warn!(node_id = t.node().0, peer = %peer, claimed = from.0, "peer key does not match the pin of the node it claims to be");
                         conn.close(REFUSED.into(), b"key does not match pin");
                         return;
                     }
@@ -150,7 +150,7 @@ async fn serve_stream(t: Arc<Transport>, conn: Connection, cert: &PeerCert, mut 
                         Ok(msg) => msgs.push(GroupMessage { group, msg }),
                         Err(e) => {
                             t.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(node_id = t.node.0, peer = %peer, error = %e, "malformed raft message; stream closed");
+                            tracing::warn!(node_id = t.node().0, peer = %peer, error = %e, "malformed raft message; stream closed");
                             let _ = recv.stop(BAD_FRAME.into());
                             return;
                         }

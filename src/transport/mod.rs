@@ -89,7 +89,8 @@ struct Peer {
 
 /// A node's QUIC endpoint.
 pub struct Transport {
-    node: NodeId,
+    /// This node's id; 0 until a joining node is admitted.
+    node: AtomicU64,
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
     /// Peers by node id. A std lock: held only to copy an entry.
@@ -116,7 +117,7 @@ impl Transport {
         let endpoint = quinn::Endpoint::server(identity.server_config()?, listen)
             .map_err(|e| Error::Unreachable(format!("cannot listen on {listen}: {e}")))?;
         let t = Arc::new(Transport {
-            node,
+            node: AtomicU64::new(node.0),
             endpoint,
             client_config: identity.client_config()?,
             peers: RwLock::default(),
@@ -161,7 +162,12 @@ impl Transport {
 
     /// This node's id.
     pub fn node(&self) -> NodeId {
-        self.node
+        NodeId(self.node.load(Ordering::Relaxed))
+    }
+
+    /// Sets this node's id, once a join admitted it.
+    pub fn set_node(&self, node: NodeId) {
+        self.node.store(node.0, Ordering::Relaxed);
     }
 
     /// Records (or updates) a peer's address and key pin.

@@ -65,7 +65,7 @@ async fn connect(t: &Transport, to: NodeId) -> Option<quinn::SendStream> {
     let conn = match conn {
         Ok(c) => c,
         Err(e) => {
-            tracing::debug!(node_id = t.node.0, peer = to.0, error = %e, "dial failed");
+            tracing::debug!(node_id = t.node().0, peer = to.0, error = %e, "dial failed");
             return None;
         }
     };
@@ -80,7 +80,7 @@ async fn connect(t: &Transport, to: NodeId) -> Option<quinn::SendStream> {
         if der.and_then(|d| spki_sha256(&d).ok()) != Some(pin) {
             t.stats.refused_pins.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                node_id = t.node.0,
+                node_id = t.node().0,
                 peer = to.0,
                 "peer key does not match its pin; not sending to it"
             );
@@ -97,7 +97,7 @@ async fn peer_task(
     mut rx: mpsc::UnboundedReceiver<Vec<GroupMessage>>,
     up: Arc<AtomicBool>,
 ) {
-    let span = tracing::debug_span!("peer", node_id = t.node.0, peer = to.0);
+    let span = tracing::debug_span!("peer", node_id = t.node().0, peer = to.0);
     let _g = span.enter();
     let mut delay = RECONNECT_MIN;
     loop {
@@ -120,7 +120,7 @@ async fn peer_task(
                 batch.extend(more);
             }
             let frame = Frame::Raft {
-                from: t.node,
+                from: t.node(),
                 batch: batch
                     .iter()
                     .map(|m| (m.group, WireMessage::from(&m.msg)))

@@ -35,8 +35,17 @@ pub enum RpcRequest {
         /// The key.
         key: Vec<u8>,
     },
-    /// The state of every group on the node.
+    /// The node's lifecycle and the state of every group on it.
     Status,
+    /// Bootstrap a new cluster on this node (once, ever).
+    Init,
+    /// Admit the calling node, which listens at `addr`.
+    Join {
+        /// Where the joiner is reached.
+        addr: String,
+        /// SHA-256 of the joiner's SubjectPublicKeyInfo.
+        spki_sha256: Vec<u8>,
+    },
 }
 
 impl RpcRequest {
@@ -46,6 +55,8 @@ impl RpcRequest {
             RpcRequest::Propose { .. } | RpcRequest::Read { .. } | RpcRequest::Status => {
                 role.is_some()
             }
+            RpcRequest::Init => matches!(role, Some(Role::Admin) | Some(Role::Node)),
+            RpcRequest::Join { .. } => role == Some(Role::Node),
         }
     }
 }
@@ -55,6 +66,8 @@ impl RpcRequest {
 pub struct WireGroupStatus {
     /// The group.
     pub group: GroupId,
+    /// Voters of its configuration.
+    pub voters: Vec<NodeId>,
     /// Whether this replica leads it.
     pub leader: bool,
     /// The leader this replica knows of.
@@ -71,6 +84,7 @@ impl From<&GroupStatus> for WireGroupStatus {
     fn from(s: &GroupStatus) -> Self {
         WireGroupStatus {
             group: s.group,
+            voters: s.voters.clone(),
             leader: s.role == raft::StateRole::Leader,
             leader_id: s.leader,
             term: s.term,
@@ -78,6 +92,19 @@ impl From<&GroupStatus> for WireGroupStatus {
             applied: s.applied,
         }
     }
+}
+
+/// What a node says about itself.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct NodeReport {
+    /// Its id (0 before it joined).
+    pub node: NodeId,
+    /// Its lifecycle state, in words.
+    pub lifecycle: String,
+    /// Its cluster, once it has one.
+    pub cluster_id: Option<u64>,
+    /// Its groups.
+    pub groups: Vec<WireGroupStatus>,
 }
 
 /// What kind of failure an [`RpcError`] is: what the caller must do.
@@ -102,6 +129,8 @@ pub struct RpcError {
     pub group: Option<GroupId>,
     /// The leader hint, for `NotLeader`.
     pub leader: Option<NodeId>,
+    /// The leader's address, when the node knows it.
+    pub leader_addr: Option<String>,
     /// The node's message.
     pub message: String,
 }
@@ -119,6 +148,7 @@ impl From<&Error> for RpcError {
             kind,
             group,
             leader,
+            leader_addr: None,
             message: e.to_string(),
         }
     }
@@ -143,8 +173,20 @@ impl From<RpcError> for Error {
 pub enum RpcResponse {
     /// A KV command's or read's result.
     Kv(Response),
-    /// Group states.
-    Status(Vec<WireGroupStatus>),
+    /// The node's report.
+    Status(NodeReport),
+    /// A cluster was created.
+    Inited {
+        /// Its id.
+        cluster_id: u64,
+    },
+    /// The caller was admitted.
+    Joined {
+        /// The caller's node id.
+        node_id: NodeId,
+        /// The rkyv-encoded catalog, to store before opening any group.
+        catalog: Vec<u8>,
+    },
     /// A failure.
     Error(RpcError),
 }
@@ -180,36 +222,25 @@ pub async fn call(
     Ok(resp)
 }
 
-/// A node's driver answers requests directly.
+/// A running driver answers data requests directly.
 impl Service for crate::multiraft::runner::DriverHandle {
     fn handle(&self, req: RpcRequest) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>> {
         Box::pin(async move {
             let answer = match req {
                 RpcRequest::Propose { group, command } => {
-                    self.propose(group, crate::multiraft::Proposal::Kv(command))
-                        .await
+                    self.propose(group, crate::multiraft::Proposal::Kv(command)).await
                 }
                 RpcRequest::Read { group, key } => self.read(group, key).await,
-                RpcRequest::Status => {
-                    return match self.status().await {
-                        Ok(all) => {
-                            RpcResponse::Status(all.iter().map(WireGroupStatus::from).collect())
-                        }
-                        Err(_) => RpcResponse::Error(RpcError::from(&Error::Unreachable(
-                            "the driver stopped".into(),
-                        ))),
-                    };
+                other => {
+                    let e = Error::Invalid(format!("{other:?} is not a data request"));
+                    return RpcResponse::Error(RpcError::from(&e));
                 }
             };
             match answer {
                 Ok(Ok(crate::multiraft::Reply::Kv(r))) => RpcResponse::Kv(r),
-                Ok(Ok(other)) => RpcResponse::Error(RpcError::from(&Error::Invalid(format!(
-                    "unexpected reply {other:?}"
-                )))),
+                Ok(Ok(other)) => RpcResponse::Error(RpcError::from(&Error::Invalid(format!("unexpected reply {other:?}")))),
                 Ok(Err(e)) => RpcResponse::Error(RpcError::from(&e)),
-                Err(_) => RpcResponse::Error(RpcError::from(&Error::Unreachable(
-                    "the driver stopped".into(),
-                ))),
+                Err(_) => RpcResponse::Error(RpcError::from(&Error::Unreachable("the driver stopped".into()))),
             }
         })
     }
