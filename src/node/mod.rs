@@ -7,10 +7,11 @@
 //! whom to ask next, follows leader redirects and spaces whole passes with
 //! exponential backoff and jitter.
 //!
-//! Left out for now: the process that drives these (`flotilla start`), which
-//! comes with the join request on the transport.
+//! [`server::NodeServer`] is the node process itself: storage, driver,
+//! transport and the request service, and the paths between them.
 
 pub mod join;
+pub mod server;
 
 use std::fmt;
 

@@ -228,7 +228,8 @@ impl Service for crate::multiraft::runner::DriverHandle {
         Box::pin(async move {
             let answer = match req {
                 RpcRequest::Propose { group, command } => {
-                    self.propose(group, crate::multiraft::Proposal::Kv(command)).await
+                    self.propose(group, crate::multiraft::Proposal::Kv(command))
+                        .await
                 }
                 RpcRequest::Read { group, key } => self.read(group, key).await,
                 other => {
@@ -238,9 +239,13 @@ impl Service for crate::multiraft::runner::DriverHandle {
             };
             match answer {
                 Ok(Ok(crate::multiraft::Reply::Kv(r))) => RpcResponse::Kv(r),
-                Ok(Ok(other)) => RpcResponse::Error(RpcError::from(&Error::Invalid(format!("unexpected reply {other:?}")))),
+                Ok(Ok(other)) => RpcResponse::Error(RpcError::from(&Error::Invalid(format!(
+                    "unexpected reply {other:?}"
+                )))),
                 Ok(Err(e)) => RpcResponse::Error(RpcError::from(&e)),
-                Err(_) => RpcResponse::Error(RpcError::from(&Error::Unreachable("the driver stopped".into()))),
+                Err(_) => RpcResponse::Error(RpcError::from(&Error::Unreachable(
+                    "the driver stopped".into(),
+                ))),
             }
         })
     }

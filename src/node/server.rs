@@ -1,0 +1,440 @@
+//! A node process: storage, driver thread, transport and request service.
+//!
+//! [`NodeServer::start`] opens the data directory and binds the transport,
+//! then takes one of three paths, decided by `is_bootstrapped()` alone:
+//!
+//! - **restart**: the data directory holds a cluster id; the driver replays
+//!   its own state and the node dials the peers its catalog names;
+//! - **join**: no cluster id and seeds given; the node asks the seeds
+//!   ([`super::join::JoinPlan`]) until the leader of group 0 admits it, then
+//!   stores the catalog it received before opening any group;
+//! - **wait**: no cluster id and no seeds; the node waits for `init`.
+//!
+//! Until it is running, the node answers `status` and `init`, and asks
+//! callers of anything else to retry.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use super::join::{Answer, JoinPlan, JoinPolicy, Step};
+use super::Lifecycle;
+use crate::catalog::{
+    Catalog, CatalogCommand, DEFAULT_DATA_GROUPS, DEFAULT_REPLICAS, DEFAULT_VSHARDS,
+};
+use crate::certs::{spki_sha256, Role};
+use crate::error::{Error, Result};
+use crate::multiraft::runner::{DriverHandle, Runner};
+use crate::multiraft::{Driver, DriverConfig, Proposal, Reply};
+use crate::storage::Engine;
+use crate::transport::rpc::{
+    self, NodeReport, RpcError, RpcErrorKind, RpcRequest, RpcResponse, Service, WireGroupStatus,
+};
+use crate::transport::{TlsIdentity, Transport};
+use crate::types::{NodeId, CATALOG_GROUP};
+use crate::wire;
+
+/// How often a running node refreshes its peers' addresses from its catalog.
+const PEER_REFRESH: Duration = Duration::from_millis(500);
+
+/// How to run a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Where the node keeps its database.
+    pub data_dir: PathBuf,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Address peers and clients should use; defaults to the bound address.
+    pub advertise: Option<SocketAddr>,
+    /// Seeds to join through.
+    pub join: Vec<String>,
+    /// Directory with `ca.crt`, `node.crt` and `node.key`.
+    pub certs_dir: PathBuf,
+    /// How hard to try joining.
+    pub join_policy: JoinPolicy,
+    /// Real time per driver tick.
+    pub tick: Duration,
+    /// Data groups created by `init`.
+    pub data_groups: u64,
+    /// Vshards created by `init`.
+    pub vshards: u32,
+}
+
+impl NodeConfig {
+    /// Defaults for everything but the paths and addresses.
+    pub fn new(data_dir: PathBuf, listen: SocketAddr, certs_dir: PathBuf) -> NodeConfig {
+        NodeConfig {
+            data_dir,
+            listen,
+            advertise: None,
+            join: Vec::new(),
+            certs_dir,
+            join_policy: JoinPolicy::default(),
+            tick: Duration::from_millis(100),
+            data_groups: DEFAULT_DATA_GROUPS,
+            vshards: DEFAULT_VSHARDS,
+        }
+    }
+}
+
+/// What changes as the node goes through its life.
+struct State {
+    lifecycle: Lifecycle,
+    /// The database until the driver takes it.
+    engine: Option<Engine>,
+    runner: Option<Runner>,
+    handle: Option<DriverHandle>,
+}
+
+/// A running node.
+pub struct NodeServer {
+    cfg: NodeConfig,
+    transport: Arc<Transport>,
+    advertise: SocketAddr,
+    spki: [u8; 32],
+    /// A std lock: held only to read or swap fields, never across an await.
+    state: Mutex<State>,
+    /// This server itself, for requests that start the driver.
+    me: std::sync::Weak<NodeServer>,
+}
+
+impl NodeServer {
+    /// Opens the data directory, binds the transport and takes the restart,
+    /// join or wait path. Must run inside a tokio runtime.
+    pub async fn start(cfg: NodeConfig) -> Result<Arc<NodeServer>> {
+        let (crt, key) = crate::certs::role_files(&cfg.certs_dir, Role::Node);
+        let identity = TlsIdentity::load(&cfg.certs_dir.join(crate::certs::CA_CERT), &crt, &key)?;
+        let spki = spki_sha256(&identity.cert)?;
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", cfg.data_dir.display())))?;
+        let engine = Engine::open(&cfg.data_dir.join("flotilla.redb"))?;
+        let node = engine.node_id()?.unwrap_or_default();
+        let transport = Transport::bind(node, cfg.listen, &identity)?;
+        let advertise = cfg.advertise.unwrap_or(transport.local_addr()?);
+        let bootstrapped = engine.is_bootstrapped()?;
+        let server = Arc::new_cyclic(|me| NodeServer {
+            cfg,
+            transport: transport.clone(),
+            advertise,
+            spki,
+            state: Mutex::new(State {
+                lifecycle: Lifecycle::Starting,
+                engine: Some(engine),
+                runner: None,
+                handle: None,
+            }),
+            me: me.clone(),
+        });
+        transport.serve(Arc::new(NoInbox), server.clone());
+        if bootstrapped {
+            server.set_lifecycle(Lifecycle::Restarting);
+            server.launch()?;
+        } else if !server.cfg.join.is_empty() {
+            tokio::spawn(server.clone().join_loop());
+        }
+        Ok(server)
+    }
+
+    /// The address the node advertises.
+    pub fn addr(&self) -> SocketAddr {
+        self.advertise
+    }
+
+    /// Where the node is in its life.
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.lock().lifecycle.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_lifecycle(&self, l: Lifecycle) {
+        tracing::info!(node_id = self.transport.node().0, lifecycle = %l, "lifecycle");
+        self.lock().lifecycle = l;
+    }
+
+    fn handle(&self) -> Option<DriverHandle> {
+        self.lock().handle.clone()
+    }
+
+    /// Starts the driver on the bootstrapped engine and begins serving.
+    fn launch(self: &Arc<Self>) -> Result<()> {
+        let engine = self
+            .lock()
+            .engine
+            .take()
+            .ok_or_else(|| Error::Invalid("the node is already running".into()))?;
+        let node = engine
+            .node_id()?
+            .ok_or_else(|| Error::Invalid("no node id after bootstrap".into()))?;
+        self.transport.set_node(node);
+        let cfg = DriverConfig {
+            seed: rand::random(),
+            replicas: DEFAULT_REPLICAS,
+            ..DriverConfig::default()
+        };
+        let driver = Driver::open(engine, cfg)?;
+        self.refresh_peers(driver.catalog());
+        let runner = Runner::spawn(driver, self.transport.sender(), self.cfg.tick)?;
+        let handle = runner.handle();
+        self.transport.serve(Arc::new(handle.clone()), self.clone());
+        {
+            let mut st = self.lock();
+            st.runner = Some(runner);
+            st.handle = Some(handle.clone());
+        }
+        self.set_lifecycle(Lifecycle::Ready);
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PEER_REFRESH).await;
+                match handle.catalog().await {
+                    Ok(c) => me.refresh_peers(&c),
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn refresh_peers(&self, catalog: &Catalog) {
+        let me = self.transport.node();
+        for n in catalog.nodes.values().filter(|n| n.id != me) {
+            let Ok(addr) = n.addr.parse::<SocketAddr>() else {
+                continue;
+            };
+            let pin = <[u8; 32]>::try_from(n.spki_sha256.as_slice()).ok();
+            self.transport.set_peer(n.id, addr, pin);
+        }
+    }
+
+    async fn join_loop(self: Arc<Self>) {
+        let mut plan = JoinPlan::new(
+            self.cfg.join.clone(),
+            self.cfg.join_policy.clone(),
+            rand::random(),
+        );
+        loop {
+            self.set_lifecycle(plan.lifecycle());
+            match plan.next_step() {
+                Step::Wait(d) => tokio::time::sleep(d).await,
+                Step::GiveUp(reason) => {
+                    tracing::error!(reason = %reason, "joining failed");
+                    self.set_lifecycle(Lifecycle::Failed { reason });
+                    return;
+                }
+                Step::Ask(seed) => {
+                    let answer = self.ask_to_join(&seed).await;
+                    let done = matches!(answer, Ok(()));
+                    plan.answer(match answer {
+                        Ok(()) => Answer::Joined,
+                        Err(Some(leader)) => Answer::Redirect(leader),
+                        Err(None) => Answer::Unreachable,
+                    });
+                    if done {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One join request. `Err(Some(hint))` is a redirect.
+    async fn ask_to_join(
+        self: &Arc<Self>,
+        seed: &str,
+    ) -> std::result::Result<(), Option<Option<String>>> {
+        let addr = tokio::net::lookup_host(seed)
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or(None::<Option<String>>)?;
+        let req = RpcRequest::Join {
+            addr: self.advertise.to_string(),
+            spki_sha256: self.spki.to_vec(),
+        };
+        let config = self.client_config().map_err(|_| None::<Option<String>>)?;
+        let endpoint = self.transport.endpoint();
+        match rpc::call(endpoint, &config, addr, &req).await {
+            Ok(RpcResponse::Joined { node_id, catalog }) => {
+                let catalog: Catalog =
+                    wire::decode("catalog", &catalog).map_err(|_| None::<Option<String>>)?;
+                let stored = {
+                    let st = self.lock();
+                    st.engine
+                        .as_ref()
+                        .map(|e| e.bootstrap_joiner(node_id, &catalog))
+                };
+                match stored {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
+                        tracing::error!(error = %e, "could not store the catalog");
+                        return Err(None);
+                    }
+                    None => return Err(None),
+                }
+                if let Err(e) = self.launch() {
+                    self.set_lifecycle(Lifecycle::Failed {
+                        reason: e.to_string(),
+                    });
+                }
+                Ok(())
+            }
+            Ok(RpcResponse::Error(e)) if e.kind == RpcErrorKind::NotLeader => {
+                Err(Some(e.leader_addr))
+            }
+            Ok(other) => {
+                tracing::debug!(seed, answer = ?other, "join not accepted");
+                Err(None)
+            }
+            Err(e) => {
+                tracing::debug!(seed, error = %e, "seed unreachable");
+                Err(None)
+            }
+        }
+    }
+
+    fn client_config(&self) -> Result<quinn::ClientConfig> {
+        let (crt, key) = crate::certs::role_files(&self.cfg.certs_dir, Role::Node);
+        TlsIdentity::load(&self.cfg.certs_dir.join(crate::certs::CA_CERT), &crt, &key)?
+            .client_config()
+    }
+
+    async fn init(self: &Arc<Self>) -> Result<u64> {
+        let cluster_id = {
+            let st = self.lock();
+            let engine = st
+                .engine
+                .as_ref()
+                .ok_or_else(|| Error::Invalid("this node already belongs to a cluster".into()))?;
+            if let Some(id) = engine.cluster_id()? {
+                return Err(Error::Invalid(format!(
+                    "this node already belongs to cluster {id:016x}"
+                )));
+            }
+            let cluster_id: u64 = rand::random();
+            let me = [(NodeId(1), self.advertise.to_string())];
+            let mut catalog = Catalog::bootstrap(
+                cluster_id,
+                self.cfg.vshards,
+                &me,
+                self.cfg.data_groups,
+                DEFAULT_REPLICAS,
+            )?;
+            if let Some(n) = catalog.nodes.get_mut(&NodeId(1)) {
+                n.spki_sha256 = self.spki.to_vec();
+            }
+            engine.bootstrap(NodeId(1), &catalog)?;
+            cluster_id
+        };
+        self.launch()?;
+        Ok(cluster_id)
+    }
+
+    async fn admit(&self, addr: String, spki_sha256: Vec<u8>) -> RpcResponse {
+        let Some(h) = self.handle() else {
+            return error(&Error::Unreachable(
+                "this node has not joined a cluster yet".into(),
+            ));
+        };
+        let reply = h
+            .propose(
+                CATALOG_GROUP,
+                Proposal::Catalog(CatalogCommand::AddNode { addr, spki_sha256 }),
+            )
+            .await;
+        match reply {
+            Ok(Ok(Reply::NodeAdmitted(node_id))) => match h.catalog().await {
+                Ok(c) => RpcResponse::Joined {
+                    node_id,
+                    catalog: wire::encode(&c),
+                },
+                Err(_) => error(&Error::Unreachable("the driver stopped".into())),
+            },
+            Ok(Err(e @ Error::NotLeader { .. })) => {
+                let mut rpc_err = RpcError::from(&e);
+                if let (Some(l), Ok(c)) = (rpc_err.leader, h.catalog().await) {
+                    rpc_err.leader_addr = c.nodes.get(&l).map(|n| n.addr.clone());
+                }
+                RpcResponse::Error(rpc_err)
+            }
+            Ok(Err(e)) => error(&e),
+            Ok(Ok(other)) => error(&Error::Invalid(format!("unexpected reply {other:?}"))),
+            Err(_) => error(&Error::Unreachable("the driver stopped".into())),
+        }
+    }
+
+    async fn report(&self) -> RpcResponse {
+        let lifecycle = self.lifecycle().to_string();
+        let node = self.transport.node();
+        let Some(h) = self.handle() else {
+            return RpcResponse::Status(NodeReport {
+                node,
+                lifecycle,
+                cluster_id: None,
+                groups: vec![],
+            });
+        };
+        let (Ok(groups), Ok(catalog)) = (h.status().await, h.catalog().await) else {
+            return error(&Error::Unreachable("the driver stopped".into()));
+        };
+        let groups = groups.iter().map(WireGroupStatus::from).collect();
+        RpcResponse::Status(NodeReport {
+            node,
+            lifecycle,
+            cluster_id: Some(catalog.cluster_id),
+            groups,
+        })
+    }
+
+    /// Stops the driver and closes the transport.
+    pub fn stop(&self) {
+        self.transport.close();
+        let runner = self.lock().runner.take();
+        if let Some(r) = runner {
+            if let Err(e) = r.stop() {
+                tracing::error!(error = %e, "driver ended with an error");
+            }
+        }
+    }
+}
+
+fn error(e: &Error) -> RpcResponse {
+    RpcResponse::Error(RpcError::from(e))
+}
+
+/// Drops Raft batches that arrive before the driver runs.
+struct NoInbox;
+
+impl crate::transport::Inbox for NoInbox {
+    fn deliver(&self, _from: NodeId, _msgs: Vec<crate::multiraft::GroupMessage>) {}
+}
+
+impl Service for NodeServer {
+    fn handle(&self, req: RpcRequest) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>> {
+        Box::pin(async move {
+            match req {
+                RpcRequest::Status => self.report().await,
+                RpcRequest::Join { addr, spki_sha256 } => self.admit(addr, spki_sha256).await,
+                RpcRequest::Init => match self.me.upgrade() {
+                    Some(me) => match me.init().await {
+                        Ok(cluster_id) => RpcResponse::Inited { cluster_id },
+                        Err(e) => error(&e),
+                    },
+                    None => error(&Error::Unreachable("the node is stopping".into())),
+                },
+                data => match self.handle() {
+                    Some(h) => h.handle(data).await,
+                    None => error(&Error::Unreachable(
+                        "this node has not joined a cluster yet".into(),
+                    )),
+                },
+            }
+        })
+    }
+}

@@ -1,0 +1,163 @@
+//! Node servers in one process over real QUIC: one node is initialised, two
+//! more join through it as their seed, placement gives every group three
+//! voters, and a client writes and reads through any node. A second `init`
+//! is refused.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flotilla::catalog::Catalog;
+use flotilla::certs::{self, role_files, Role, CA_CERT};
+use flotilla::kv::{Command, Op, Response};
+use flotilla::node::join::JoinPolicy;
+use flotilla::node::server::{NodeConfig, NodeServer};
+use flotilla::node::Lifecycle;
+use flotilla::transport::rpc::{call, RpcErrorKind, RpcRequest, RpcResponse};
+use flotilla::transport::TlsIdentity;
+use flotilla::types::{GroupId, NodeId};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(50);
+
+struct Client {
+    endpoint: quinn::Endpoint,
+    cfg: quinn::ClientConfig,
+}
+
+impl Client {
+    fn new(dir: &std::path::Path, role: Role) -> Client {
+        let (crt, key) = role_files(dir, role);
+        let id = TlsIdentity::load(&dir.join(CA_CERT), &crt, &key).unwrap();
+        Client {
+            endpoint: quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap(),
+            cfg: id.client_config().unwrap(),
+        }
+    }
+
+    async fn call(&self, addr: SocketAddr, req: &RpcRequest) -> Option<RpcResponse> {
+        call(&self.endpoint, &self.cfg, addr, req).await.ok()
+    }
+}
+
+async fn start(
+    dir: &std::path::Path,
+    certs: &std::path::Path,
+    name: &str,
+    join: Vec<String>,
+) -> Arc<NodeServer> {
+    let mut cfg = NodeConfig::new(
+        dir.join(name),
+        "127.0.0.1:0".parse().unwrap(),
+        certs.to_path_buf(),
+    );
+    cfg.join = join;
+    cfg.tick = Duration::from_millis(20);
+    cfg.data_groups = 8;
+    cfg.vshards = 64;
+    cfg.join_policy = JoinPolicy {
+        attempts: 100,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(400),
+    };
+    NodeServer::start(cfg).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_then_join_forms_a_three_replica_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs_dir = dir.path().join("certs");
+    certs::create(&certs_dir, &["127.0.0.1".into()], false).unwrap();
+    let n1 = start(dir.path(), &certs_dir, "n1", vec![]).await;
+    let seed = n1.addr().to_string();
+    let n2 = start(dir.path(), &certs_dir, "n2", vec![seed.clone()]).await;
+    let n3 = start(dir.path(), &certs_dir, "n3", vec![seed]).await;
+    let admin = Client::new(&certs_dir, Role::Admin);
+
+    let Some(RpcResponse::Inited { cluster_id }) = admin.call(n1.addr(), &RpcRequest::Init).await
+    else {
+        panic!("init failed");
+    };
+    let again = admin.call(n1.addr(), &RpcRequest::Init).await;
+    assert!(
+        matches!(again, Some(RpcResponse::Error(ref e)) if e.message.contains("already belongs")),
+        "{again:?}"
+    );
+
+    let nodes = [&n1, &n2, &n3];
+    let mut addr_of: BTreeMap<NodeId, SocketAddr> = BTreeMap::new();
+    let start_t = Instant::now();
+    loop {
+        assert!(
+            start_t.elapsed() < DEADLINE,
+            "cluster did not form: {:?}",
+            nodes.map(|n| n.lifecycle())
+        );
+        let mut ready = 0;
+        let mut voters: BTreeMap<GroupId, usize> = BTreeMap::new();
+        for n in nodes {
+            if let Some(RpcResponse::Status(r)) = admin.call(n.addr(), &RpcRequest::Status).await {
+                addr_of.insert(r.node, n.addr());
+                if r.lifecycle == Lifecycle::Ready.to_string() && r.cluster_id == Some(cluster_id) {
+                    ready += 1;
+                }
+                for g in r.groups.iter().filter(|g| g.leader) {
+                    voters.insert(g.group, g.voters.len());
+                }
+            }
+        }
+        if ready == 3 && voters.len() == 9 && voters.values().all(|v| *v == 3) {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+
+    // A client writes through any node, following leader hints. The vshard
+    // map depends only on the vshard and group counts.
+    let client = Client::new(&certs_dir, Role::Client);
+    let routing = Catalog::bootstrap(0, 64, &[(NodeId(1), String::new())], 8, 1).unwrap();
+    let all: Vec<SocketAddr> = nodes.iter().map(|n| n.addr()).collect();
+    let next = |t: SocketAddr| all[(all.iter().position(|a| *a == t).unwrap_or(0) + 1) % all.len()];
+    for i in 0..20u64 {
+        let key = format!("node-{i}").into_bytes();
+        let group = routing.group_of(&key);
+        let command = Command {
+            client: 9,
+            seq: i + 1,
+            ack_below: i + 1,
+            op: Op::Put {
+                key,
+                value: vec![i as u8],
+            },
+        };
+        let mut target = n1.addr();
+        let t0 = Instant::now();
+        loop {
+            assert!(t0.elapsed() < DEADLINE, "write {i} not answered");
+            match client
+                .call(
+                    target,
+                    &RpcRequest::Propose {
+                        group,
+                        command: command.clone(),
+                    },
+                )
+                .await
+            {
+                Some(RpcResponse::Kv(Response::Written)) => break,
+                Some(RpcResponse::Error(e)) if e.kind == RpcErrorKind::NotLeader => {
+                    target = e
+                        .leader
+                        .and_then(|l| addr_of.get(&l).copied())
+                        .unwrap_or_else(|| next(target));
+                }
+                _ => target = next(target),
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    for n in nodes {
+        n.stop();
+    }
+}
