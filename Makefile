@@ -3,9 +3,10 @@ CARGO ?= cargo
 
 .PHONY: run test lint bench build certs
 
-## Build and run the in-process demo: a 3-node cluster, writes, reads, a crash and a restart.
+## Build, make dev certificates, start a local 3-node cluster, show its status and a few
+## writes and reads; Ctrl-C stops it. `flotilla demo` is the in-process simulation instead.
 run:
-	$(CARGO) run --release --bin flotilla -- demo
+	$(CARGO) run --release --bin flotilla -- dev --nodes 3 --dir data/dev
 
 ## The whole test suite (unit, simulation scenarios, 200 randomized seeds), plus lints.
 test: lint

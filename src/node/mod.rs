@@ -11,6 +11,7 @@
 //! transport and the request service, and the paths between them.
 
 pub mod join;
+pub mod ops;
 pub mod server;
 
 use std::fmt;

@@ -220,6 +220,10 @@ impl NodeServer {
             rand::random(),
         );
         loop {
+            // `init` may have made this node a cluster of its own meanwhile.
+            if self.handle().is_some() {
+                return;
+            }
             self.set_lifecycle(plan.lifecycle());
             match plan.next_step() {
                 Step::Wait(d) => tokio::time::sleep(d).await,
@@ -227,6 +231,9 @@ impl NodeServer {
                     tracing::error!(reason = %reason, "joining failed");
                     self.set_lifecycle(Lifecycle::Failed { reason });
                     return;
+                }
+                Step::Ask(seed) if seed == self.advertise.to_string() => {
+                    plan.answer(Answer::Unreachable)
                 }
                 Step::Ask(seed) => {
                     let answer = self.ask_to_join(&seed).await;

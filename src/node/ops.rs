@@ -1,0 +1,375 @@
+//! Operator commands that talk to nodes: `init`, `status`, and `dev`, which
+//! runs a whole local cluster of node processes.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::catalog::Catalog;
+use crate::certs::{self, role_files, Role, CA_CERT};
+use crate::error::{Error, Result};
+use crate::kv::{Command, Op, Response};
+use crate::transport::rpc::{call, NodeReport, RpcErrorKind, RpcRequest, RpcResponse};
+use crate::transport::TlsIdentity;
+use crate::types::NodeId;
+
+/// A caller's endpoint and identity: the admin certificate when the
+/// directory has one, else the client certificate.
+pub struct Caller {
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+}
+
+impl Caller {
+    /// Loads the identity from `certs_dir`. Must run inside a tokio runtime.
+    pub fn new(certs_dir: &Path) -> Result<Caller> {
+        let role = if role_files(certs_dir, Role::Admin).0.exists() {
+            Role::Admin
+        } else {
+            Role::Client
+        };
+        let (crt, key) = role_files(certs_dir, role);
+        let id = TlsIdentity::load(&certs_dir.join(CA_CERT), &crt, &key)?;
+        let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .map_err(|e| Error::Unreachable(format!("cannot open a client endpoint: {e}")))?;
+        Ok(Caller {
+            endpoint,
+            config: id.client_config()?,
+        })
+    }
+
+    /// One request.
+    pub async fn call(&self, addr: SocketAddr, req: &RpcRequest) -> Result<RpcResponse> {
+        match call(&self.endpoint, &self.config, addr, req).await? {
+            RpcResponse::Error(e) => Err(e.into()),
+            r => Ok(r),
+        }
+    }
+
+    /// A node's report.
+    pub async fn status(&self, addr: SocketAddr) -> Result<NodeReport> {
+        match self.call(addr, &RpcRequest::Status).await? {
+            RpcResponse::Status(r) => Ok(r),
+            other => Err(Error::Invalid(format!("unexpected answer {other:?}"))),
+        }
+    }
+}
+
+/// Renders a node report as aligned text.
+pub fn render(addr: SocketAddr, r: &NodeReport) -> String {
+    let mut out = String::new();
+    let cluster = r
+        .cluster_id
+        .map_or("-".to_string(), |c| format!("{c:016x}"));
+    let _ = writeln!(
+        out,
+        "node {} at {addr}: {} (cluster {cluster})",
+        r.node.0, r.lifecycle
+    );
+    let _ = writeln!(
+        out,
+        "  {:<6} {:<8} {:<12} {:>6} {:>8} {:>8}",
+        "group", "role", "voters", "term", "commit", "applied"
+    );
+    for g in &r.groups {
+        let voters: Vec<String> = g.voters.iter().map(|v| v.0.to_string()).collect();
+        let role = if g.leader { "leader" } else { "follower" };
+        let _ = writeln!(
+            out,
+            "  {:<6} {:<8} {:<12} {:>6} {:>8} {:>8}",
+            g.group.0,
+            role,
+            voters.join(","),
+            g.term,
+            g.commit,
+            g.applied
+        );
+    }
+    out
+}
+
+/// One line per node: its lifecycle, how many groups it holds and leads.
+pub fn summary(addr: SocketAddr, r: &NodeReport) -> String {
+    let leads = r.groups.iter().filter(|g| g.leader).count();
+    let full = r.groups.iter().filter(|g| g.voters.len() >= 3).count();
+    format!(
+        "node {} at {addr}: {}; {} groups ({} with 3+ voters), leads {}",
+        r.node.0,
+        r.lifecycle,
+        r.groups.len(),
+        full,
+        leads
+    )
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Kills the node processes it holds when dropped.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let s =
+        std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| Error::Unreachable(e.to_string()))?;
+    Ok(s.local_addr()
+        .map_err(|e| Error::Unreachable(e.to_string()))?
+        .port())
+}
+
+/// Runs `nodes` node processes on loopback under `dir` (clearing data a
+/// previous run left there), initialises the cluster, waits until every group has three voters, prints the status,
+/// writes and reads a few keys, then serves until Ctrl-C.
+pub async fn dev(
+    exe: &Path,
+    nodes: usize,
+    dir: &Path,
+    out: &mut (dyn std::io::Write + Send),
+) -> Result<()> {
+    let certs_dir = dir.join("certs");
+    if !certs_dir.join(CA_CERT).exists() {
+        certs::create(&certs_dir, &["127.0.0.1".into(), "localhost".into()], false)?;
+    }
+    let addrs: Vec<SocketAddr> = (0..nodes)
+        .map(|_| free_port().map(|p| SocketAddr::from(([127, 0, 0, 1], p))))
+        .collect::<Result<_>>()?;
+    let seeds = addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut children = Children(Vec::new());
+    for (i, addr) in addrs.iter().enumerate() {
+        let data: PathBuf = dir.join(format!("n{}", i + 1));
+        // A dev cluster starts fresh: its ports are new every run, so an old
+        // catalog would point at addresses nobody listens on.
+        if data.exists() {
+            std::fs::remove_dir_all(&data)
+                .map_err(|e| Error::Invalid(format!("cannot clear {}: {e}", data.display())))?;
+        }
+        let log = std::fs::File::create(dir.join(format!("n{}.log", i + 1)))
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let child = std::process::Command::new(exe)
+            .args(["start", "--data-dir"])
+            .arg(&data)
+            .args([
+                "--listen",
+                &addr.to_string(),
+                "--join",
+                &seeds,
+                "--certs-dir",
+            ])
+            .arg(&certs_dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| Error::Invalid(format!("cannot start {}: {e}", exe.display())))?;
+        children.0.push(child);
+    }
+    let _ = writeln!(
+        out,
+        "started {nodes} nodes: {seeds} (logs in {})",
+        dir.display()
+    );
+    let caller = Caller::new(&certs_dir)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Init once; a node that already belongs to a cluster (a rerun on the
+    // same directory) restarts instead, which is fine too.
+    loop {
+        match caller.call(addrs[0], &RpcRequest::Init).await {
+            Ok(RpcResponse::Inited { cluster_id }) => {
+                let _ = writeln!(out, "initialised cluster {cluster_id:016x}");
+                break;
+            }
+            Err(Error::Invalid(m)) | Err(Error::Remote(m)) if m.contains("already belongs") => {
+                break
+            }
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            other => {
+                return Err(Error::Unreachable(format!(
+                    "init did not succeed: {other:?}"
+                )))
+            }
+        }
+    }
+    let mut reports = Vec::new();
+    loop {
+        reports.clear();
+        for a in &addrs {
+            if let Ok(r) = caller.status(*a).await {
+                reports.push((*a, r));
+            }
+        }
+        let ready = reports.len() == nodes && reports.iter().all(|(_, r)| r.lifecycle == "ready");
+        let groups: std::collections::BTreeSet<_> = reports
+            .iter()
+            .flat_map(|(_, r)| r.groups.iter().map(|g| g.group))
+            .collect();
+        let led: std::collections::BTreeMap<_, _> = reports
+            .iter()
+            .flat_map(|(_, r)| {
+                r.groups
+                    .iter()
+                    .filter(|g| g.leader)
+                    .map(|g| (g.group, g.voters.len()))
+            })
+            .collect();
+        if ready
+            && !groups.is_empty()
+            && led.len() == groups.len()
+            && led.values().all(|v| *v == nodes.min(3))
+        {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Unreachable(
+                "the cluster did not become ready within 60 s".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (a, r) in &reports {
+        let _ = writeln!(out, "{}", summary(*a, r));
+    }
+    let _ = writeln!(
+        out,
+        "(`flotilla status --endpoint ADDR --certs-dir {}` shows every group)",
+        certs_dir.display()
+    );
+    demo_writes(&caller, &addrs, &reports, out).await?;
+    let _ = writeln!(out, "cluster running; press Ctrl-C to stop it");
+    shutdown_signal().await;
+    drop(children);
+    Ok(())
+}
+
+async fn demo_writes(
+    caller: &Caller,
+    addrs: &[SocketAddr],
+    reports: &[(SocketAddr, NodeReport)],
+    out: &mut (dyn std::io::Write + Send),
+) -> Result<()> {
+    let data_groups = reports
+        .iter()
+        .flat_map(|(_, r)| r.groups.iter())
+        .map(|g| g.group.0)
+        .max()
+        .unwrap_or(1);
+    let routing = Catalog::bootstrap(
+        0,
+        crate::catalog::DEFAULT_VSHARDS,
+        &[(NodeId(1), String::new())],
+        data_groups,
+        1,
+    )?;
+    let by_id: std::collections::BTreeMap<NodeId, SocketAddr> =
+        reports.iter().map(|(a, r)| (r.node, *a)).collect();
+    for i in 1..=5u64 {
+        let key = format!("hello/{i}");
+        let group = routing.group_of(key.as_bytes());
+        let command = Command {
+            client: 1,
+            seq: i,
+            ack_below: i,
+            op: Op::Put {
+                key: key.clone().into(),
+                value: format!("world {i}").into(),
+            },
+        };
+        let mut target = addrs[0];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match call(
+                &caller.endpoint,
+                &caller.config,
+                target,
+                &RpcRequest::Propose {
+                    group,
+                    command: command.clone(),
+                },
+            )
+            .await
+            {
+                Ok(RpcResponse::Kv(Response::Written)) => break,
+                Ok(RpcResponse::Error(e))
+                    if e.kind == RpcErrorKind::NotLeader && Instant::now() < deadline =>
+                {
+                    target = e
+                        .leader
+                        .and_then(|l| by_id.get(&l).copied())
+                        .unwrap_or(target);
+                }
+                _ if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                other => {
+                    return Err(Error::Unreachable(format!(
+                        "write of {key} failed: {other:?}"
+                    )))
+                }
+            }
+        }
+        let value = loop {
+            match call(
+                &caller.endpoint,
+                &caller.config,
+                target,
+                &RpcRequest::Read {
+                    group,
+                    key: key.clone().into(),
+                },
+            )
+            .await
+            {
+                Ok(RpcResponse::Kv(Response::Value(v))) => break v,
+                _ if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                other => {
+                    return Err(Error::Unreachable(format!(
+                        "read of {key} failed: {other:?}"
+                    )))
+                }
+            }
+        };
+        let shown = value
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_else(|| "(absent)".into());
+        let _ = writeln!(
+            out,
+            "put {key} = \"world {i}\" via group {}; read back \"{shown}\"",
+            group.0
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! Real node processes on loopback: three `flotilla start` processes form a
+//! cluster through `flotilla init` and their seeds; a follower killed with
+//! SIGKILL restarts from its own data without any seed and catches up.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use flotilla::catalog::Catalog;
+use flotilla::certs;
+use flotilla::kv::{Command, Op, Response};
+use flotilla::node::ops::Caller;
+use flotilla::transport::rpc::{NodeReport, RpcRequest, RpcResponse};
+use flotilla::types::NodeId;
+
+const EXE: &str = env!("CARGO_BIN_EXE_flotilla");
+const DEADLINE: Duration = Duration::from_secs(90);
+const POLL: Duration = Duration::from_millis(200);
+
+/// Kills every process it holds when dropped, so a failing test leaves none.
+struct Nodes(BTreeMap<usize, Child>);
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for c in self.0.values_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
+
+fn spawn(dir: &Path, i: usize, addr: SocketAddr, join: Option<&str>) -> Child {
+    let mut cmd = Process::new(EXE);
+    cmd.arg("start")
+        .arg("--data-dir")
+        .arg(dir.join(format!("n{i}")))
+        .args(["--listen", &addr.to_string(), "--certs-dir"])
+        .arg(dir.join("certs"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(j) = join {
+        cmd.args(["--join", j]);
+    }
+    cmd.spawn().unwrap()
+}
+
+async fn reports(caller: &Caller, addrs: &[SocketAddr]) -> Vec<NodeReport> {
+    let mut out = Vec::new();
+    for a in addrs {
+        if let Ok(r) = caller.status(*a).await {
+            out.push(r);
+        }
+    }
+    out
+}
+
+/// All nodes ready, every group led with three voters.
+fn formed(rs: &[NodeReport], nodes: usize) -> bool {
+    let led: BTreeMap<_, _> = rs
+        .iter()
+        .flat_map(|r| {
+            r.groups
+                .iter()
+                .filter(|g| g.leader)
+                .map(|g| (g.group, g.voters.len()))
+        })
+        .collect();
+    rs.len() == nodes
+        && rs.iter().all(|r| r.lifecycle == "ready")
+        && led.len() == 33
+        && led.values().all(|v| *v == 3)
+}
+
+async fn put(caller: &Caller, addrs: &BTreeMap<NodeId, SocketAddr>, routing: &Catalog, seq: u64) {
+    let key = format!("p{seq}").into_bytes();
+    let group = routing.group_of(&key);
+    let command = Command {
+        client: 5,
+        seq,
+        ack_below: seq,
+        op: Op::Put {
+            key,
+            value: seq.to_le_bytes().to_vec(),
+        },
+    };
+    let all: Vec<SocketAddr> = addrs.values().copied().collect();
+    let mut target = all[0];
+    let start = Instant::now();
+    loop {
+        assert!(start.elapsed() < DEADLINE, "write {seq} not answered");
+        match caller
+            .call(
+                target,
+                &RpcRequest::Propose {
+                    group,
+                    command: command.clone(),
+                },
+            )
+            .await
+        {
+            Ok(RpcResponse::Kv(Response::Written)) => return,
+            Err(flotilla::Error::NotLeader {
+                leader: Some(l), ..
+            }) if addrs.contains_key(&l) => target = addrs[&l],
+            _ => {
+                let i = all.iter().position(|a| *a == target).unwrap_or(0);
+                target = all[(i + 1) % all.len()];
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_log() {
+    let dir = tempfile::tempdir().unwrap();
+    certs::create(&dir.path().join("certs"), &["127.0.0.1".into()], false).unwrap();
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let seeds = addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes = Nodes(BTreeMap::new());
+    for (i, a) in addrs.iter().enumerate() {
+        nodes.0.insert(i, spawn(dir.path(), i, *a, Some(&seeds)));
+    }
+
+    // `flotilla init`, as an operator would run it, retried until the node listens.
+    let start = Instant::now();
+    loop {
+        let out = Process::new(EXE)
+            .args(["init", "--endpoint", &addrs[0].to_string(), "--certs-dir"])
+            .arg(dir.path().join("certs"))
+            .output()
+            .unwrap();
+        if out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("initialised cluster"));
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let second = Process::new(EXE)
+        .args(["init", "--endpoint", &addrs[0].to_string(), "--certs-dir"])
+        .arg(dir.path().join("certs"))
+        .output()
+        .unwrap();
+    assert!(!second.status.success(), "a second init must be refused");
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("already belongs"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+
+    let caller = Caller::new(&dir.path().join("certs")).unwrap();
+    let start = Instant::now();
+    let mut rs = reports(&caller, &addrs).await;
+    while !formed(&rs, 3) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "cluster did not form: {:?}",
+            rs.iter()
+                .map(|r| (r.node, r.lifecycle.clone(), r.groups.len()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(POLL).await;
+        rs = reports(&caller, &addrs).await;
+    }
+    let by_id: BTreeMap<NodeId, SocketAddr> =
+        addrs.iter().zip(&rs).map(|(a, r)| (r.node, *a)).collect();
+    let routing = Catalog::bootstrap(0, 1024, &[(NodeId(1), String::new())], 32, 1).unwrap();
+
+    // The status command shows the same thing to a person.
+    let status = Process::new(EXE)
+        .args(["status", "--endpoint", &addrs[1].to_string(), "--certs-dir"])
+        .arg(dir.path().join("certs"))
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    assert!(String::from_utf8_lossy(&status.stdout).contains(": ready"));
+
+    for seq in 1..=20 {
+        put(&caller, &by_id, &routing, seq).await;
+    }
+    // Kill -9 a node that leads nothing, write more, restart it without seeds.
+    let (victim, _) = rs
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.groups.iter().all(|g| !g.leader))
+        .expect("a pure follower");
+    let mut child = nodes.0.remove(&victim).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for seq in 21..=40 {
+        put(&caller, &by_id, &routing, seq).await;
+    }
+    nodes
+        .0
+        .insert(victim, spawn(dir.path(), victim, addrs[victim], None));
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the restarted node did not catch up"
+        );
+        let rs = reports(&caller, &addrs).await;
+        let leaders: BTreeMap<_, _> = rs
+            .iter()
+            .flat_map(|r| {
+                r.groups
+                    .iter()
+                    .filter(|g| g.leader)
+                    .map(|g| (g.group, g.commit))
+            })
+            .collect();
+        if let Some(me) = rs
+            .iter()
+            .find(|r| by_id.get(&r.node) == Some(&addrs[victim]))
+        {
+            let caught_up = me.lifecycle == "ready"
+                && me.groups.len() == 33
+                && me
+                    .groups
+                    .iter()
+                    .all(|g| leaders.get(&g.group).is_some_and(|c| g.applied >= *c));
+            if caught_up {
+                break;
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
