@@ -12,9 +12,10 @@ use flotilla::catalog::Catalog;
 use flotilla::certs::{self, role_files, Role, CA_CERT};
 use flotilla::kv::{Command, Op, Response};
 use flotilla::node::join::JoinPolicy;
+use flotilla::node::ops::Caller;
 use flotilla::node::server::{NodeConfig, NodeServer};
 use flotilla::node::Lifecycle;
-use flotilla::transport::rpc::{call, RpcErrorKind, RpcRequest, RpcResponse};
+use flotilla::transport::rpc::{call, RpcRequest, RpcResponse};
 use flotilla::transport::TlsIdentity;
 use flotilla::types::{GroupId, NodeId};
 
@@ -115,10 +116,8 @@ async fn init_then_join_forms_a_three_replica_cluster() {
 
     // A client writes through any node, following leader hints. The vshard
     // map depends only on the vshard and group counts.
-    let client = Client::new(&certs_dir, Role::Client);
+    let client = Caller::new(&certs_dir).unwrap();
     let routing = Catalog::bootstrap(0, 64, &[(NodeId(1), String::new())], 8, 1).unwrap();
-    let all: Vec<SocketAddr> = nodes.iter().map(|n| n.addr()).collect();
-    let next = |t: SocketAddr| all[(all.iter().position(|a| *a == t).unwrap_or(0) + 1) % all.len()];
     for i in 0..20u64 {
         let key = format!("node-{i}").into_bytes();
         let group = routing.group_of(&key);
@@ -131,31 +130,13 @@ async fn init_then_join_forms_a_three_replica_cluster() {
                 value: vec![i as u8],
             },
         };
-        let mut target = n1.addr();
-        let t0 = Instant::now();
-        loop {
-            assert!(t0.elapsed() < DEADLINE, "write {i} not answered");
-            match client
-                .call(
-                    target,
-                    &RpcRequest::Propose {
-                        group,
-                        command: command.clone(),
-                    },
-                )
-                .await
-            {
-                Some(RpcResponse::Kv(Response::Written)) => break,
-                Some(RpcResponse::Error(e)) if e.kind == RpcErrorKind::NotLeader => {
-                    target = e
-                        .leader
-                        .and_then(|l| addr_of.get(&l).copied())
-                        .unwrap_or_else(|| next(target));
-                }
-                _ => target = next(target),
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        let r = client
+            .request_leader(&addr_of, &RpcRequest::Propose { group, command }, DEADLINE)
+            .await;
+        assert!(
+            matches!(r, Ok(RpcResponse::Kv(Response::Written))),
+            "write {i}: {r:?}"
+        );
     }
     for n in nodes {
         n.stop();

@@ -90,32 +90,13 @@ async fn put(caller: &Caller, addrs: &BTreeMap<NodeId, SocketAddr>, routing: &Ca
             value: seq.to_le_bytes().to_vec(),
         },
     };
-    let all: Vec<SocketAddr> = addrs.values().copied().collect();
-    let mut target = all[0];
-    let start = Instant::now();
-    loop {
-        assert!(start.elapsed() < DEADLINE, "write {seq} not answered");
-        match caller
-            .call(
-                target,
-                &RpcRequest::Propose {
-                    group,
-                    command: command.clone(),
-                },
-            )
-            .await
-        {
-            Ok(RpcResponse::Kv(Response::Written)) => return,
-            Err(flotilla::Error::NotLeader {
-                leader: Some(l), ..
-            }) if addrs.contains_key(&l) => target = addrs[&l],
-            _ => {
-                let i = all.iter().position(|a| *a == target).unwrap_or(0);
-                target = all[(i + 1) % all.len()];
-                tokio::time::sleep(POLL).await;
-            }
-        }
-    }
+    let r = caller
+        .request_leader(addrs, &RpcRequest::Propose { group, command }, DEADLINE)
+        .await;
+    assert!(
+        matches!(r, Ok(RpcResponse::Kv(Response::Written))),
+        "write {seq}: {r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! Operator commands that talk to nodes: `init`, `status`, and `dev`, which
 //! runs a whole local cluster of node processes.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use crate::catalog::Catalog;
 use crate::certs::{self, role_files, Role, CA_CERT};
 use crate::error::{Error, Result};
 use crate::kv::{Command, Op, Response};
-use crate::transport::rpc::{call, NodeReport, RpcErrorKind, RpcRequest, RpcResponse};
+use crate::transport::rpc::{call, NodeReport, RpcRequest, RpcResponse};
 use crate::transport::TlsIdentity;
 use crate::types::NodeId;
 
@@ -45,6 +46,42 @@ impl Caller {
         match call(&self.endpoint, &self.config, addr, req).await? {
             RpcResponse::Error(e) => Err(e.into()),
             r => Ok(r),
+        }
+    }
+
+    /// Sends `req` to the node that leads its group: starts at the first
+    /// node of `nodes`, follows leader hints, moves on from nodes that do not
+    /// answer, and retries retryable errors until `timeout`.
+    pub async fn request_leader(
+        &self,
+        nodes: &BTreeMap<NodeId, SocketAddr>,
+        req: &RpcRequest,
+        timeout: Duration,
+    ) -> Result<RpcResponse> {
+        let all: Vec<SocketAddr> = nodes.values().copied().collect();
+        let mut target = *all
+            .first()
+            .ok_or_else(|| Error::Invalid("no node to ask".into()))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let err = match self.call(target, req).await {
+                Ok(r) => return Ok(r),
+                Err(e) if e.action() == crate::error::Action::Fail => return Err(e),
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                return Err(err);
+            }
+            target = match &err {
+                Error::NotLeader {
+                    leader: Some(l), ..
+                } if nodes.contains_key(l) => nodes[l],
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let i = all.iter().position(|a| *a == target).unwrap_or(0);
+                    all[(i + 1) % all.len()]
+                }
+            };
         }
     }
 
@@ -266,7 +303,7 @@ pub async fn dev(
         "(`flotilla status --endpoint ADDR --certs-dir {}` shows every group)",
         certs_dir.display()
     );
-    demo_writes(&caller, &addrs, &reports, out).await?;
+    demo_writes(&caller, &reports, out).await?;
     let _ = writeln!(out, "cluster running; press Ctrl-C to stop it");
     shutdown_signal().await;
     drop(children);
@@ -275,7 +312,6 @@ pub async fn dev(
 
 async fn demo_writes(
     caller: &Caller,
-    addrs: &[SocketAddr],
     reports: &[(SocketAddr, NodeReport)],
     out: &mut (dyn std::io::Write + Send),
 ) -> Result<()> {
@@ -292,75 +328,37 @@ async fn demo_writes(
         data_groups,
         1,
     )?;
-    let by_id: std::collections::BTreeMap<NodeId, SocketAddr> =
-        reports.iter().map(|(a, r)| (r.node, *a)).collect();
+    let nodes: BTreeMap<NodeId, SocketAddr> = reports.iter().map(|(a, r)| (r.node, *a)).collect();
+    let timeout = Duration::from_secs(10);
     for i in 1..=5u64 {
         let key = format!("hello/{i}");
         let group = routing.group_of(key.as_bytes());
+        let op = Op::Put {
+            key: key.clone().into(),
+            value: format!("world {i}").into(),
+        };
         let command = Command {
             client: 1,
             seq: i,
             ack_below: i,
-            op: Op::Put {
-                key: key.clone().into(),
-                value: format!("world {i}").into(),
-            },
+            op,
         };
-        let mut target = addrs[0];
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match call(
-                &caller.endpoint,
-                &caller.config,
-                target,
-                &RpcRequest::Propose {
-                    group,
-                    command: command.clone(),
-                },
-            )
-            .await
-            {
-                Ok(RpcResponse::Kv(Response::Written)) => break,
-                Ok(RpcResponse::Error(e))
-                    if e.kind == RpcErrorKind::NotLeader && Instant::now() < deadline =>
-                {
-                    target = e
-                        .leader
-                        .and_then(|l| by_id.get(&l).copied())
-                        .unwrap_or(target);
-                }
-                _ if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await
-                }
-                other => {
-                    return Err(Error::Unreachable(format!(
-                        "write of {key} failed: {other:?}"
-                    )))
-                }
-            }
-        }
-        let value = loop {
-            match call(
-                &caller.endpoint,
-                &caller.config,
-                target,
+        caller
+            .request_leader(&nodes, &RpcRequest::Propose { group, command }, timeout)
+            .await?;
+        let value = match caller
+            .request_leader(
+                &nodes,
                 &RpcRequest::Read {
                     group,
                     key: key.clone().into(),
                 },
+                timeout,
             )
-            .await
-            {
-                Ok(RpcResponse::Kv(Response::Value(v))) => break v,
-                _ if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await
-                }
-                other => {
-                    return Err(Error::Unreachable(format!(
-                        "read of {key} failed: {other:?}"
-                    )))
-                }
-            }
+            .await?
+        {
+            RpcResponse::Kv(Response::Value(v)) => v,
+            other => return Err(Error::Invalid(format!("unexpected answer {other:?}"))),
         };
         let shown = value
             .map(|v| String::from_utf8_lossy(&v).into_owned())

@@ -73,16 +73,10 @@ impl GroupStorage {
             }
             entries.push(e);
         }
-        Ok(GroupStorage {
-            group,
-            db,
-            hard_state: rec.hard_state(),
-            conf_state: rec.conf_state(),
-            snap_index: rec.snap_index,
-            snap_term: rec.snap_term,
-            entries,
-            applied,
-        })
+        let mut store = GroupStorage::fresh(db, group, &rec);
+        store.entries = entries;
+        store.applied = applied;
+        Ok(store)
     }
 
     /// Index of the last entry in the log.
