@@ -42,12 +42,12 @@ impl Client {
     }
 }
 
-async fn start(
+fn config(
     dir: &std::path::Path,
     certs: &std::path::Path,
     name: &str,
     join: Vec<String>,
-) -> Arc<NodeServer> {
+) -> NodeConfig {
     let mut cfg = NodeConfig::new(
         dir.join(name),
         "127.0.0.1:0".parse().unwrap(),
@@ -62,7 +62,25 @@ async fn start(
         initial_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(400),
     };
-    NodeServer::start(cfg).await.unwrap()
+    cfg
+}
+
+async fn start(
+    dir: &std::path::Path,
+    certs: &std::path::Path,
+    name: &str,
+    join: Vec<String>,
+) -> Arc<NodeServer> {
+    NodeServer::start(config(dir, certs, name, join))
+        .await
+        .unwrap()
+}
+
+async fn init(admin: &Client, node: &NodeServer) -> u64 {
+    match admin.call(node.addr(), &RpcRequest::Init).await {
+        Some(RpcResponse::Inited { cluster_id }) => cluster_id,
+        other => panic!("init failed: {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,4 +159,48 @@ async fn init_then_join_forms_a_three_replica_cluster() {
     for n in nodes {
         n.stop();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_another_cluster_is_refused_unless_told_to_wipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs_dir = dir.path().join("certs");
+    certs::create(&certs_dir, &["127.0.0.1".into()], false).unwrap();
+    let admin = Client::new(&certs_dir, Role::Admin);
+    let y = start(dir.path(), &certs_dir, "y", vec![]).await;
+    let theirs = init(&admin, &y).await;
+    let x = start(dir.path(), &certs_dir, "x", vec![]).await;
+    let ours = init(&admin, &x).await;
+    x.stop();
+
+    let mut cfg = config(dir.path(), &certs_dir, "x", vec![y.addr().to_string()]);
+    let err = NodeServer::start(cfg.clone())
+        .await
+        .err()
+        .expect("a node of another cluster must be refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("{ours:016x}")) && msg.contains(&format!("{theirs:016x}")),
+        "{msg}"
+    );
+    assert!(msg.contains("--wipe-and-join"), "{msg}");
+
+    cfg.wipe_and_join = true;
+    let x = NodeServer::start(cfg).await.unwrap();
+    let start_t = Instant::now();
+    loop {
+        assert!(
+            start_t.elapsed() < DEADLINE,
+            "the wiped node did not join: {}",
+            x.lifecycle()
+        );
+        if let Some(RpcResponse::Status(r)) = admin.call(x.addr(), &RpcRequest::Status).await {
+            if r.lifecycle == Lifecycle::Ready.to_string() && r.cluster_id == Some(theirs) {
+                break;
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    x.stop();
+    y.stop();
 }

@@ -55,6 +55,10 @@ enum Command {
         /// Directory with ca.crt, node.crt and node.key.
         #[arg(long, default_value = "certs")]
         certs_dir: PathBuf,
+        /// If the seeds belong to another cluster than this data directory,
+        /// discard this node's data and join them instead of refusing.
+        #[arg(long)]
+        wipe_and_join: bool,
     },
     /// Bootstraps a new cluster on the node at ENDPOINT (once per cluster).
     Init {
@@ -126,10 +130,12 @@ fn main() -> anyhow::Result<()> {
             advertise,
             join,
             certs_dir,
+            wipe_and_join,
         } => rt.block_on(async {
             let mut cfg = NodeConfig::new(data_dir, listen, certs_dir);
             cfg.advertise = advertise;
             cfg.join = join;
+            cfg.wipe_and_join = wipe_and_join;
             let node = NodeServer::start(cfg).await?;
             eprintln!("flotilla node listening on {}", node.addr());
             loop {

@@ -38,6 +38,9 @@ use crate::transport::{TlsIdentity, Transport};
 use crate::types::{NodeId, CATALOG_GROUP};
 use crate::wire;
 
+/// How long a restarting node waits for one seed to say which cluster it
+/// belongs to before moving on.
+const SEED_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a running node refreshes its peers' addresses from its catalog.
 const PEER_REFRESH: Duration = Duration::from_millis(500);
 
@@ -62,6 +65,9 @@ pub struct NodeConfig {
     pub data_groups: u64,
     /// Vshards created by `init`.
     pub vshards: u32,
+    /// When the seeds belong to another cluster than the data directory,
+    /// discard this node's data and join theirs (instead of refusing).
+    pub wipe_and_join: bool,
 }
 
 impl NodeConfig {
@@ -77,6 +83,7 @@ impl NodeConfig {
             tick: Duration::from_millis(100),
             data_groups: DEFAULT_DATA_GROUPS,
             vshards: DEFAULT_VSHARDS,
+            wipe_and_join: false,
         }
     }
 }
@@ -111,9 +118,29 @@ impl NodeServer {
         let spki = spki_sha256(&identity.cert)?;
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| Error::Invalid(format!("{}: {e}", cfg.data_dir.display())))?;
-        let engine = Engine::open(&cfg.data_dir.join("flotilla.redb"))?;
+        let db_path = cfg.data_dir.join("flotilla.redb");
+        let mut engine = Engine::open(&db_path)?;
         let node = engine.node_id()?.unwrap_or_default();
         let transport = Transport::bind(node, cfg.listen, &identity)?;
+        if let (Some(ours), false) = (engine.cluster_id()?, cfg.join.is_empty()) {
+            if let Some((seed, theirs)) =
+                seeds_cluster(&transport, &identity, &cfg.join, ours).await
+            {
+                if !cfg.wipe_and_join {
+                    transport.close();
+                    return Err(Error::Invalid(format!(
+                        "this data directory belongs to cluster {ours:016x} but seed {seed} belongs to cluster \
+                         {theirs:016x}; pass --wipe-and-join to discard this node's data and join that cluster"
+                    )));
+                }
+                tracing::warn!(ours = %format!("{ours:016x}"), theirs = %format!("{theirs:016x}"), "wiping this node's data to join the seeds' cluster");
+                drop(engine);
+                std::fs::remove_file(&db_path)
+                    .map_err(|e| Error::Invalid(format!("{}: {e}", db_path.display())))?;
+                engine = Engine::open(&db_path)?;
+                transport.set_node(NodeId::default());
+            }
+        }
         let advertise = cfg.advertise.unwrap_or(transport.local_addr()?);
         let bootstrapped = engine.is_bootstrapped()?;
         let server = Arc::new_cyclic(|me| NodeServer {
@@ -409,6 +436,44 @@ impl NodeServer {
             }
         }
     }
+}
+
+/// The first seed (other than this node) that answers and names a cluster
+/// other than `ours`, with that cluster's id. Unreachable seeds are skipped:
+/// a restart never waits on seeds for long.
+async fn seeds_cluster(
+    t: &Transport,
+    identity: &TlsIdentity,
+    seeds: &[String],
+    ours: u64,
+) -> Option<(String, u64)> {
+    let config = identity.client_config().ok()?;
+    let me = t.local_addr().ok();
+    for seed in seeds {
+        let Some(addr) = tokio::net::lookup_host(seed.as_str())
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+        else {
+            continue;
+        };
+        if Some(addr) == me {
+            continue;
+        }
+        let answer = tokio::time::timeout(
+            SEED_CHECK_TIMEOUT,
+            rpc::call(t.endpoint(), &config, addr, &RpcRequest::Status),
+        )
+        .await;
+        if let Ok(Ok(RpcResponse::Status(r))) = answer {
+            match r.cluster_id {
+                Some(theirs) if theirs != ours => return Some((seed.clone(), theirs)),
+                Some(_) => return None,
+                None => continue,
+            }
+        }
+    }
+    None
 }
 
 fn error(e: &Error) -> RpcResponse {
