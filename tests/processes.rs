@@ -1,6 +1,7 @@
 //! Real node processes on loopback: three `flotilla start` processes form a
-//! cluster through `flotilla init` and their seeds; a follower killed with
-//! SIGKILL restarts from its own data without any seed and catches up.
+//! cluster through `flotilla init` and their seeds, with leadership spread
+//! over them; a node killed with SIGKILL restarts from its own data without
+//! any seed and catches up.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -61,7 +62,7 @@ async fn reports(caller: &Caller, addrs: &[SocketAddr]) -> Vec<NodeReport> {
     out
 }
 
-/// All nodes ready, every group led with three voters.
+/// All nodes ready, every group led with three voters, leadership spread.
 fn formed(rs: &[NodeReport], nodes: usize) -> bool {
     let led: BTreeMap<_, _> = rs
         .iter()
@@ -72,10 +73,15 @@ fn formed(rs: &[NodeReport], nodes: usize) -> bool {
                 .map(|g| (g.group, g.voters.len()))
         })
         .collect();
+    // 33 groups over 3 nodes: each leads about 11 once leadership spread.
+    let spread = rs
+        .iter()
+        .all(|r| r.groups.iter().filter(|g| g.leader).count() >= 8);
     rs.len() == nodes
         && rs.iter().all(|r| r.lifecycle == "ready")
         && led.len() == 33
         && led.values().all(|v| *v == 3)
+        && spread
 }
 
 async fn put(caller: &Caller, addrs: &BTreeMap<NodeId, SocketAddr>, routing: &Catalog, seq: u64) {
@@ -175,12 +181,10 @@ async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_lo
     for seq in 1..=20 {
         put(&caller, &by_id, &routing, seq).await;
     }
-    // Kill -9 a node that leads nothing, write more, restart it without seeds.
-    let (victim, _) = rs
-        .iter()
-        .enumerate()
-        .find(|(_, r)| r.groups.iter().all(|g| !g.leader))
-        .expect("a pure follower");
+    // Kill -9 a node, write more, restart it without seeds.
+    // Leaders are spread, so the victim leads some groups and follows in
+    // the rest: its groups elect new leaders while it is gone.
+    let victim = 2;
     let mut child = nodes.0.remove(&victim).unwrap();
     child.kill().unwrap();
     child.wait().unwrap();

@@ -50,6 +50,9 @@ pub struct DriverConfig {
     pub limits: Limits,
     /// Report every applied entry in the round output (for checkers).
     pub trace_applies: bool,
+    /// Hand each group's leadership to its preferred leader when that voter
+    /// is caught up, so leaders spread over the nodes.
+    pub balance_leaders: bool,
     /// Voters per group that placement aims for.
     pub replicas: usize,
 }
@@ -68,6 +71,7 @@ impl Default for DriverConfig {
             read_timeout_ticks: 4 * ELECTION_TICKS as u64,
             limits: Limits::default(),
             trace_applies: false,
+            balance_leaders: true,
             replicas: crate::catalog::DEFAULT_REPLICAS,
         }
     }
@@ -122,4 +126,13 @@ impl DriverConfig {
             ..Default::default()
         }
     }
+}
+
+/// The voter that should lead `group`: voters in id order, taken round-robin
+/// by group id, which spreads leadership evenly when every group has the
+/// same voters and nearly so otherwise.
+pub fn preferred_leader(group: GroupId, voters: &[u64]) -> Option<u64> {
+    let mut sorted = voters.to_vec();
+    sorted.sort_unstable();
+    (!sorted.is_empty()).then(|| sorted[group.0 as usize % sorted.len()])
 }

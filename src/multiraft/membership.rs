@@ -15,6 +15,10 @@
 //!    (a leader to be removed first hands leadership to a wanted voter), and
 //!    unwanted learners go last.
 //!
+//! With membership in place, a leader hands the group to its preferred
+//! leader (round-robin over the voters by group id) once that voter is
+//! caught up, so leadership spreads over the nodes.
+//!
 //! The leader of group 0 also re-runs the placement plan when the catalog
 //! changes and proposes what it says.
 
@@ -69,6 +73,20 @@ fn next_step(g: &Group, me: u64, want: &GroupInfo) -> Option<MemberStep> {
         .map(|n| MemberStep::Remove(*n))
 }
 
+/// Whether the leader (`me`) should hand its group to the preferred leader:
+/// only once that voter has every committed entry, so the transfer is quick.
+fn balance_step(g: &Group, me: u64) -> Option<MemberStep> {
+    let raft = &g.node.raft;
+    let cs = &g.node.store().conf_state;
+    let preferred = super::config::preferred_leader(g.node.store().group, &cs.voters)?;
+    let caught_up = raft
+        .prs()
+        .get(preferred)
+        .is_some_and(|p| p.matched >= raft.raft_log.committed);
+    (preferred != me && caught_up && raft.lead_transferee.is_none())
+        .then_some(MemberStep::TransferTo(preferred))
+}
+
 fn single(change_type: ConfChangeType, node_id: u64) -> ConfChangeV2 {
     let step = ConfChangeSingle {
         change_type,
@@ -93,10 +111,16 @@ impl Driver {
             let Some(want) = self.catalog.groups.get(gid) else {
                 continue;
             };
-            let Some(step) = next_step(g, me, want) else {
+            let balance = || {
+                self.cfg
+                    .balance_leaders
+                    .then(|| balance_step(g, me))
+                    .flatten()
+            };
+            let Some(step) = next_step(g, me, want).or_else(balance) else {
                 continue;
             };
-            tracing::info!(node_id = me, group_id = gid.0, step = ?step, "membership step");
+            tracing::debug!(node_id = me, group_id = gid.0, step = ?step, "membership step");
             let result = match step {
                 MemberStep::AddLearner(n) => g
                     .node

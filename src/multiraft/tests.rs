@@ -162,6 +162,19 @@ fn reads_are_batched_into_one_read_index_per_group_per_round() {
     let mut sim = cluster(4);
     let g = GroupId(1);
     let leader = sim.leader(g).unwrap();
+    // A new leader serves ReadIndex once its first entry of the term commits;
+    // wait until every replica follows it and that entry applied.
+    let settled = |s: &Sim| {
+        let all_follow = s
+            .node_ids()
+            .iter()
+            .all(|n| s.driver(*n).and_then(|d| d.leader_of(g)) == Some(leader));
+        all_follow
+            && s.driver(leader)
+                .and_then(|d| d.status(g))
+                .is_some_and(|st| st.applied == st.last_index)
+    };
+    assert!(sim.run_until(1_000, settled).unwrap());
     let d = sim.driver_mut(leader).unwrap();
     for t in 0..10 {
         d.read(100 + t, g, b"nothing").unwrap();
@@ -179,14 +192,20 @@ fn reads_are_batched_into_one_read_index_per_group_per_round() {
         heartbeats, 2,
         "one ReadIndex heartbeat to each follower for all ten reads"
     );
+    // Deliver what the measured round sent, as the sim's own steps would.
+    for (to, msgs) in out.outbound {
+        sim.net.send(&mut sim.rng, sim.now, leader, to, msgs);
+    }
     assert!(sim
         .run_until(1_000, |s| (100..110)
             .all(|t| s.completions.contains_key(&t)))
         .unwrap());
     for t in 100..110 {
-        assert!(matches!(
-            sim.completions.get(&t),
-            Some(Ok(Reply::Kv(Response::Value(None))))
-        ));
+        let got = sim.completions.get(&t);
+        assert!(
+            matches!(got, Some(Ok(Reply::Kv(Response::Value(None))))),
+            "{got:?}\n{}",
+            sim.describe()
+        );
     }
 }

@@ -63,7 +63,11 @@ impl Default for SimConfig {
             seed: 1,
             faults: Faults::default(),
             steps_per_tick: 4,
-            driver: DriverConfig::default(),
+            // Scenarios move leaders themselves; balancing would fight them.
+            driver: DriverConfig {
+                balance_leaders: false,
+                ..DriverConfig::default()
+            },
         }
     }
 }
