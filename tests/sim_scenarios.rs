@@ -83,6 +83,18 @@ fn last_index(sim: &Sim, node: NodeId, group: GroupId) -> u64 {
         .unwrap_or(0)
 }
 
+/// Asserts that every live replica's own storage holds each pair.
+fn assert_every_replica_holds(sim: &Sim, kvs: &[(Vec<u8>, Vec<u8>)]) {
+    for (k, v) in kvs {
+        let values = replica_values(sim, k);
+        assert!(
+            values.iter().all(|x| x.as_ref() == Some(v)),
+            "{:?}: {values:?}",
+            String::from_utf8_lossy(k)
+        );
+    }
+}
+
 /// The value every replica's own storage holds for `key`.
 fn replica_values(sim: &Sim, key: &[u8]) -> Vec<Option<Vec<u8>>> {
     let g = sim.catalog.group_of(key);
@@ -137,11 +149,7 @@ fn every_group_elects_and_writes_over_all_vshards_survive_failover() {
     // The old leader comes back and catches up with everything.
     sim.restart(victim).unwrap();
     assert!(sim.run_until_converged(3_000).unwrap());
-    for (k, v) in &kvs2 {
-        assert!(replica_values(&sim, k)
-            .iter()
-            .all(|x| x.as_ref() == Some(v)));
-    }
+    assert_every_replica_holds(&sim, &kvs2);
 }
 
 #[test]
@@ -304,11 +312,7 @@ fn a_restarted_follower_keeps_its_log_and_fetches_only_the_suffix() {
         carried >= suffix && carried <= suffix + 64,
         "carried {carried}, suffix {suffix}"
     );
-    for (k, v) in &kvs2 {
-        assert!(replica_values(&sim, k)
-            .iter()
-            .all(|x| x.as_ref() == Some(v)));
-    }
+    assert_every_replica_holds(&sim, &kvs2);
 }
 
 #[test]

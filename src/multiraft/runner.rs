@@ -196,26 +196,17 @@ fn run(
                 } => {
                     let token = next_token;
                     next_token += 1;
-                    match driver.propose(token, group, &proposal) {
-                        Ok(()) => {
-                            waiting.insert(token, reply);
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                        }
-                    }
+                    wait_for(
+                        &mut waiting,
+                        token,
+                        reply,
+                        driver.propose(token, group, &proposal),
+                    );
                 }
                 Input::Read { group, key, reply } => {
                     let token = next_token;
                     next_token += 1;
-                    match driver.read(token, group, &key) {
-                        Ok(()) => {
-                            waiting.insert(token, reply);
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                        }
-                    }
+                    wait_for(&mut waiting, token, reply, driver.read(token, group, &key));
                 }
                 Input::Status(reply) => {
                     let all = driver.group_ids().collect::<Vec<_>>();
@@ -266,6 +257,24 @@ fn run(
             for g in snapshots {
                 driver.report_snapshot(g, to, sent);
             }
+        }
+    }
+}
+
+/// Parks `reply` under `token` when the driver accepted the request, or
+/// answers it at once with the refusal.
+fn wait_for(
+    waiting: &mut BTreeMap<Token, oneshot::Sender<Result<Reply>>>,
+    token: Token,
+    reply: oneshot::Sender<Result<Reply>>,
+    accepted: Result<()>,
+) {
+    match accepted {
+        Ok(()) => {
+            waiting.insert(token, reply);
+        }
+        Err(e) => {
+            let _ = reply.send(Err(e));
         }
     }
 }
