@@ -1,7 +1,8 @@
 //! Real node processes on loopback: three `flotilla start` processes form a
 //! cluster through `flotilla init` and their seeds, with leadership spread
 //! over them; a node killed with SIGKILL restarts from its own data without
-//! any seed and catches up.
+//! any seed and catches up; killing the leader of group 0 moves every
+//! leadership it held and loses no acknowledged write.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,7 +15,7 @@ use flotilla::certs;
 use flotilla::kv::{Command, Op, Response};
 use flotilla::node::ops::Caller;
 use flotilla::transport::rpc::{NodeReport, RpcRequest, RpcResponse};
-use flotilla::types::NodeId;
+use flotilla::types::{GroupId, NodeId};
 
 const EXE: &str = env!("CARGO_BIN_EXE_flotilla");
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -194,13 +195,69 @@ async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_lo
     nodes
         .0
         .insert(victim, spawn(dir.path(), victim, addrs[victim], None));
+    wait_caught_up(&caller, &addrs, addrs[victim]).await;
+
+    // Kill -9 the node leading group 0 (and its share of data groups); the
+    // other two elect new leaders and keep taking writes.
+    let rs = reports(&caller, &addrs).await;
+    let g0 = rs
+        .iter()
+        .position(|r| r.groups.iter().any(|g| g.group == GroupId(0) && g.leader))
+        .expect("group 0 has a leader");
+    let mut child = nodes.0.remove(&g0).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let living: Vec<SocketAddr> = addrs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != g0)
+        .map(|(_, a)| *a)
+        .collect();
     let start = Instant::now();
     loop {
         assert!(
             start.elapsed() < DEADLINE,
-            "the restarted node did not catch up"
+            "no new leaders after the leader of group 0 died"
         );
-        let rs = reports(&caller, &addrs).await;
+        let rs = reports(&caller, &living).await;
+        let led: std::collections::BTreeSet<_> = rs
+            .iter()
+            .flat_map(|r| r.groups.iter().filter(|g| g.leader).map(|g| g.group))
+            .collect();
+        if led.len() == 33 {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    for seq in 41..=60 {
+        put(&caller, &by_id, &routing, seq).await;
+    }
+    nodes.0.insert(g0, spawn(dir.path(), g0, addrs[g0], None));
+    wait_caught_up(&caller, &addrs, addrs[g0]).await;
+    // Every acknowledged write is there, read linearizably.
+    for seq in 1..=60u64 {
+        let key = format!("p{seq}").into_bytes();
+        let group = routing.group_of(&key);
+        let r = caller
+            .request_leader(&by_id, &RpcRequest::Read { group, key }, DEADLINE)
+            .await;
+        assert!(
+            matches!(r, Ok(RpcResponse::Kv(Response::Value(Some(ref v)))) if *v == seq.to_le_bytes()),
+            "key p{seq}: {r:?}"
+        );
+    }
+}
+
+/// Waits until the node at `addr` is ready and has applied every group up
+/// to its leader's commit index.
+async fn wait_caught_up(caller: &Caller, addrs: &[SocketAddr], addr: SocketAddr) {
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the restarted node at {addr} did not catch up"
+        );
+        let rs = reports(caller, addrs).await;
         let leaders: BTreeMap<_, _> = rs
             .iter()
             .flat_map(|r| {
@@ -210,10 +267,7 @@ async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_lo
                     .map(|g| (g.group, g.commit))
             })
             .collect();
-        if let Some(me) = rs
-            .iter()
-            .find(|r| by_id.get(&r.node) == Some(&addrs[victim]))
-        {
+        if let Ok(me) = caller.status(addr).await {
             let caught_up = me.lifecycle == "ready"
                 && me.groups.len() == 33
                 && me
@@ -221,7 +275,7 @@ async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_lo
                     .iter()
                     .all(|g| leaders.get(&g.group).is_some_and(|c| g.applied >= *c));
             if caught_up {
-                break;
+                return;
             }
         }
         tokio::time::sleep(POLL).await;

@@ -16,6 +16,11 @@ use crate::transport::rpc::{call, NodeReport, RpcRequest, RpcResponse};
 use crate::transport::TlsIdentity;
 use crate::types::NodeId;
 
+/// How long one request may take before its node counts as unreachable:
+/// far above a loopback or LAN round trip plus a Raft commit, short enough
+/// that a dead node does not stall a command for long.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A caller's endpoint and identity: the admin certificate when the
 /// directory has one, else the client certificate.
 pub struct Caller {
@@ -41,9 +46,16 @@ impl Caller {
         })
     }
 
-    /// One request.
+    /// One request; a node that does not answer within [`CALL_TIMEOUT`]
+    /// is reported unreachable.
     pub async fn call(&self, addr: SocketAddr, req: &RpcRequest) -> Result<RpcResponse> {
-        match call(&self.endpoint, &self.config, addr, req).await? {
+        let answer =
+            tokio::time::timeout(CALL_TIMEOUT, call(&self.endpoint, &self.config, addr, req))
+                .await
+                .map_err(|_| {
+                    Error::Unreachable(format!("{addr} did not answer within {CALL_TIMEOUT:?}"))
+                })?;
+        match answer? {
             RpcResponse::Error(e) => Err(e.into()),
             r => Ok(r),
         }
