@@ -200,10 +200,15 @@ async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_lo
     // Kill -9 the node leading group 0 (and its share of data groups); the
     // other two elect new leaders and keep taking writes.
     let rs = reports(&caller, &addrs).await;
-    let g0 = rs
+    let g0_addr = rs
         .iter()
-        .position(|r| r.groups.iter().any(|g| g.group == GroupId(0) && g.leader))
+        .find(|r| r.groups.iter().any(|g| g.group == GroupId(0) && g.leader))
+        .map(|r| by_id[&r.node])
         .expect("group 0 has a leader");
+    let g0 = addrs
+        .iter()
+        .position(|a| *a == g0_addr)
+        .expect("a known address");
     let mut child = nodes.0.remove(&g0).unwrap();
     child.kill().unwrap();
     child.wait().unwrap();

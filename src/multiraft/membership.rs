@@ -79,10 +79,12 @@ fn balance_step(g: &Group, me: u64) -> Option<MemberStep> {
     let raft = &g.node.raft;
     let cs = &g.node.store().conf_state;
     let preferred = super::config::preferred_leader(g.node.store().group, &cs.voters)?;
+    // A voter that has not answered lately (down, or cut off) is not handed
+    // leadership however caught up it looked when it was last heard from.
     let caught_up = raft
         .prs()
         .get(preferred)
-        .is_some_and(|p| p.matched >= raft.raft_log.committed);
+        .is_some_and(|p| p.recent_active && p.matched >= raft.raft_log.committed);
     (preferred != me && caught_up && raft.lead_transferee.is_none())
         .then_some(MemberStep::TransferTo(preferred))
 }
