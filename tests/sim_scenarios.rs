@@ -83,6 +83,30 @@ fn last_index(sim: &Sim, node: NodeId, group: GroupId) -> u64 {
         .unwrap_or(0)
 }
 
+/// Steps until `follower` holds as much of `group`'s log as `leader`.
+fn wait_until_caught_up(sim: &mut Sim, follower: NodeId, leader: NodeId, group: GroupId) {
+    let caught_up = sim
+        .run_until(4_000, |s| {
+            last_index(s, follower, group) == last_index(s, leader, group)
+        })
+        .unwrap();
+    assert!(
+        caught_up,
+        "follower {} vs leader {}",
+        last_index(sim, follower, group),
+        last_index(sim, leader, group)
+    );
+}
+
+/// The first `n` keys named `{prefix}{i}` that route to `group`.
+fn keys_in(sim: &Sim, group: GroupId, prefix: &str, n: usize) -> Vec<Vec<u8>> {
+    (0..)
+        .map(|i| format!("{prefix}{i}").into_bytes())
+        .filter(|k| sim.catalog.group_of(k) == group)
+        .take(n)
+        .collect()
+}
+
 /// Asserts that every live replica's own storage holds each pair.
 fn assert_every_replica_holds(sim: &Sim, kvs: &[(Vec<u8>, Vec<u8>)]) {
     for (k, v) in kvs {
@@ -184,12 +208,7 @@ fn a_lagging_follower_receives_only_the_entries_it_lacks() {
     let follower = sim.node_ids().into_iter().find(|n| *n != leader).unwrap();
     // Give the group a history first, so "the whole log" is clearly more
     // than what the follower misses.
-    let key = |i: u64| format!("lag-{i}").into_bytes();
-    let in_group: Vec<Vec<u8>> = (0..)
-        .map(key)
-        .filter(|k| sim.catalog.group_of(k) == group)
-        .take(20)
-        .collect();
+    let in_group = keys_in(&sim, group, "lag-", 20);
     let write = |sim: &mut Sim, seq0: u64, n: u64| {
         let cmds: Vec<Command> = (0..n)
             .map(|i| Command {
@@ -207,17 +226,7 @@ fn a_lagging_follower_receives_only_the_entries_it_lacks() {
         }
     };
     write(&mut sim, 1, 500);
-    let caught_up = sim
-        .run_until(4_000, |s| {
-            last_index(s, follower, group) == last_index(s, leader, group)
-        })
-        .unwrap();
-    assert!(
-        caught_up,
-        "follower {} vs leader {}",
-        last_index(&sim, follower, group),
-        last_index(&sim, leader, group)
-    );
+    wait_until_caught_up(&mut sim, follower, leader, group);
     let all = sim.node_ids();
     sim.net.isolate(follower, &all);
     let before_cut = last_index(&sim, follower, group);
@@ -258,24 +267,10 @@ fn a_restarted_follower_keeps_its_log_and_fetches_only_the_suffix() {
     let group = GroupId(7);
     let leader = sim.leader(group).unwrap();
     let follower = sim.node_ids().into_iter().find(|n| *n != leader).unwrap();
-    let keys: Vec<Vec<u8>> = (0..)
-        .map(|i| format!("r{i}").into_bytes())
-        .filter(|k| sim.catalog.group_of(k) == group)
-        .take(300)
-        .collect();
+    let keys = keys_in(&sim, group, "r", 300);
     let kvs: Vec<_> = keys.iter().map(|k| (k.clone(), b"one".to_vec())).collect();
     sim.write_many(&puts(4, 1, &kvs), BATCH_STEPS).unwrap();
-    let caught_up = sim
-        .run_until(4_000, |s| {
-            last_index(s, follower, group) == last_index(s, leader, group)
-        })
-        .unwrap();
-    assert!(
-        caught_up,
-        "follower {} vs leader {}",
-        last_index(&sim, follower, group),
-        last_index(&sim, leader, group)
-    );
+    wait_until_caught_up(&mut sim, follower, leader, group);
     let held = last_index(&sim, follower, group);
     assert!(held >= 300);
 
@@ -320,11 +315,7 @@ fn a_restarted_leader_returns_as_follower_and_loses_no_acknowledged_write() {
     let mut sim = cluster(15);
     let group = GroupId(3);
     let leader = sim.leader(group).unwrap();
-    let keys: Vec<Vec<u8>> = (0..)
-        .map(|i| format!("L{i}").into_bytes())
-        .filter(|k| sim.catalog.group_of(k) == group)
-        .take(60)
-        .collect();
+    let keys = keys_in(&sim, group, "L", 60);
     let cmd = |seq: u64, k: &[u8]| Command {
         client: 5,
         seq,
