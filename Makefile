@@ -19,7 +19,7 @@ lint:
 
 ## Criterion micro-benchmarks (throughput and fsyncs per 1,000 writes).
 bench:
-	$(CARGO) bench --bench driver
+	$(CARGO) bench --bench driver --bench restart
 
 build:
 	$(CARGO) build --release

@@ -2,7 +2,13 @@
 //! cluster through `flotilla init` and their seeds, with leadership spread
 //! over them; a node killed with SIGKILL restarts from its own data without
 //! any seed and catches up; killing the leader of group 0 moves every
-//! leadership it held and loses no acknowledged write.
+//! leadership it held and loses no acknowledged write. Five nodes started at
+//! once join one cluster, and a joiner whose only seed is a follower is
+//! redirected to the leader. A node whose peers all moved finds them again
+//! through its seeds.
+//!
+//! The tests take turns: each runs several processes, and two cores shared
+//! by two clusters would blur the timings one of them checks.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,6 +26,10 @@ use flotilla::types::{GroupId, NodeId};
 const EXE: &str = env!("CARGO_BIN_EXE_flotilla");
 const DEADLINE: Duration = Duration::from_secs(90);
 const POLL: Duration = Duration::from_millis(200);
+/// The bound on electing new leaders after a node dies.
+const FAILOVER: Duration = Duration::from_secs(3);
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Kills every process it holds when dropped, so a failing test leaves none.
 struct Nodes(BTreeMap<usize, Child>);
@@ -39,18 +49,123 @@ fn free_addr() -> SocketAddr {
 }
 
 fn spawn(dir: &Path, i: usize, addr: SocketAddr, join: Option<&str>) -> Child {
+    spawn_with(dir, i, addr, join, &[])
+}
+
+fn spawn_with(dir: &Path, i: usize, addr: SocketAddr, join: Option<&str>, extra: &[&str]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("n{i}.log")))
+        .unwrap();
     let mut cmd = Process::new(EXE);
     cmd.arg("start")
         .arg("--data-dir")
         .arg(dir.join(format!("n{i}")))
         .args(["--listen", &addr.to_string(), "--certs-dir"])
         .arg(dir.join("certs"))
+        .args(["--join-max-backoff", "500ms"])
+        .args(extra)
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(log);
     if let Some(j) = join {
         cmd.args(["--join", j]);
     }
     cmd.spawn().unwrap()
+}
+
+fn seed_list(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A temporary directory with a certificate set; kept after the test when
+/// FLOTILLA_KEEP_TEST_DIRS is set, for reading the node logs.
+fn test_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    certs::create(&dir.path().join("certs"), &["127.0.0.1".into()], false).unwrap();
+    dir
+}
+
+fn keep(dir: tempfile::TempDir) {
+    if std::env::var_os("FLOTILLA_KEEP_TEST_DIRS").is_some() {
+        eprintln!("kept {}", dir.keep().display());
+    }
+}
+
+/// Runs `flotilla init` against `addr` until it succeeds.
+async fn init(dir: &Path, addr: SocketAddr) {
+    let start = Instant::now();
+    loop {
+        let out = Process::new(EXE)
+            .args(["init", "--endpoint", &addr.to_string(), "--certs-dir"])
+            .arg(dir.join("certs"))
+            .output()
+            .unwrap();
+        if out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("initialised cluster"));
+            return;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Polls the nodes at `addrs` until `done` holds for their reports.
+async fn wait_for(
+    caller: &Caller,
+    addrs: &[SocketAddr],
+    what: &str,
+    done: impl Fn(&[NodeReport]) -> bool,
+) -> Vec<NodeReport> {
+    let start = Instant::now();
+    loop {
+        let rs = reports(caller, addrs).await;
+        if done(&rs) {
+            return rs;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{what}: {:?}",
+            rs.iter()
+                .map(|r| (r.node, r.lifecycle.clone(), r.groups.len()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Every node answered, is ready and in one cluster; every group is led,
+/// with three voters.
+fn settled(rs: &[NodeReport], nodes: usize) -> bool {
+    let clusters: std::collections::BTreeSet<_> = rs.iter().map(|r| r.cluster_id).collect();
+    let groups: std::collections::BTreeSet<_> = rs
+        .iter()
+        .flat_map(|r| r.groups.iter().map(|g| g.group))
+        .collect();
+    let led: BTreeMap<_, _> = rs
+        .iter()
+        .flat_map(|r| {
+            r.groups
+                .iter()
+                .filter(|g| g.leader)
+                .map(|g| (g.group, g.voters.len()))
+        })
+        .collect();
+    rs.len() == nodes
+        && rs.iter().all(|r| r.lifecycle == "ready")
+        && clusters.len() == 1
+        && !groups.is_empty()
+        && led.len() == groups.len()
+        && led.values().all(|v| *v == 3)
 }
 
 async fn reports(caller: &Caller, addrs: &[SocketAddr]) -> Vec<NodeReport> {
@@ -108,38 +223,17 @@ async fn put(caller: &Caller, addrs: &BTreeMap<NodeId, SocketAddr>, routing: &Ca
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_log() {
-    let dir = tempfile::tempdir().unwrap();
-    certs::create(&dir.path().join("certs"), &["127.0.0.1".into()], false).unwrap();
+    let _turn = SERIAL.lock().await;
+    let dir = test_dir();
     let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let seeds = addrs
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let seeds = seed_list(&addrs);
     let mut nodes = Nodes(BTreeMap::new());
     for (i, a) in addrs.iter().enumerate() {
         nodes.0.insert(i, spawn(dir.path(), i, *a, Some(&seeds)));
     }
 
     // `flotilla init`, as an operator would run it, retried until the node listens.
-    let start = Instant::now();
-    loop {
-        let out = Process::new(EXE)
-            .args(["init", "--endpoint", &addrs[0].to_string(), "--certs-dir"])
-            .arg(dir.path().join("certs"))
-            .output()
-            .unwrap();
-        if out.status.success() {
-            assert!(String::from_utf8_lossy(&out.stdout).contains("initialised cluster"));
-            break;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "init failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    init(dir.path(), addrs[0]).await;
     let second = Process::new(EXE)
         .args(["init", "--endpoint", &addrs[0].to_string(), "--certs-dir"])
         .arg(dir.path().join("certs"))
@@ -179,7 +273,7 @@ async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_lo
     assert!(status.status.success());
     assert!(String::from_utf8_lossy(&status.stdout).contains(": ready"));
 
-    for seq in 1..=20 {
+    for seq in 1..=100 {
         put(&caller, &by_id, &routing, seq).await;
     }
     // Kill -9 a node, write more, restart it without seeds.
@@ -189,13 +283,27 @@ async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_lo
     let mut child = nodes.0.remove(&victim).unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    for seq in 21..=40 {
+    for seq in 101..=120 {
         put(&caller, &by_id, &routing, seq).await;
     }
     nodes
         .0
         .insert(victim, spawn(dir.path(), victim, addrs[victim], None));
     wait_caught_up(&caller, &addrs, addrs[victim]).await;
+    // It read its log back from disk and was sent only what it lacked: the
+    // 20 writes it missed plus, per group, at most a few entries of new
+    // terms and probes.
+    let back = caller.status(addrs[victim]).await.unwrap();
+    assert!(
+        back.replayed_entries >= 100,
+        "it should have replayed its own log: {back:?}"
+    );
+    assert!(
+        back.raft_entries_in < back.replayed_entries / 2,
+        "it was sent {} entries but holds {} of its own",
+        back.raft_entries_in,
+        back.replayed_entries
+    );
 
     // Kill -9 the node leading group 0 (and its share of data groups); the
     // other two elect new leaders and keep taking writes.
@@ -212,6 +320,7 @@ async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_lo
     let mut child = nodes.0.remove(&g0).unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
+    let killed = Instant::now();
     let living: Vec<SocketAddr> = addrs
         .iter()
         .enumerate()
@@ -234,13 +343,19 @@ async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_lo
         }
         tokio::time::sleep(POLL).await;
     }
-    for seq in 41..=60 {
+    let failover = killed.elapsed();
+    eprintln!("new leaders for every group {failover:?} after the kill");
+    assert!(
+        failover <= FAILOVER,
+        "new leaders took {failover:?}, more than {FAILOVER:?}"
+    );
+    for seq in 121..=140 {
         put(&caller, &by_id, &routing, seq).await;
     }
     nodes.0.insert(g0, spawn(dir.path(), g0, addrs[g0], None));
     wait_caught_up(&caller, &addrs, addrs[g0]).await;
     // Every acknowledged write is there, read linearizably.
-    for seq in 1..=60u64 {
+    for seq in 1..=140u64 {
         let key = format!("p{seq}").into_bytes();
         let group = routing.group_of(&key);
         let r = caller
@@ -251,6 +366,8 @@ async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_lo
             "key p{seq}: {r:?}"
         );
     }
+    drop(nodes);
+    keep(dir);
 }
 
 /// Waits until the node at `addr` is ready and has applied every group up
@@ -285,4 +402,144 @@ async fn wait_caught_up(caller: &Caller, addrs: &[SocketAddr], addr: SocketAddr)
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_started_at_once_join_one_cluster_and_a_follower_seed_redirects() {
+    let _turn = SERIAL.lock().await;
+    let dir = test_dir();
+    let addrs: Vec<SocketAddr> = (0..5).map(|_| free_addr()).collect();
+    let seeds = seed_list(&addrs);
+    let mut nodes = Nodes(BTreeMap::new());
+    for (i, a) in addrs.iter().enumerate() {
+        nodes.0.insert(i, spawn(dir.path(), i, *a, Some(&seeds)));
+    }
+    init(dir.path(), addrs[2]).await;
+    let caller = Caller::new(&dir.path().join("certs")).unwrap();
+    let rs = wait_for(&caller, &addrs, "five nodes did not settle", |rs| {
+        settled(rs, 5)
+    })
+    .await;
+    let ids: std::collections::BTreeSet<_> = rs.iter().map(|r| r.node).collect();
+    assert_eq!(ids.len(), 5, "every node has its own id: {ids:?}");
+    let cluster = rs[0].cluster_id;
+
+    // A sixth node whose only seed follows in group 0: the follower answers
+    // with a redirect, and the joiner follows it to the leader.
+    let follower = rs
+        .iter()
+        .zip(&addrs)
+        .find(|(r, _)| {
+            r.groups
+                .iter()
+                .any(|g| g.group == GroupId(0) && !g.leader && g.voters.contains(&r.node))
+        })
+        .map(|(_, a)| *a)
+        .expect("group 0 has a follower");
+    let sixth = free_addr();
+    nodes
+        .0
+        .insert(5, spawn(dir.path(), 5, sixth, Some(&follower.to_string())));
+    let rs = wait_for(&caller, &[sixth], "the sixth node did not join", |rs| {
+        rs.len() == 1 && rs[0].lifecycle == "ready"
+    })
+    .await;
+    assert_eq!(
+        rs[0].cluster_id, cluster,
+        "the sixth node joined another cluster"
+    );
+    assert!(!ids.contains(&rs[0].node), "the sixth node reused an id");
+    drop(nodes);
+    keep(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_node_finds_its_moved_peers_through_its_seeds() {
+    let _turn = SERIAL.lock().await;
+    let dir = test_dir();
+    let a = free_addr();
+    let old: Vec<SocketAddr> = (0..2).map(|_| free_addr()).collect();
+    let moved: Vec<SocketAddr> = (0..2).map(|_| free_addr()).collect();
+    // Node 0's seeds are where its peers will live after the move (as a DNS
+    // name would follow them); the peers join through node 0.
+    let quick = ["--isolation-timeout", "1s"];
+    let mut nodes = Nodes(BTreeMap::new());
+    nodes.0.insert(
+        0,
+        spawn_with(dir.path(), 0, a, Some(&seed_list(&moved)), &quick),
+    );
+    init(dir.path(), a).await;
+    for (i, addr) in old.iter().enumerate() {
+        nodes.0.insert(
+            i + 1,
+            spawn_with(dir.path(), i + 1, *addr, Some(&a.to_string()), &quick),
+        );
+    }
+    let caller = Caller::new(&dir.path().join("certs")).unwrap();
+    let all_old = [a, old[0], old[1]];
+    let rs = wait_for(&caller, &all_old, "the cluster did not settle", |rs| {
+        settled(rs, 3)
+    })
+    .await;
+    let routing = Catalog::bootstrap(0, 1024, &[(NodeId(1), String::new())], 32, 1).unwrap();
+    let by_id: BTreeMap<NodeId, SocketAddr> =
+        all_old.iter().zip(&rs).map(|(a, r)| (r.node, *a)).collect();
+    for seq in 1..=10 {
+        put(&caller, &by_id, &routing, seq).await;
+    }
+
+    // Both peers stop and come back, with their data, on new addresses.
+    for i in 1..=2 {
+        let mut child = nodes.0.remove(&i).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    for (i, addr) in moved.iter().enumerate() {
+        nodes.0.insert(
+            i + 1,
+            spawn_with(dir.path(), i + 1, *addr, Some(&a.to_string()), &quick),
+        );
+    }
+    let all_new = [a, moved[0], moved[1]];
+    let rs = wait_for(
+        &caller,
+        &all_new,
+        "the moved cluster did not settle",
+        |rs| settled(rs, 3),
+    )
+    .await;
+    let by_id: BTreeMap<NodeId, SocketAddr> =
+        all_new.iter().zip(&rs).map(|(a, r)| (r.node, *a)).collect();
+    for (r, addr) in rs.iter().zip(&all_new) {
+        assert_eq!(
+            r.addr,
+            addr.to_string(),
+            "node {} advertises {}",
+            r.node.0,
+            r.addr
+        );
+    }
+    for seq in 11..=20 {
+        put(&caller, &by_id, &routing, seq).await;
+    }
+    // Node 0 takes part again: it holds every write, old and new.
+    wait_caught_up(&caller, &all_new, a).await;
+    for seq in 1..=20u64 {
+        let key = format!("p{seq}").into_bytes();
+        let group = routing.group_of(&key);
+        let r = caller
+            .request_leader(&by_id, &RpcRequest::Read { group, key }, DEADLINE)
+            .await;
+        assert!(
+            matches!(r, Ok(RpcResponse::Kv(Response::Value(Some(ref v)))) if *v == seq.to_le_bytes()),
+            "key p{seq}: {r:?}"
+        );
+    }
+    let log = std::fs::read_to_string(dir.path().join("n0.log")).unwrap();
+    assert!(
+        log.contains("learned a peer's new address from a seed"),
+        "node 0 should have found its peers through its seeds"
+    );
+    drop(nodes);
+    keep(dir);
 }

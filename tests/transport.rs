@@ -1,7 +1,7 @@
 //! The QUIC transport on loopback: Raft batches between nodes, and every
 //! refusal the blueprint names: a foreign CA, a client certificate sending
-//! Raft traffic, a pinned key that does not match, malformed and oversize
-//! frames, and non-QUIC garbage. After each refusal the node still serves.
+//! Raft traffic, a client without any certificate, a pinned key that does
+//! not match, malformed and oversize frames, and non-QUIC garbage. After each refusal the node still serves.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,6 +57,23 @@ impl Service for NoService {
             )))
         })
     }
+}
+
+/// A client configuration that trusts the cluster CA but has no certificate.
+fn no_certificate(dir: &Path) -> quinn::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    let ca = rustls::pki_types::CertificateDer::from_pem_file(dir.join(CA_CERT)).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"flotilla/1".to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    quinn::ClientConfig::new(Arc::new(quic))
 }
 
 fn loopback() -> SocketAddr {
@@ -161,6 +178,26 @@ async fn nodes_exchange_raft_batches_and_refuse_what_they_must() {
     let d = bound(NodeId(3), &identity(other.path(), Role::Node), tx_d);
     d.set_peer(NodeId(2), b_addr, None);
     send_until(&d, NodeId(2), &b_stats.refused_handshakes).await;
+
+    // A client that presents no certificate at all is refused in the
+    // handshake, even though it trusts the right CA.
+    let before = TransportStats::get(&b_stats.refused_handshakes);
+    let anonymous = quinn::Endpoint::client(loopback()).unwrap();
+    let refused = anonymous
+        .connect_with(no_certificate(dir.path()), b_addr, "127.0.0.1")
+        .unwrap()
+        .await;
+    let refused = match refused {
+        // TLS 1.3 lets the client finish first; the server's refusal
+        // arrives as the connection's close.
+        Ok(conn) => conn.accept_uni().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert!(
+        refused.is_err(),
+        "a connection without a certificate was accepted"
+    );
+    wait_for(&b_stats.refused_handshakes, before + 1).await;
 
     // Malformed and oversize frames close their stream and are counted.
     let raw = quinn::Endpoint::client(loopback()).unwrap();

@@ -2,10 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 
 use clap::{Parser, Subcommand};
+use flotilla::node::config::FileConfig;
 use flotilla::node::ops::Caller;
 use flotilla::node::server::{NodeConfig, NodeServer};
 use flotilla::node::Lifecycle;
@@ -37,14 +39,18 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
-    /// Runs a node until Ctrl-C.
+    /// Runs a node until Ctrl-C or SIGTERM.
     Start {
+        /// A TOML file of node settings (keys as the flags, with `_`);
+        /// flags given here win over it.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Where the node keeps its data.
         #[arg(long)]
-        data_dir: PathBuf,
+        data_dir: Option<PathBuf>,
         /// Address to listen on (UDP, QUIC).
         #[arg(long)]
-        listen: SocketAddr,
+        listen: Option<SocketAddr>,
         /// Address peers and clients should use, when not the listen address.
         #[arg(long)]
         advertise: Option<SocketAddr>,
@@ -52,13 +58,23 @@ enum Command {
         /// node waits for `flotilla init`.
         #[arg(long, value_delimiter = ',')]
         join: Vec<String>,
-        /// Directory with ca.crt, node.crt and node.key.
-        #[arg(long, default_value = "certs")]
-        certs_dir: PathBuf,
+        /// Directory with ca.crt, node.crt and node.key [default: certs].
+        #[arg(long)]
+        certs_dir: Option<PathBuf>,
         /// If the seeds belong to another cluster than this data directory,
         /// discard this node's data and join them instead of refusing.
         #[arg(long)]
         wipe_and_join: bool,
+        /// After this long without reaching any peer, ask the seeds where
+        /// the peers are [default: 30s].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        isolation_timeout: Option<Duration>,
+        /// Whole passes over the seeds before joining gives up [default: 8].
+        #[arg(long)]
+        join_attempts: Option<u32>,
+        /// Longest wait between join passes [default: 32s].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        join_max_backoff: Option<Duration>,
     },
     /// Bootstraps a new cluster on the node at ENDPOINT (once per cluster).
     Init {
@@ -125,17 +141,52 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Start {
+            config,
             data_dir,
             listen,
             advertise,
             join,
             certs_dir,
             wipe_and_join,
+            isolation_timeout,
+            join_attempts,
+            join_max_backoff,
         } => rt.block_on(async {
+            let file = match &config {
+                Some(path) => FileConfig::load(path)?,
+                None => FileConfig::default(),
+            };
+            let data_dir = data_dir
+                .or(file.data_dir)
+                .context("--data-dir (or data_dir in --config) is required")?;
+            let listen = listen
+                .or(file.listen)
+                .context("--listen (or listen in --config) is required")?;
+            let certs_dir = certs_dir
+                .or(file.certs_dir)
+                .unwrap_or_else(|| PathBuf::from("certs"));
             let mut cfg = NodeConfig::new(data_dir, listen, certs_dir);
-            cfg.advertise = advertise;
-            cfg.join = join;
+            cfg.advertise = advertise.or(file.advertise);
+            cfg.join = if join.is_empty() {
+                file.join.unwrap_or_default()
+            } else {
+                join
+            };
             cfg.wipe_and_join = wipe_and_join;
+            if let Some(t) = isolation_timeout.or(file.isolation_timeout) {
+                cfg.isolation_timeout = t;
+            }
+            if let Some(t) = file.tick {
+                cfg.tick = t;
+            }
+            if let Some(n) = join_attempts.or(file.join_attempts) {
+                anyhow::ensure!(n > 0, "--join-attempts must be at least 1");
+                cfg.join_policy.attempts = n;
+            }
+            if let Some(d) = join_max_backoff.or(file.join_max_backoff) {
+                cfg.join_policy.max_backoff = d;
+                cfg.join_policy.initial_backoff = cfg.join_policy.initial_backoff.min(d);
+            }
             let node = NodeServer::start(cfg).await?;
             eprintln!("flotilla node listening on {}", node.addr());
             loop {

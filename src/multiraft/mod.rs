@@ -191,6 +191,20 @@ pub struct Driver {
     last_plan_epoch: u64,
     /// Tick the placement plan last ran at.
     last_plan_tick: u64,
+    /// What the driver read back from its own log when it opened.
+    replayed: Replayed,
+}
+
+/// What a driver read back from its own storage when it opened: the log
+/// entries it holds, so it never asks a leader for them again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Groups restored.
+    pub groups: u64,
+    /// Log entries restored, over all groups.
+    pub entries: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
 }
 
 fn proposal_context(node: NodeId, id: u64) -> Vec<u8> {
@@ -226,11 +240,25 @@ impl Driver {
         let incarnation = engine.next_incarnation()?;
         let logger = raft_logger();
         let mut groups = BTreeMap::new();
+        let mut replayed = Replayed::default();
         for store in engine.load_groups()? {
             let gid = store.group;
+            replayed.groups += 1;
+            replayed.entries += store.entries.len() as u64;
+            replayed.bytes += store
+                .entries
+                .iter()
+                .map(|e| (e.data.len() + e.context.len()) as u64)
+                .sum::<u64>();
             groups.insert(gid, Group::new(id, &cfg, store, &logger)?);
         }
-        tracing::debug!(node_id = id.0, groups = groups.len(), "driver opened");
+        tracing::info!(
+            node_id = id.0,
+            groups = replayed.groups,
+            entries = replayed.entries,
+            bytes = replayed.bytes,
+            "replayed this node's own log"
+        );
         Ok(Driver {
             id,
             cfg,
@@ -247,7 +275,13 @@ impl Driver {
             early: Vec::new(),
             last_plan_epoch: 0,
             last_plan_tick: 0,
+            replayed,
         })
+    }
+
+    /// What the driver read back from its own storage when it opened.
+    pub fn replayed(&self) -> Replayed {
+        self.replayed
     }
 
     /// This node's id.

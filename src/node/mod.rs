@@ -10,6 +10,7 @@
 //! [`server::NodeServer`] is the node process itself: storage, driver,
 //! transport and the request service, and the paths between them.
 
+pub mod config;
 pub mod join;
 pub mod ops;
 pub mod server;

@@ -119,6 +119,11 @@ pub fn render(addr: SocketAddr, r: &NodeReport) -> String {
     );
     let _ = writeln!(
         out,
+        "  replayed {} entries ({} bytes) from its own log at start; peers sent {} entries ({} bytes) since",
+        r.replayed_entries, r.replayed_bytes, r.raft_entries_in, r.raft_bytes_in
+    );
+    let _ = writeln!(
+        out,
         "  {:<6} {:<8} {:<12} {:>6} {:>8} {:>8}",
         "group", "role", "voters", "term", "commit", "applied"
     );

@@ -13,6 +13,7 @@
 //! Until it is running, the node answers `status` and `init`, and asks
 //! callers of anything else to retry.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -29,12 +30,12 @@ use crate::catalog::{
 use crate::certs::{spki_sha256, Role};
 use crate::error::{Error, Result};
 use crate::multiraft::runner::{DriverHandle, Runner};
-use crate::multiraft::{Driver, DriverConfig, Proposal, Reply};
+use crate::multiraft::{Driver, DriverConfig, Proposal, Replayed, Reply};
 use crate::storage::Engine;
 use crate::transport::rpc::{
     self, NodeReport, RpcError, RpcErrorKind, RpcRequest, RpcResponse, Service, WireGroupStatus,
 };
-use crate::transport::{TlsIdentity, Transport};
+use crate::transport::{TlsIdentity, Transport, TransportStats};
 use crate::types::{NodeId, CATALOG_GROUP};
 use crate::wire;
 
@@ -43,6 +44,10 @@ use crate::wire;
 const SEED_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a running node refreshes its peers' addresses from its catalog.
 const PEER_REFRESH: Duration = Duration::from_millis(500);
+/// How often a node that moved retries recording its new address.
+const ANNOUNCE_RETRY: Duration = Duration::from_secs(1);
+/// Default for [`NodeConfig::isolation_timeout`].
+pub const DEFAULT_ISOLATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How to run a node.
 #[derive(Clone, Debug)]
@@ -68,6 +73,9 @@ pub struct NodeConfig {
     /// When the seeds belong to another cluster than the data directory,
     /// discard this node's data and join theirs (instead of refusing).
     pub wipe_and_join: bool,
+    /// After this long without reaching any peer, the node asks its seeds
+    /// where its peers are now, and again every period while isolated.
+    pub isolation_timeout: Duration,
 }
 
 impl NodeConfig {
@@ -84,6 +92,7 @@ impl NodeConfig {
             data_groups: DEFAULT_DATA_GROUPS,
             vshards: DEFAULT_VSHARDS,
             wipe_and_join: false,
+            isolation_timeout: DEFAULT_ISOLATION_TIMEOUT,
         }
     }
 }
@@ -95,6 +104,12 @@ struct State {
     engine: Option<Engine>,
     runner: Option<Runner>,
     handle: Option<DriverHandle>,
+    /// What the driver read back from its own log when it started.
+    replayed: Replayed,
+    /// Peer addresses learned from seeds while isolated, by node: the
+    /// catalog's (stale) address at the time, and the address learned. The
+    /// learned one wins until the catalog records a change for that node.
+    learned: BTreeMap<NodeId, (String, SocketAddr)>,
 }
 
 /// A running node.
@@ -153,6 +168,8 @@ impl NodeServer {
                 engine: Some(engine),
                 runner: None,
                 handle: None,
+                replayed: Replayed::default(),
+                learned: BTreeMap::new(),
             }),
             me: me.clone(),
         });
@@ -206,6 +223,7 @@ impl NodeServer {
             ..DriverConfig::default()
         };
         let driver = Driver::open(engine, cfg)?;
+        let replayed = driver.replayed();
         self.refresh_peers(driver.catalog());
         let runner = Runner::spawn(driver, self.transport.sender(), self.cfg.tick)?;
         let handle = runner.handle();
@@ -214,29 +232,216 @@ impl NodeServer {
             let mut st = self.lock();
             st.runner = Some(runner);
             st.handle = Some(handle.clone());
+            st.replayed = replayed;
         }
         self.set_lifecycle(Lifecycle::Ready);
         let me = self.clone();
+        let refresh = handle.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(PEER_REFRESH).await;
-                match handle.catalog().await {
+                match refresh.catalog().await {
                     Ok(c) => me.refresh_peers(&c),
                     Err(_) => return,
                 }
             }
         });
+        tokio::spawn(self.clone().announce_loop(handle.clone()));
+        tokio::spawn(self.clone().isolation_loop(handle));
         Ok(())
     }
 
     fn refresh_peers(&self, catalog: &Catalog) {
         let me = self.transport.node();
+        let mut st = self.lock();
         for n in catalog.nodes.values().filter(|n| n.id != me) {
-            let Ok(addr) = n.addr.parse::<SocketAddr>() else {
+            let learned = match st.learned.get(&n.id) {
+                Some((stale, addr)) if *stale == n.addr => Some(*addr),
+                Some(_) => {
+                    // The catalog caught up with (or moved past) what the
+                    // seeds said: it is the authority again.
+                    st.learned.remove(&n.id);
+                    None
+                }
+                None => None,
+            };
+            let Some(addr) = learned.or_else(|| n.addr.parse::<SocketAddr>().ok()) else {
                 continue;
             };
             let pin = <[u8; 32]>::try_from(n.spki_sha256.as_slice()).ok();
             self.transport.set_peer(n.id, addr, pin);
+        }
+    }
+
+    /// Makes the catalog record this node's advertised address when it
+    /// differs (the node restarted elsewhere with its data), retrying until
+    /// the change is applied or the driver stops.
+    async fn announce_loop(self: Arc<Self>, h: DriverHandle) {
+        let me = self.transport.node();
+        let addr = self.advertise.to_string();
+        loop {
+            let Ok(catalog) = h.catalog().await else {
+                return;
+            };
+            let Some(info) = catalog.nodes.get(&me) else {
+                return;
+            };
+            if info.addr == addr {
+                return;
+            }
+            let req = RpcRequest::Announce {
+                node: me,
+                addr: addr.clone(),
+                spki_sha256: self.spki.to_vec(),
+            };
+            // Ask this node first (it may lead group 0), then whoever it
+            // names as leader, then the seeds; at most three redirects.
+            let mut target: Option<String> = None;
+            let mut candidates: Vec<String> = self.cfg.join.clone();
+            for _ in 0..3 {
+                let answer = match &target {
+                    None => {
+                        self.handle_announce(me, addr.clone(), self.spki.to_vec())
+                            .await
+                    }
+                    Some(t) => self.call_node(t, &req).await,
+                };
+                match answer {
+                    RpcResponse::Announced => {
+                        tracing::info!(node_id = me.0, addr = %addr, "recorded this node's new address");
+                        break;
+                    }
+                    RpcResponse::Error(e) if e.kind == RpcErrorKind::NotLeader => {
+                        target = e.leader_addr.or_else(|| candidates.pop());
+                    }
+                    _ => target = candidates.pop(),
+                }
+                if target.is_none() {
+                    break;
+                }
+            }
+            tokio::time::sleep(ANNOUNCE_RETRY).await;
+        }
+    }
+
+    /// One request to another node with this node's certificate.
+    async fn call_node(&self, addr: &str, req: &RpcRequest) -> RpcResponse {
+        let Some(addr) = tokio::net::lookup_host(addr)
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+        else {
+            return error(&Error::Unreachable(format!("cannot resolve {addr}")));
+        };
+        let config = match self.client_config() {
+            Ok(c) => c,
+            Err(e) => return error(&e),
+        };
+        match tokio::time::timeout(
+            SEED_CHECK_TIMEOUT,
+            rpc::call(self.transport.endpoint(), &config, addr, req),
+        )
+        .await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => error(&e),
+            Err(_) => error(&Error::Unreachable(format!("{addr} did not answer"))),
+        }
+    }
+
+    /// While no peer has been reached for the isolation timeout, asks the
+    /// seeds (one pass at a time, one pass per period) which nodes they are
+    /// and where they listen, and dials members that moved at their new
+    /// addresses.
+    async fn isolation_loop(self: Arc<Self>, h: DriverHandle) {
+        let period = self.cfg.isolation_timeout;
+        let check = (period / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut last_pass: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::time::sleep(check).await;
+            let Ok(catalog) = h.catalog().await else {
+                return;
+            };
+            let me = self.transport.node();
+            let has_peers = catalog.nodes.keys().any(|n| *n != me);
+            let isolated = self.transport.since_reached() >= period;
+            let due = last_pass.is_none_or(|t| t.elapsed() >= period);
+            if !(has_peers && isolated && due) || self.cfg.join.is_empty() {
+                continue;
+            }
+            last_pass = Some(tokio::time::Instant::now());
+            tracing::warn!(node_id = me.0, after = ?self.transport.since_reached(), "no peer reached; asking the seeds where the peers are");
+            for seed in &self.cfg.join {
+                if *seed == self.advertise.to_string() {
+                    continue;
+                }
+                let RpcResponse::Status(r) = self.call_node(seed, &RpcRequest::Status).await else {
+                    continue;
+                };
+                if r.cluster_id != Some(catalog.cluster_id) || r.node == me {
+                    continue;
+                }
+                let (Some(info), Ok(addr)) =
+                    (catalog.nodes.get(&r.node), r.addr.parse::<SocketAddr>())
+                else {
+                    continue;
+                };
+                if info.addr == r.addr {
+                    continue;
+                }
+                tracing::info!(node_id = me.0, peer = r.node.0, was = %info.addr, now = %addr, "learned a peer's new address from a seed");
+                self.lock()
+                    .learned
+                    .insert(r.node, (info.addr.clone(), addr));
+                let pin = <[u8; 32]>::try_from(info.spki_sha256.as_slice()).ok();
+                self.transport.set_peer(r.node, addr, pin);
+            }
+        }
+    }
+
+    /// Records a member's new address through group 0, if the key it
+    /// presents is the one the catalog pins for it.
+    async fn handle_announce(
+        &self,
+        node: NodeId,
+        addr: String,
+        spki_sha256: Vec<u8>,
+    ) -> RpcResponse {
+        let Some(h) = self.handle() else {
+            return error(&Error::Unreachable(
+                "this node has not joined a cluster yet".into(),
+            ));
+        };
+        let Ok(catalog) = h.catalog().await else {
+            return error(&Error::Unreachable("the driver stopped".into()));
+        };
+        let Some(info) = catalog.nodes.get(&node) else {
+            return error(&Error::Invalid(format!("node {} is not a member", node.0)));
+        };
+        if info.spki_sha256 != spki_sha256 {
+            return error(&Error::PermissionDenied(format!(
+                "the key presented is not the key node {} joined with",
+                node.0
+            )));
+        }
+        if addr.parse::<SocketAddr>().is_err() {
+            return error(&Error::Invalid(format!("{addr} is not a socket address")));
+        }
+        if info.addr == addr {
+            return RpcResponse::Announced;
+        }
+        let mut info = info.clone();
+        info.addr = addr;
+        let reply = h
+            .propose(
+                CATALOG_GROUP,
+                Proposal::Catalog(CatalogCommand::UpsertNode(info)),
+            )
+            .await;
+        match reply {
+            Ok(Ok(_)) => RpcResponse::Announced,
+            Ok(Err(e)) => not_leader_answer(&h, &e).await,
+            Err(_) => error(&Error::Unreachable("the driver stopped".into())),
         }
     }
 
@@ -390,14 +595,7 @@ impl NodeServer {
                 },
                 Err(_) => error(&Error::Unreachable("the driver stopped".into())),
             },
-            Ok(Err(e @ Error::NotLeader { .. })) => {
-                let mut rpc_err = RpcError::from(&e);
-                if let (Some(l), Ok(c)) = (rpc_err.leader, h.catalog().await) {
-                    rpc_err.leader_addr = c.nodes.get(&l).map(|n| n.addr.clone());
-                }
-                RpcResponse::Error(rpc_err)
-            }
-            Ok(Err(e)) => error(&e),
+            Ok(Err(e)) => not_leader_answer(&h, &e).await,
             Ok(Ok(other)) => error(&Error::Invalid(format!("unexpected reply {other:?}"))),
             Err(_) => error(&Error::Unreachable("the driver stopped".into())),
         }
@@ -406,24 +604,29 @@ impl NodeServer {
     async fn report(&self) -> RpcResponse {
         let lifecycle = self.lifecycle().to_string();
         let node = self.transport.node();
+        let replayed = self.lock().replayed;
+        let stats = self.transport.stats();
+        let raft_bytes_in = TransportStats::get(&stats.raft_bytes_in);
+        let raft_entries_in = TransportStats::get(&stats.raft_entries_in);
+        let report = |cluster_id, groups| NodeReport {
+            node,
+            addr: self.advertise.to_string(),
+            lifecycle: lifecycle.clone(),
+            cluster_id,
+            groups,
+            replayed_entries: replayed.entries,
+            replayed_bytes: replayed.bytes,
+            raft_bytes_in,
+            raft_entries_in,
+        };
         let Some(h) = self.handle() else {
-            return RpcResponse::Status(NodeReport {
-                node,
-                lifecycle,
-                cluster_id: None,
-                groups: vec![],
-            });
+            return RpcResponse::Status(report(None, vec![]));
         };
         let (Ok(groups), Ok(catalog)) = (h.status().await, h.catalog().await) else {
             return error(&Error::Unreachable("the driver stopped".into()));
         };
         let groups = groups.iter().map(WireGroupStatus::from).collect();
-        RpcResponse::Status(NodeReport {
-            node,
-            lifecycle,
-            cluster_id: Some(catalog.cluster_id),
-            groups,
-        })
+        RpcResponse::Status(report(Some(catalog.cluster_id), groups))
     }
 
     /// Stops the driver and closes the transport.
@@ -480,6 +683,17 @@ fn error(e: &Error) -> RpcResponse {
     RpcResponse::Error(RpcError::from(e))
 }
 
+/// An error answer; a redirect carries the leader's address as well.
+async fn not_leader_answer(h: &DriverHandle, e: &Error) -> RpcResponse {
+    let mut rpc_err = RpcError::from(e);
+    if let (RpcErrorKind::NotLeader, Some(l)) = (rpc_err.kind, rpc_err.leader) {
+        if let Ok(c) = h.catalog().await {
+            rpc_err.leader_addr = c.nodes.get(&l).map(|n| n.addr.clone());
+        }
+    }
+    RpcResponse::Error(rpc_err)
+}
+
 /// Drops Raft batches that arrive before the driver runs.
 struct NoInbox;
 
@@ -493,6 +707,11 @@ impl Service for NodeServer {
             match req {
                 RpcRequest::Status => self.report().await,
                 RpcRequest::Join { addr, spki_sha256 } => self.admit(addr, spki_sha256).await,
+                RpcRequest::Announce {
+                    node,
+                    addr,
+                    spki_sha256,
+                } => self.handle_announce(node, addr, spki_sha256).await,
                 RpcRequest::Init => match self.me.upgrade() {
                     Some(me) => match me.init().await {
                         Ok(cluster_id) => RpcResponse::Inited { cluster_id },

@@ -58,6 +58,16 @@ where
     T::Archived: for<'a> rkyv::bytecheck::CheckBytes<HighValidator<'a, rancor::Error>>
         + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
 {
+    Ok(read_sized_frame(recv).await?.map(|(v, _)| v))
+}
+
+/// Reads one frame with its length on the wire (prefix included).
+pub async fn read_sized_frame<T>(recv: &mut RecvStream) -> Result<Option<(T, usize)>>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<HighValidator<'a, rancor::Error>>
+        + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+{
     let mut len = [0u8; 4];
     match recv.read_exact(&mut len).await {
         Ok(()) => {}
@@ -75,5 +85,5 @@ where
     recv.read_exact(&mut body)
         .await
         .map_err(|e| Error::Unreachable(e.to_string()))?;
-    decode("frame", &body).map(Some)
+    decode("frame", &body).map(|v| Some((v, 4 + len)))
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use quinn::{Connection, RecvStream, SendStream};
 
-use super::frame::{read_frame, write_frame, Frame};
+use super::frame::{read_frame, read_sized_frame, write_frame, Frame};
 use super::rpc::{RpcError, RpcRequest, RpcResponse};
 use super::Transport;
 use crate::certs::{role_of, spki_sha256, Role};
@@ -93,7 +93,20 @@ async fn serve_request(
             return;
         }
     };
-    let resp = if !req.allowed(cert.role) {
+    let key_mismatch = req
+        .claimed_key()
+        .is_some_and(|k| cert.spki.map(|s| s.as_slice() != k).unwrap_or(true));
+    let resp = if key_mismatch {
+        t.stats.refused_requests.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            node_id = t.node().0,
+            "request refused: it claims a key other than the caller's certificate"
+        );
+        let e = Error::PermissionDenied(
+            "the key named in the request is not the key of the caller's certificate".into(),
+        );
+        RpcResponse::Error(RpcError::from(&e))
+    } else if !req.allowed(cert.role) {
         t.stats.refused_requests.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(node_id = t.node().0, role = ?cert.role, request = ?req, "request refused for the caller's role");
         let e = Error::PermissionDenied(format!(
@@ -117,7 +130,7 @@ async fn serve_request(
 async fn serve_stream(t: Arc<Transport>, conn: Connection, cert: &PeerCert, mut recv: RecvStream) {
     let peer = conn.remote_address();
     loop {
-        let frame = match read_frame::<Frame>(&mut recv).await {
+        let (frame, size) = match read_sized_frame::<Frame>(&mut recv).await {
             Ok(Some(f)) => f,
             Ok(None) => return,
             Err(Error::Unreachable(_)) => return,
@@ -147,7 +160,12 @@ async fn serve_stream(t: Arc<Transport>, conn: Connection, cert: &PeerCert, mut 
                 let mut msgs = Vec::with_capacity(batch.len());
                 for (group, m) in batch {
                     match m.into_raft() {
-                        Ok(msg) => msgs.push(GroupMessage { group, msg }),
+                        Ok(msg) => {
+                            t.stats
+                                .raft_entries_in
+                                .fetch_add(msg.entries.len() as u64, Ordering::Relaxed);
+                            msgs.push(GroupMessage { group, msg })
+                        }
                         Err(e) => {
                             t.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(node_id = t.node().0, peer = %peer, error = %e, "malformed raft message; stream closed");
@@ -157,6 +175,9 @@ async fn serve_stream(t: Arc<Transport>, conn: Connection, cert: &PeerCert, mut 
                     }
                 }
                 t.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+                t.stats
+                    .raft_bytes_in
+                    .fetch_add(size as u64, Ordering::Relaxed);
                 if let Some(inbox) = t.inbox() {
                     inbox.deliver(from, msgs);
                 }

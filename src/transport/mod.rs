@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 pub use outbound::QuicSender;
 pub use tls::TlsIdentity;
@@ -70,6 +71,10 @@ pub struct TransportStats {
     pub refused_pins: AtomicU64,
     /// Requests refused because of the caller's role.
     pub refused_requests: AtomicU64,
+    /// Bytes of accepted Raft frames: what leaders sent this node.
+    pub raft_bytes_in: AtomicU64,
+    /// Log entries carried by accepted Raft messages.
+    pub raft_entries_in: AtomicU64,
 }
 
 impl TransportStats {
@@ -103,6 +108,10 @@ pub struct Transport {
     senders: Mutex<BTreeMap<NodeId, outbound::PeerSender>>,
     stats: Arc<TransportStats>,
     runtime: tokio::runtime::Handle,
+    /// When the transport started; the origin of `last_reached_ms`.
+    started: Instant,
+    /// Milliseconds after `started` when a frame last went out to a peer.
+    last_reached_ms: AtomicU64,
 }
 
 impl Transport {
@@ -126,6 +135,8 @@ impl Transport {
             senders: Mutex::default(),
             stats: Arc::default(),
             runtime: tokio::runtime::Handle::current(),
+            started: Instant::now(),
+            last_reached_ms: AtomicU64::new(0),
         });
         tokio::spawn(inbound::accept_loop(t.clone()));
         Ok(t)
@@ -189,6 +200,19 @@ impl Transport {
     /// The pin of the node `node`, if known.
     fn pin_of(&self, node: NodeId) -> Option<[u8; 32]> {
         self.peer(node).and_then(|p| p.pin)
+    }
+
+    /// Notes that a frame just reached a peer.
+    fn reached_peer(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_reached_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// How long since a frame last reached any peer (since the transport
+    /// started, if none ever did).
+    pub fn since_reached(&self) -> Duration {
+        let at = Duration::from_millis(self.last_reached_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(at)
     }
 
     /// The transport's counters.

@@ -114,6 +114,7 @@ async fn peer_task(
         };
         delay = RECONNECT_MIN;
         up.store(true, Ordering::Relaxed);
+        t.reached_peer();
         while let Some(mut batch) = rx.recv().await {
             // Coalesce whatever else is already queued into the same frame.
             while let Ok(more) = rx.try_recv() {
@@ -131,6 +132,7 @@ async fn peer_task(
                 break;
             }
             t.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+            t.reached_peer();
         }
         up.store(false, Ordering::Relaxed);
         if rx.is_closed() {

@@ -46,6 +46,16 @@ pub enum RpcRequest {
         /// SHA-256 of the joiner's SubjectPublicKeyInfo.
         spki_sha256: Vec<u8>,
     },
+    /// Record that node `node`, a member already, now listens at `addr`
+    /// (it restarted elsewhere with its data).
+    Announce {
+        /// The calling node.
+        node: NodeId,
+        /// Where it is reached now.
+        addr: String,
+        /// SHA-256 of its SubjectPublicKeyInfo; must match the catalog's pin.
+        spki_sha256: Vec<u8>,
+    },
 }
 
 impl RpcRequest {
@@ -56,7 +66,18 @@ impl RpcRequest {
                 role.is_some()
             }
             RpcRequest::Init => matches!(role, Some(Role::Admin) | Some(Role::Node)),
-            RpcRequest::Join { .. } => role == Some(Role::Node),
+            RpcRequest::Join { .. } | RpcRequest::Announce { .. } => role == Some(Role::Node),
+        }
+    }
+
+    /// The public key the request claims for its caller, which must be the
+    /// key the caller's certificate holds.
+    pub fn claimed_key(&self) -> Option<&[u8]> {
+        match self {
+            RpcRequest::Join { spki_sha256, .. } | RpcRequest::Announce { spki_sha256, .. } => {
+                Some(spki_sha256)
+            }
+            _ => None,
         }
     }
 }
@@ -99,12 +120,22 @@ impl From<&GroupStatus> for WireGroupStatus {
 pub struct NodeReport {
     /// Its id (0 before it joined).
     pub node: NodeId,
+    /// The address it advertises.
+    pub addr: String,
     /// Its lifecycle state, in words.
     pub lifecycle: String,
     /// Its cluster, once it has one.
     pub cluster_id: Option<u64>,
     /// Its groups.
     pub groups: Vec<WireGroupStatus>,
+    /// Log entries it read back from its own storage when it last started.
+    pub replayed_entries: u64,
+    /// Their payload bytes.
+    pub replayed_bytes: u64,
+    /// Bytes of Raft traffic it has received from peers since it started.
+    pub raft_bytes_in: u64,
+    /// Log entries peers have sent it since it started.
+    pub raft_entries_in: u64,
 }
 
 /// What kind of failure an [`RpcError`] is: what the caller must do.
@@ -175,6 +206,8 @@ pub enum RpcResponse {
     Kv(Response),
     /// The node's report.
     Status(NodeReport),
+    /// The catalog records the caller's new address.
+    Announced,
     /// A cluster was created.
     Inited {
         /// Its id.

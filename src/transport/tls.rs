@@ -86,7 +86,9 @@ impl TlsIdentity {
             path: "QUIC".into(),
             detail: e.to_string(),
         })?;
-        Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        config.transport_config(liveness());
+        Ok(config)
     }
 
     /// The client side: verifies the server against the CA and presents
@@ -103,6 +105,23 @@ impl TlsIdentity {
             path: "QUIC".into(),
             detail: e.to_string(),
         })?;
-        Ok(quinn::ClientConfig::new(Arc::new(quic)))
+        let mut config = quinn::ClientConfig::new(Arc::new(quic));
+        config.transport_config(liveness());
+        Ok(config)
     }
+}
+
+/// How long a silent connection lives: a peer that died is noticed within
+/// [`IDLE_TIMEOUT`] (its streams fail and the sender redials), and a live
+/// but quiet one is kept open by keep-alives.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn liveness() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    // 5 s always fits quinn's idle-timeout range.
+    if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t.keep_alive_interval(Some(IDLE_TIMEOUT / 4));
+    Arc::new(t)
 }

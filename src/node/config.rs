@@ -1,0 +1,131 @@
+//! `flotilla start --config FILE`: node settings from a TOML file.
+//!
+//! Every key is optional and mirrors a `start` flag; a flag given on the
+//! command line wins over the file, and the file wins over the defaults.
+//! Durations are written the human way (`"30s"`, `"500ms"`). Unknown keys
+//! are an error, so a misspelt setting is never silently ignored.
+//!
+//! ```toml
+//! data_dir = "/var/lib/flotilla"
+//! listen = "10.0.0.5:7000"
+//! advertise = "10.0.0.5:7000"
+//! join = ["10.0.0.5:7000", "10.0.0.6:7000", "10.0.0.7:7000"]
+//! certs_dir = "/etc/flotilla/certs"
+//! isolation_timeout = "30s"
+//! tick = "100ms"
+//! join_attempts = 8
+//! join_max_backoff = "32s"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The settings a config file may hold.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Where the node keeps its data.
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on.
+    pub listen: Option<SocketAddr>,
+    /// Address peers and clients should use.
+    pub advertise: Option<SocketAddr>,
+    /// Seeds to join through.
+    pub join: Option<Vec<String>>,
+    /// Directory with the certificates.
+    pub certs_dir: Option<PathBuf>,
+    /// How long without reaching a peer before asking the seeds.
+    #[serde(default, with = "opt_duration")]
+    pub isolation_timeout: Option<Duration>,
+    /// Real time per Raft tick.
+    #[serde(default, with = "opt_duration")]
+    pub tick: Option<Duration>,
+    /// Whole passes over the seeds before a join gives up.
+    pub join_attempts: Option<u32>,
+    /// Longest wait between join passes.
+    #[serde(default, with = "opt_duration")]
+    pub join_max_backoff: Option<Duration>,
+}
+
+impl FileConfig {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
+        FileConfig::parse(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses config text.
+    pub fn parse(text: &str) -> std::result::Result<FileConfig, String> {
+        let cfg: FileConfig = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        if cfg.tick == Some(Duration::ZERO) {
+            return Err("tick must be longer than zero".into());
+        }
+        if cfg.join_attempts == Some(0) {
+            return Err("join_attempts must be at least 1".into());
+        }
+        Ok(cfg)
+    }
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        humantime::parse_duration(&text)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_parses() {
+        let cfg = FileConfig::parse(
+            r#"
+            data_dir = "/d"
+            listen = "127.0.0.1:7000"
+            advertise = "127.0.0.2:7000"
+            join = ["127.0.0.1:7000", "127.0.0.1:7001"]
+            certs_dir = "/c"
+            isolation_timeout = "2s"
+            tick = "50ms"
+            join_attempts = 3
+            join_max_backoff = "1s"
+            "#,
+        )
+        .expect("valid config");
+        assert_eq!(cfg.data_dir, Some(PathBuf::from("/d")));
+        assert_eq!(cfg.listen, Some("127.0.0.1:7000".parse().expect("addr")));
+        assert_eq!(cfg.join.as_deref().map(<[String]>::len), Some(2));
+        assert_eq!(cfg.isolation_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(cfg.tick, Some(Duration::from_millis(50)));
+        assert_eq!(cfg.join_attempts, Some(3));
+        assert_eq!(cfg.join_max_backoff, Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let unknown = FileConfig::parse("listn = \"127.0.0.1:1\"").expect_err("unknown key");
+        assert!(unknown.contains("listn"), "{unknown}");
+        let duration = FileConfig::parse("tick = \"soon\"").expect_err("bad duration");
+        assert!(duration.contains("soon"), "{duration}");
+        let addr = FileConfig::parse("listen = \"nowhere\"").expect_err("bad address");
+        assert!(addr.contains("address"), "{addr}");
+        assert!(FileConfig::parse("join_attempts = 0").is_err());
+        assert_eq!(FileConfig::parse(""), Ok(FileConfig::default()));
+    }
+}
