@@ -11,6 +11,7 @@ run:
 ## The whole test suite (unit, simulation scenarios, 200 randomized seeds), plus lints.
 test: lint
 	$(CARGO) test --all-targets
+	$(CARGO) test --doc
 
 ## Formatting and clippy, warnings as errors.
 lint:

@@ -58,6 +58,21 @@ pub enum Error {
     /// This node holds no replica of the group.
     #[error("{0} has no replica on this node")]
     UnknownGroup(GroupId),
+    /// The key does not belong to the group the request named: the
+    /// caller's routing is stale and must be refreshed from the catalog.
+    #[error("a key of the request belongs to {owner}, not {group}")]
+    WrongGroup {
+        /// The group the request named.
+        group: GroupId,
+        /// The group that owns the key.
+        owner: GroupId,
+    },
+    /// The keys of one batch fall in more than one vshard.
+    #[error("a batch must keep to one vshard; its keys span {vshards} vshards")]
+    BatchSpansVShards {
+        /// How many vshards the keys fall in.
+        vshards: usize,
+    },
     /// The key is longer than the configured limit.
     #[error("key of {len} bytes exceeds the limit of {max} bytes")]
     KeyTooLarge {
@@ -116,13 +131,16 @@ impl Error {
     /// What the caller should do about this error.
     pub fn action(&self) -> Action {
         match self {
-            Error::NotLeader { .. } | Error::UnknownGroup(_) => Action::Redirect,
+            Error::NotLeader { .. } | Error::UnknownGroup(_) | Error::WrongGroup { .. } => {
+                Action::Redirect
+            }
             Error::ProposalLost { .. } | Error::ReadUnconfirmed { .. } | Error::Unreachable(_) => {
                 Action::Retry
             }
             Error::KeyTooLarge { .. }
             | Error::ValueTooLarge { .. }
             | Error::SessionExpired { .. }
+            | Error::BatchSpansVShards { .. }
             | Error::Corrupt { .. }
             | Error::Storage(_)
             | Error::Raft(_)

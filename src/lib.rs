@@ -48,6 +48,8 @@
 
 pub mod catalog;
 pub mod certs;
+pub mod cli;
+pub mod client;
 pub mod demo;
 pub mod error;
 pub mod kv;

@@ -10,173 +10,24 @@
 //! The tests take turns: each runs several processes, and two cores shared
 //! by two clusters would blur the timings one of them checks.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command as Process, Stdio};
+use std::process::Command as Process;
 use std::time::{Duration, Instant};
 
+use common::*;
 use flotilla::catalog::Catalog;
-use flotilla::certs;
 use flotilla::kv::{Command, Op, Response};
 use flotilla::node::ops::Caller;
 use flotilla::transport::rpc::{NodeReport, RpcRequest, RpcResponse};
 use flotilla::types::{GroupId, NodeId};
 
-const EXE: &str = env!("CARGO_BIN_EXE_flotilla");
-const DEADLINE: Duration = Duration::from_secs(90);
-const POLL: Duration = Duration::from_millis(200);
 /// The bound on electing new leaders after a node dies.
 const FAILOVER: Duration = Duration::from_secs(3);
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Kills every process it holds when dropped, so a failing test leaves none.
-struct Nodes(BTreeMap<usize, Child>);
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for c in self.0.values_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap()
-}
-
-fn spawn(dir: &Path, i: usize, addr: SocketAddr, join: Option<&str>) -> Child {
-    spawn_with(dir, i, addr, join, &[])
-}
-
-fn spawn_with(dir: &Path, i: usize, addr: SocketAddr, join: Option<&str>, extra: &[&str]) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("n{i}.log")))
-        .unwrap();
-    let mut cmd = Process::new(EXE);
-    cmd.arg("start")
-        .arg("--data-dir")
-        .arg(dir.join(format!("n{i}")))
-        .args(["--listen", &addr.to_string(), "--certs-dir"])
-        .arg(dir.join("certs"))
-        .args(["--join-max-backoff", "500ms"])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log);
-    if let Some(j) = join {
-        cmd.args(["--join", j]);
-    }
-    cmd.spawn().unwrap()
-}
-
-fn seed_list(addrs: &[SocketAddr]) -> String {
-    addrs
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// A temporary directory with a certificate set; kept after the test when
-/// FLOTILLA_KEEP_TEST_DIRS is set, for reading the node logs.
-fn test_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    certs::create(&dir.path().join("certs"), &["127.0.0.1".into()], false).unwrap();
-    dir
-}
-
-fn keep(dir: tempfile::TempDir) {
-    if std::env::var_os("FLOTILLA_KEEP_TEST_DIRS").is_some() {
-        eprintln!("kept {}", dir.keep().display());
-    }
-}
-
-/// Runs `flotilla init` against `addr` until it succeeds.
-async fn init(dir: &Path, addr: SocketAddr) {
-    let start = Instant::now();
-    loop {
-        let out = Process::new(EXE)
-            .args(["init", "--endpoint", &addr.to_string(), "--certs-dir"])
-            .arg(dir.join("certs"))
-            .output()
-            .unwrap();
-        if out.status.success() {
-            assert!(String::from_utf8_lossy(&out.stdout).contains("initialised cluster"));
-            return;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "init failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Polls the nodes at `addrs` until `done` holds for their reports.
-async fn wait_for(
-    caller: &Caller,
-    addrs: &[SocketAddr],
-    what: &str,
-    done: impl Fn(&[NodeReport]) -> bool,
-) -> Vec<NodeReport> {
-    let start = Instant::now();
-    loop {
-        let rs = reports(caller, addrs).await;
-        if done(&rs) {
-            return rs;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{what}: {:?}",
-            rs.iter()
-                .map(|r| (r.node, r.lifecycle.clone(), r.groups.len()))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Every node answered, is ready and in one cluster; every group is led,
-/// with three voters.
-fn settled(rs: &[NodeReport], nodes: usize) -> bool {
-    let clusters: std::collections::BTreeSet<_> = rs.iter().map(|r| r.cluster_id).collect();
-    let groups: std::collections::BTreeSet<_> = rs
-        .iter()
-        .flat_map(|r| r.groups.iter().map(|g| g.group))
-        .collect();
-    let led: BTreeMap<_, _> = rs
-        .iter()
-        .flat_map(|r| {
-            r.groups
-                .iter()
-                .filter(|g| g.leader)
-                .map(|g| (g.group, g.voters.len()))
-        })
-        .collect();
-    rs.len() == nodes
-        && rs.iter().all(|r| r.lifecycle == "ready")
-        && clusters.len() == 1
-        && !groups.is_empty()
-        && led.len() == groups.len()
-        && led.values().all(|v| *v == 3)
-}
-
-async fn reports(caller: &Caller, addrs: &[SocketAddr]) -> Vec<NodeReport> {
-    let mut out = Vec::new();
-    for a in addrs {
-        if let Ok(r) = caller.status(*a).await {
-            out.push(r);
-        }
-    }
-    out
-}
 
 /// All nodes ready, every group led with three voters, leadership spread.
 fn formed(rs: &[NodeReport], nodes: usize) -> bool {
@@ -266,12 +117,19 @@ async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_lo
 
     // The status command shows the same thing to a person.
     let status = Process::new(EXE)
-        .args(["status", "--endpoint", &addrs[1].to_string(), "--certs-dir"])
+        .args([
+            "status",
+            "--endpoints",
+            &addrs[1].to_string(),
+            "--certs-dir",
+        ])
         .arg(dir.path().join("certs"))
         .output()
         .unwrap();
     assert!(status.status.success());
-    assert!(String::from_utf8_lossy(&status.stdout).contains(": ready"));
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(shown.matches(" ready ").count(), 3, "{shown}");
+    assert!(shown.contains("33 with 3 voters"), "{shown}");
 
     for seq in 1..=100 {
         put(&caller, &by_id, &routing, seq).await;
@@ -368,40 +226,6 @@ async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_lo
     }
     drop(nodes);
     keep(dir);
-}
-
-/// Waits until the node at `addr` is ready and has applied every group up
-/// to its leader's commit index.
-async fn wait_caught_up(caller: &Caller, addrs: &[SocketAddr], addr: SocketAddr) {
-    let start = Instant::now();
-    loop {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "the restarted node at {addr} did not catch up"
-        );
-        let rs = reports(caller, addrs).await;
-        let leaders: BTreeMap<_, _> = rs
-            .iter()
-            .flat_map(|r| {
-                r.groups
-                    .iter()
-                    .filter(|g| g.leader)
-                    .map(|g| (g.group, g.commit))
-            })
-            .collect();
-        if let Ok(me) = caller.status(addr).await {
-            let caught_up = me.lifecycle == "ready"
-                && me.groups.len() == 33
-                && me
-                    .groups
-                    .iter()
-                    .all(|g| leaders.get(&g.group).is_some_and(|c| g.applied >= *c));
-            if caught_up {
-                return;
-            }
-        }
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use flotilla::kv::{Command, Op, Response};
+use flotilla::kv::{BatchOp, Command, Op, Response};
 use flotilla::multiraft::{DriverConfig, Proposal, Reply, Token};
 use flotilla::sim::{Faults, Sim, SimConfig};
 use flotilla::types::{GroupId, NodeId};
@@ -266,6 +266,19 @@ fn check_history(sim: &Sim, acked: &[(Command, Response)]) -> Result<(), String>
                     Op::Delete { key } => Response::Deleted {
                         existed: model.remove(key).is_some(),
                     },
+                    Op::Batch { ops } => {
+                        for op in ops {
+                            match op {
+                                BatchOp::Put { key, value } => {
+                                    model.insert(key.clone(), value.clone());
+                                }
+                                BatchOp::Delete { key } => {
+                                    model.remove(key);
+                                }
+                            }
+                        }
+                        Response::Written
+                    }
                 };
                 first.insert((cmd.client, cmd.seq), r.clone());
                 r

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use clap::{Parser, Subcommand};
+use flotilla::cli::{ClientCommand, Globals};
 use flotilla::node::config::FileConfig;
 use flotilla::node::ops::Caller;
 use flotilla::node::server::{NodeConfig, NodeServer};
@@ -20,6 +21,18 @@ use flotilla::transport::rpc::{RpcRequest, RpcResponse};
     about = "A sharded, replicated key-value store"
 )]
 struct Cli {
+    /// Nodes to contact, comma-separated (others are found through them).
+    #[arg(long, global = true, value_delimiter = ',', env = "FLOTILLA_ENDPOINTS")]
+    endpoints: Vec<String>,
+    /// Directory with ca.crt and the certificate to present [default: certs].
+    #[arg(long, global = true, env = "FLOTILLA_CERTS_DIR")]
+    certs_dir: Option<PathBuf>,
+    /// Deadline of each request, retries included.
+    #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Print one JSON document instead of text.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -58,9 +71,6 @@ enum Command {
         /// node waits for `flotilla init`.
         #[arg(long, value_delimiter = ',')]
         join: Vec<String>,
-        /// Directory with ca.crt, node.crt and node.key [default: certs].
-        #[arg(long)]
-        certs_dir: Option<PathBuf>,
         /// If the seeds belong to another cluster than this data directory,
         /// discard this node's data and join them instead of refusing.
         #[arg(long)]
@@ -81,18 +91,12 @@ enum Command {
         /// The node to initialise.
         #[arg(long)]
         endpoint: SocketAddr,
-        /// Directory with ca.crt and an admin (or client) certificate.
-        #[arg(long, default_value = "certs")]
-        certs_dir: PathBuf,
     },
-    /// Shows a node's lifecycle and groups.
-    Status {
+    /// Shows one node's lifecycle and every group on it.
+    NodeStatus {
         /// The node to ask.
         #[arg(long)]
         endpoint: SocketAddr,
-        /// Directory with ca.crt and an admin (or client) certificate.
-        #[arg(long, default_value = "certs")]
-        certs_dir: PathBuf,
     },
     /// Starts a local cluster of node processes on loopback, initialises it,
     /// shows its status and a few writes and reads, and serves until Ctrl-C.
@@ -104,6 +108,8 @@ enum Command {
         #[arg(long, default_value = "data/dev")]
         dir: PathBuf,
     },
+    #[command(flatten)]
+    Client(ClientCommand),
 }
 
 #[derive(Subcommand)]
@@ -131,7 +137,12 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let certs = cli
+        .certs_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("certs"));
+    match cli.command {
         Command::Demo { keys } => flotilla::demo::run(&mut std::io::stdout(), keys)?,
         Command::Certs {
             command: CertsCommand::Create { dir, hosts, force },
@@ -146,7 +157,6 @@ fn main() -> anyhow::Result<()> {
             listen,
             advertise,
             join,
-            certs_dir,
             wipe_and_join,
             isolation_timeout,
             join_attempts,
@@ -162,7 +172,8 @@ fn main() -> anyhow::Result<()> {
             let listen = listen
                 .or(file.listen)
                 .context("--listen (or listen in --config) is required")?;
-            let certs_dir = certs_dir
+            let certs_dir = cli
+                .certs_dir
                 .or(file.certs_dir)
                 .unwrap_or_else(|| PathBuf::from("certs"));
             let mut cfg = NodeConfig::new(data_dir, listen, certs_dir);
@@ -203,11 +214,8 @@ fn main() -> anyhow::Result<()> {
             node.stop();
             anyhow::Ok(())
         })?,
-        Command::Init {
-            endpoint,
-            certs_dir,
-        } => rt.block_on(async {
-            let caller = Caller::new(&certs_dir)?;
+        Command::Init { endpoint } => rt.block_on(async {
+            let caller = Caller::new(&certs)?;
             match caller.call(endpoint, &RpcRequest::Init).await? {
                 RpcResponse::Inited { cluster_id } => {
                     println!("initialised cluster {cluster_id:016x}")
@@ -216,11 +224,8 @@ fn main() -> anyhow::Result<()> {
             }
             anyhow::Ok(())
         })?,
-        Command::Status {
-            endpoint,
-            certs_dir,
-        } => rt.block_on(async {
-            let caller = Caller::new(&certs_dir)?;
+        Command::NodeStatus { endpoint } => rt.block_on(async {
+            let caller = Caller::new(&certs)?;
             let report = caller.status(endpoint).await?;
             print!("{}", flotilla::node::ops::render(endpoint, &report));
             anyhow::Ok(())
@@ -232,6 +237,21 @@ fn main() -> anyhow::Result<()> {
             flotilla::node::ops::dev(&exe, nodes, &dir, &mut std::io::stdout()).await?;
             anyhow::Ok(())
         })?,
+        Command::Client(cmd) => {
+            let globals = Globals {
+                endpoints: cli.endpoints,
+                certs_dir: certs,
+                timeout: cli.timeout,
+                json: cli.json,
+            };
+            let code = rt.block_on(flotilla::cli::run(
+                &globals,
+                cmd,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            ));
+            std::process::exit(code);
+        }
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Size limits checked before a command is proposed.
 
-use super::Op;
+use super::{BatchOp, Op};
 use crate::error::{Error, Result};
 
 /// Default maximum key length: 4 KiB keeps keys cheap to hash, route and
@@ -55,6 +55,27 @@ impl Limits {
 
     /// Rejects an operation whose key or values exceed the limits.
     pub fn check(&self, op: &Op) -> Result<()> {
+        if let Op::Batch { ops } = op {
+            if ops.is_empty() {
+                return Err(Error::Invalid("an empty batch".into()));
+            }
+            let mut total = 0usize;
+            for o in ops {
+                self.check_key(o.key())?;
+                total += o.key().len();
+                if let BatchOp::Put { value, .. } = o {
+                    self.check_value(value)?;
+                    total += value.len();
+                }
+            }
+            // One batch is one log entry: hold it to the size of one value
+            // plus its keys, so an entry never outgrows what Raft ships well.
+            let max = self.max_value + self.max_key * ops.len().min(64);
+            if total > max {
+                return Err(Error::ValueTooLarge { len: total, max });
+            }
+            return Ok(());
+        }
         self.check_key(op.key())?;
         match op {
             Op::Put { value, .. } => self.check_value(value),
@@ -68,6 +89,7 @@ impl Limits {
                 }
                 Ok(())
             }
+            Op::Batch { .. } => Ok(()),
         }
     }
 }

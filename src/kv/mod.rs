@@ -48,13 +48,48 @@ pub enum Op {
         /// The value to store; `None` deletes.
         new: Option<Vec<u8>>,
     },
+    /// Puts and deletes applied together or not at all. Every key must be
+    /// in the same vshard (so in the same group); a batch holds at least one
+    /// operation.
+    Batch {
+        /// The operations, applied in order.
+        ops: Vec<BatchOp>,
+    },
+}
+
+/// One write of a [`Op::Batch`].
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum BatchOp {
+    /// Set `key` to `value`.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The new value.
+        value: Vec<u8>,
+    },
+    /// Remove `key`.
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+impl BatchOp {
+    /// The key written.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            BatchOp::Put { key, .. } | BatchOp::Delete { key } => key,
+        }
+    }
 }
 
 impl Op {
     /// The key the operation touches.
+    /// For a batch, the key of its first operation (all share a vshard).
     pub fn key(&self) -> &[u8] {
         match self {
             Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => key,
+            Op::Batch { ops } => ops.first().map_or(&[][..], BatchOp::key),
         }
     }
 }
@@ -91,6 +126,8 @@ pub enum Response {
     },
     /// The result of a read (never stored in a log).
     Value(Option<Vec<u8>>),
+    /// The rows of a scan, in key order (never stored in a log).
+    Rows(Vec<(Vec<u8>, Vec<u8>)>),
 }
 
 /// What a group remembers of one client: the answers it may still ask for
@@ -163,6 +200,22 @@ pub fn apply(store: &mut impl KvStore, cmd: &Command) -> Result<Response> {
                 }
             }
             Response::Cas { swapped, current }
+        }
+        Op::Batch { ops } => {
+            // Validated before proposing; checked again here so an empty
+            // batch is refused alike on every replica.
+            if ops.is_empty() {
+                return Err(Error::Invalid("an empty batch".into()));
+            }
+            for op in ops {
+                match op {
+                    BatchOp::Put { key, value } => store.put(key, value)?,
+                    BatchOp::Delete { key } => {
+                        store.delete(key)?;
+                    }
+                }
+            }
+            Response::Written
         }
     };
     if let Some(mut s) = session {

@@ -93,6 +93,13 @@ pub(super) fn apply_entries(
                         Err(e) => Err(e),
                     }
                 }
+                Ok(Proposal::Checksum) if gid != CATALOG_GROUP => {
+                    let digest = w.record_checksum(gid, e.index)?;
+                    Ok(Reply::Checksum {
+                        index: e.index,
+                        digest,
+                    })
+                }
                 Ok(_) => Err(Error::Invalid(format!(
                     "command sent to the wrong kind of group {gid}"
                 ))),

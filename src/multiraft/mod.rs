@@ -42,7 +42,7 @@ use raft::{RawNode, SnapshotStatus, StateRole};
 
 use crate::catalog::{Catalog, CatalogCommand};
 use crate::error::{Error, Result};
-use crate::kv::{Command, Response};
+use crate::kv::{self, Command, Response};
 use crate::storage::{Engine, GroupStorage};
 use crate::types::{GroupId, NodeId};
 use crate::wire;
@@ -70,6 +70,9 @@ pub enum Proposal {
     Kv(Command),
     /// A catalog change, for group 0.
     Catalog(CatalogCommand),
+    /// A consistency check of a data group: every replica records a digest
+    /// of its state when it applies this entry, all at the same index.
+    Checksum,
 }
 
 /// The successful answer to a request.
@@ -83,6 +86,13 @@ pub enum Reply {
     NodeAdmitted(NodeId),
     /// A membership change applied.
     ConfChanged,
+    /// A consistency check was applied at `index`; this replica's digest.
+    Checksum {
+        /// The apply index of the check.
+        index: u64,
+        /// The digest of the group's state there.
+        digest: u64,
+    },
 }
 
 /// The answer to one request.
@@ -131,7 +141,10 @@ struct PendingProposal {
 /// A read waiting for its turn.
 struct PendingRead {
     token: Token,
+    /// The key, or the first key of a scan.
     key: Vec<u8>,
+    /// For a scan: where it stops (exclusive) and how many rows at most.
+    scan: Option<(Option<Vec<u8>>, usize)>,
     deadline: u64,
 }
 
@@ -408,6 +421,7 @@ impl Driver {
     pub fn propose(&mut self, token: Token, group: GroupId, proposal: &Proposal) -> Result<()> {
         if let Proposal::Kv(cmd) = proposal {
             self.cfg.limits.check(&cmd.op)?;
+            self.check_routing(group, &cmd.op)?;
         }
         let data = wire::encode(proposal);
         self.track(token, group, |node, ctx| {
@@ -419,6 +433,27 @@ impl Driver {
                 e => Error::Raft(e),
             })
         })
+    }
+
+    /// Refuses an operation whose keys this node's catalog does not place
+    /// in `group` (the caller's routing is stale), or a batch whose keys
+    /// span vshards.
+    fn check_routing(&self, group: GroupId, op: &kv::Op) -> Result<()> {
+        let keys: Vec<&[u8]> = match op {
+            kv::Op::Batch { ops } => ops.iter().map(kv::BatchOp::key).collect(),
+            op => vec![op.key()],
+        };
+        let vshards: std::collections::BTreeSet<_> =
+            keys.iter().map(|k| self.catalog.vshard(k)).collect();
+        if vshards.len() > 1 {
+            return Err(Error::BatchSpansVShards {
+                vshards: vshards.len(),
+            });
+        }
+        match keys.first().map(|k| self.catalog.group_of(k)) {
+            Some(owner) if owner != group => Err(Error::WrongGroup { group, owner }),
+            _ => Ok(()),
+        }
     }
 
     /// Proposes a membership change to `group`.
@@ -468,9 +503,43 @@ impl Driver {
         g.reads.push(PendingRead {
             token,
             key: key.to_vec(),
+            scan: None,
             deadline,
         });
         Ok(())
+    }
+
+    /// Queues a linearizable scan of `group`: up to `limit` rows with
+    /// `start <= key < end` (to the end of the group without `end`).
+    pub fn scan(
+        &mut self,
+        token: Token,
+        group: GroupId,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<()> {
+        if start.len() > self.cfg.limits.max_key {
+            return Err(Error::KeyTooLarge {
+                len: start.len(),
+                max: self.cfg.limits.max_key,
+            });
+        }
+        let deadline = self.now + self.cfg.read_timeout_ticks;
+        let g = self.leader_group(group)?;
+        g.reads.push(PendingRead {
+            token,
+            key: start.to_vec(),
+            scan: Some((end.map(<[u8]>::to_vec), limit)),
+            deadline,
+        });
+        Ok(())
+    }
+
+    /// Every group's last consistency check on this node: group -> (apply
+    /// index, digest).
+    pub fn checksums(&self) -> Result<BTreeMap<GroupId, (u64, u64)>> {
+        self.engine.checksums()
     }
 
     /// Asks the leader of `group` (this node) to hand leadership to `to`.

@@ -277,8 +277,19 @@ impl Driver {
         let mut tokens = Vec::new();
         for (gid, _, reads) in &due {
             for r in reads {
-                keys.push((*gid, r.key.as_slice()));
-                tokens.push(r.token);
+                match &r.scan {
+                    None => {
+                        keys.push((*gid, r.key.as_slice()));
+                        tokens.push(r.token);
+                    }
+                    Some((end, limit)) => {
+                        let rows = self.engine.scan(*gid, &r.key, end.as_deref(), *limit)?;
+                        out.completions.push(Completion {
+                            token: r.token,
+                            result: Ok(Reply::Kv(Response::Rows(rows))),
+                        });
+                    }
+                }
             }
         }
         let values = self.engine.get_many(&keys)?;

@@ -54,6 +54,30 @@ pub enum Input {
         /// Where the answer goes.
         reply: oneshot::Sender<Result<Reply>>,
     },
+    /// A linearizable scan of one group.
+    Scan {
+        /// Target group.
+        group: GroupId,
+        /// First key.
+        start: Vec<u8>,
+        /// End (exclusive); none: to the end of the group.
+        end: Option<Vec<u8>>,
+        /// Most rows returned.
+        limit: usize,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<Reply>>,
+    },
+    /// Ask the leader of `group` (this node) to hand leadership to `to`.
+    TransferLeader {
+        /// Target group.
+        group: GroupId,
+        /// The new leader.
+        to: NodeId,
+        /// Whether the transfer was started.
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Every group's last consistency check on this node.
+    Checksums(oneshot::Sender<Result<BTreeMap<GroupId, (u64, u64)>>>),
     /// The status of every group on the node.
     Status(oneshot::Sender<Vec<GroupStatus>>),
     /// The catalog as this node last applied it.
@@ -98,6 +122,38 @@ impl DriverHandle {
     /// Reads linearizably; await the receiver for the answer.
     pub fn read(&self, group: GroupId, key: Vec<u8>) -> oneshot::Receiver<Result<Reply>> {
         self.call(|reply| Input::Read { group, key, reply })
+    }
+
+    /// Scans `group` linearizably; await the receiver for the rows.
+    pub fn scan(
+        &self,
+        group: GroupId,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: usize,
+    ) -> oneshot::Receiver<Result<Reply>> {
+        self.call(|reply| Input::Scan {
+            group,
+            start,
+            end,
+            limit,
+            reply,
+        })
+    }
+
+    /// Starts handing the leadership of `group` (led by this node) to `to`.
+    pub fn transfer_leader(&self, group: GroupId, to: NodeId) -> oneshot::Receiver<Result<()>> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.tx.send(Input::TransferLeader { group, to, reply });
+        rx
+    }
+
+    /// Every group's last consistency check on this node: group -> (apply
+    /// index, digest).
+    pub fn checksums(&self) -> oneshot::Receiver<Result<BTreeMap<GroupId, (u64, u64)>>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Input::Checksums(tx));
+        rx
     }
 
     /// The catalog as the node last applied it.
@@ -207,6 +263,24 @@ fn run(
                     let token = next_token;
                     next_token += 1;
                     wait_for(&mut waiting, token, reply, driver.read(token, group, &key));
+                }
+                Input::Scan {
+                    group,
+                    start,
+                    end,
+                    limit,
+                    reply,
+                } => {
+                    let token = next_token;
+                    next_token += 1;
+                    let accepted = driver.scan(token, group, &start, end.as_deref(), limit);
+                    wait_for(&mut waiting, token, reply, accepted);
+                }
+                Input::TransferLeader { group, to, reply } => {
+                    let _ = reply.send(driver.transfer_leader(group, to));
+                }
+                Input::Checksums(reply) => {
+                    let _ = reply.send(driver.checksums());
                 }
                 Input::Status(reply) => {
                     let all = driver.group_ids().collect::<Vec<_>>();

@@ -317,7 +317,7 @@ pub async fn dev(
     }
     let _ = writeln!(
         out,
-        "(`flotilla status --endpoint ADDR --certs-dir {}` shows every group)",
+        "(`flotilla status --endpoints ADDR --certs-dir {}` shows the cluster; `flotilla groups` every group)",
         certs_dir.display()
     );
     demo_writes(&caller, &reports, out).await?;

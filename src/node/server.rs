@@ -25,7 +25,7 @@ use std::pin::Pin;
 use super::join::{Answer, JoinPlan, JoinPolicy, Step};
 use super::Lifecycle;
 use crate::catalog::{
-    Catalog, CatalogCommand, DEFAULT_DATA_GROUPS, DEFAULT_REPLICAS, DEFAULT_VSHARDS,
+    Catalog, CatalogCommand, NodeState, DEFAULT_DATA_GROUPS, DEFAULT_REPLICAS, DEFAULT_VSHARDS,
 };
 use crate::certs::{spki_sha256, Role};
 use crate::error::{Error, Result};
@@ -601,6 +601,54 @@ impl NodeServer {
         }
     }
 
+    /// Changes a node's state through group 0. Taking a node out of
+    /// service is refused when fewer active nodes than replicas would be
+    /// left, so every group keeps its replicas.
+    async fn set_node_state(&self, node: NodeId, state: NodeState) -> RpcResponse {
+        let Some(h) = self.handle() else {
+            return error(&Error::Unreachable(
+                "this node has not joined a cluster yet".into(),
+            ));
+        };
+        let Ok(catalog) = h.catalog().await else {
+            return error(&Error::Unreachable("the driver stopped".into()));
+        };
+        let Some(info) = catalog.nodes.get(&node) else {
+            return error(&Error::Invalid(format!("there is no node {}", node.0)));
+        };
+        if info.state == state {
+            return RpcResponse::Done;
+        }
+        if info.state == NodeState::Removed {
+            return error(&Error::Invalid(format!(
+                "node {} was removed; it cannot come back",
+                node.0
+            )));
+        }
+        let others = catalog
+            .nodes
+            .values()
+            .filter(|n| n.id != node && n.state == NodeState::Active)
+            .count();
+        if state != NodeState::Active && others < DEFAULT_REPLICAS {
+            return error(&Error::Invalid(format!(
+                "taking node {} out would leave {others} active nodes, fewer than the {DEFAULT_REPLICAS} replicas every group keeps",
+                node.0
+            )));
+        }
+        let reply = h
+            .propose(
+                CATALOG_GROUP,
+                Proposal::Catalog(CatalogCommand::SetNodeState { node, state }),
+            )
+            .await;
+        match reply {
+            Ok(Ok(_)) => RpcResponse::Done,
+            Ok(Err(e)) => not_leader_answer(&h, &e).await,
+            Err(_) => error(&Error::Unreachable("the driver stopped".into())),
+        }
+    }
+
     async fn report(&self) -> RpcResponse {
         let lifecycle = self.lifecycle().to_string();
         let node = self.transport.node();
@@ -712,6 +760,7 @@ impl Service for NodeServer {
                     addr,
                     spki_sha256,
                 } => self.handle_announce(node, addr, spki_sha256).await,
+                RpcRequest::SetNodeState { node, state } => self.set_node_state(node, state).await,
                 RpcRequest::Init => match self.me.upgrade() {
                     Some(me) => match me.init().await {
                         Ok(cluster_id) => RpcResponse::Inited { cluster_id },

@@ -23,6 +23,7 @@ pub use memdisk::MemDisk;
 pub use round::{GroupKv, Round, RoundWriter};
 pub use schema::{RaftStateRecord, SnapshotData};
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,8 +37,8 @@ use crate::error::{Error, Result};
 use crate::types::{GroupId, NodeId, CATALOG_GROUP};
 use crate::wire;
 use schema::{
-    APPLIED, KV, LOG, META, META_CATALOG, META_CLUSTER_ID, META_INCARNATION, META_NODE_ID,
-    RAFT_STATE, SESSIONS,
+    APPLIED, CHECKSUMS, KV, LOG, META, META_CATALOG, META_CLUSTER_ID, META_INCARNATION,
+    META_NODE_ID, RAFT_STATE, SESSIONS,
 };
 
 /// Counters of the storage engine, shared with whoever wants to read them.
@@ -104,6 +105,7 @@ impl Engine {
         txn.open_table(KV)?;
         txn.open_table(SESSIONS)?;
         txn.open_table(META)?;
+        txn.open_table(CHECKSUMS)?;
         txn.commit()?;
         Ok(Engine {
             db: Arc::new(db),
@@ -277,29 +279,76 @@ impl Engine {
     /// A digest of a group's applied state (apply index, KV rows, sessions),
     /// read in one transaction. Replicas at the same apply index must agree.
     pub fn group_digest(&self, group: GroupId) -> Result<(u64, u64)> {
-        let g = group.0;
         let txn = self.db.begin_read()?;
         let applied = txn
             .open_table(APPLIED)?
-            .get(g)?
+            .get(group.0)?
             .map(|v| v.value())
             .unwrap_or(0);
-        let mut h = Xxh3::new();
-        for row in txn.open_table(KV)?.range((g, &[][..])..(g + 1, &[][..]))? {
-            let (k, v) = row?;
-            let key = k.value().1;
-            h.update(&(key.len() as u64).to_le_bytes());
-            h.update(key);
-            h.update(&(v.value().len() as u64).to_le_bytes());
-            h.update(v.value());
-        }
-        for row in txn.open_table(SESSIONS)?.range((g, 0)..(g + 1, 0))? {
-            let (k, v) = row?;
-            h.update(&k.value().1.to_le_bytes());
-            h.update(v.value());
-        }
-        Ok((applied, h.digest()))
+        let digest = state_digest(&txn.open_table(KV)?, &txn.open_table(SESSIONS)?, group)?;
+        Ok((applied, digest))
     }
+
+    /// Up to `limit` rows of `group` with `start <= key < end` (no upper
+    /// bound without `end`), in key order.
+    pub fn scan(
+        &self,
+        group: GroupId,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(KV)?;
+        let g = group.0;
+        let rows = match end {
+            Some(end) => t.range((g, start)..(g, end))?,
+            None => t.range((g, start)..(g + 1, &[][..]))?,
+        };
+        let mut out = Vec::new();
+        for row in rows.take(limit) {
+            let (k, v) = row?;
+            out.push((k.value().1.to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The result of every group's last consistency check on this node:
+    /// group -> (apply index, digest).
+    pub fn checksums(&self) -> Result<BTreeMap<GroupId, (u64, u64)>> {
+        let txn = self.db.begin_read()?;
+        let mut out = BTreeMap::new();
+        for row in txn.open_table(CHECKSUMS)?.iter()? {
+            let (g, v) = row?;
+            out.insert(GroupId(g.value()), v.value());
+        }
+        Ok(out)
+    }
+}
+
+/// A digest of one group's KV rows and client sessions, in key order: the
+/// state every replica at the same apply index must hold alike.
+pub(crate) fn state_digest(
+    kv: &impl ReadableTable<(u64, &'static [u8]), &'static [u8]>,
+    sessions: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    group: GroupId,
+) -> Result<u64> {
+    let g = group.0;
+    let mut h = Xxh3::new();
+    for row in kv.range((g, &[][..])..(g + 1, &[][..]))? {
+        let (k, v) = row?;
+        let key = k.value().1;
+        h.update(&(key.len() as u64).to_le_bytes());
+        h.update(key);
+        h.update(&(v.value().len() as u64).to_le_bytes());
+        h.update(v.value());
+    }
+    for row in sessions.range((g, 0)..(g + 1, 0))? {
+        let (k, v) = row?;
+        h.update(&k.value().1.to_le_bytes());
+        h.update(v.value());
+    }
+    Ok(h.digest())
 }
 
 /// The Raft state a group starts from: its voters and learners, empty log.

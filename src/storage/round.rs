@@ -14,7 +14,8 @@ use raft::eraftpb::Entry;
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::schema::{
-    RaftStateRecord, SnapshotData, APPLIED, KV, LOG, META, META_CATALOG, RAFT_STATE, SESSIONS,
+    RaftStateRecord, SnapshotData, APPLIED, CHECKSUMS, KV, LOG, META, META_CATALOG, RAFT_STATE,
+    SESSIONS,
 };
 use super::Stats;
 use crate::catalog::Catalog;
@@ -43,6 +44,7 @@ impl Round {
             kv: self.txn.open_table(KV)?,
             sessions: self.txn.open_table(SESSIONS)?,
             meta: self.txn.open_table(META)?,
+            checksums: self.txn.open_table(CHECKSUMS)?,
             entries: 0,
         })
     }
@@ -66,6 +68,7 @@ pub struct RoundWriter<'t> {
     kv: Table<'t, (u64, &'static [u8]), &'static [u8]>,
     sessions: Table<'t, (u64, u64), &'static [u8]>,
     meta: Table<'t, &'static str, &'static [u8]>,
+    checksums: Table<'t, u64, (u64, u64)>,
     /// Log entries staged so far.
     pub(crate) entries: u64,
 }
@@ -149,6 +152,14 @@ impl<'t> RoundWriter<'t> {
         }
         self.applied.insert(g, index)?;
         Ok(())
+    }
+
+    /// Records a consistency check of `group` at apply index `index`: the
+    /// digest of its state as this round leaves it. Returns the digest.
+    pub fn record_checksum(&mut self, group: GroupId, index: u64) -> Result<u64> {
+        let digest = super::state_digest(&self.kv, &self.sessions, group)?;
+        self.checksums.insert(group.0, (index, digest))?;
+        Ok(digest)
     }
 
     /// A [`KvStore`] over one group's rows in this round.

@@ -20,6 +20,8 @@ pub(crate) const KV: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new
 pub(crate) const SESSIONS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("sessions");
 /// Node-wide facts: see the `META_*` keys.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// group -> (apply index, digest) of the group's last consistency check.
+pub(crate) const CHECKSUMS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("checksums");
 
 /// META key: this node's id (u64, little endian).
 pub(crate) const META_NODE_ID: &str = "node_id";

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 
+use crate::catalog::NodeState;
 use crate::certs::Role;
 use crate::error::{Action, Error, Result};
 use crate::kv::{Command, Response};
@@ -35,8 +36,44 @@ pub enum RpcRequest {
         /// The key.
         key: Vec<u8>,
     },
+    /// Up to `limit` rows of a group with `start <= key < end`, read
+    /// linearizably through the group's leader.
+    Scan {
+        /// The group.
+        group: GroupId,
+        /// First key.
+        start: Vec<u8>,
+        /// End (exclusive); none: to the end of the group.
+        end: Option<Vec<u8>>,
+        /// Most rows returned.
+        limit: u32,
+    },
+    /// The catalog as this node last applied it (routing for clients).
+    Catalog,
     /// The node's lifecycle and the state of every group on it.
     Status,
+    /// Hand the leadership of `group` (led by the node asked) to `to`.
+    TransferLeader {
+        /// The group.
+        group: GroupId,
+        /// The new leader.
+        to: NodeId,
+    },
+    /// Change a node's state in the catalog (decommission, remove), through
+    /// the leader of group 0.
+    SetNodeState {
+        /// The node.
+        node: NodeId,
+        /// Its new state.
+        state: NodeState,
+    },
+    /// Run a consistency check of `group` through its log (ask its leader).
+    Checksum {
+        /// The group.
+        group: GroupId,
+    },
+    /// Every group's last consistency check on the node asked.
+    Checksums,
     /// Bootstrap a new cluster on this node (once, ever).
     Init,
     /// Admit the calling node, which listens at `addr`.
@@ -62,9 +99,15 @@ impl RpcRequest {
     /// Whether a caller with `role` may make this request.
     pub fn allowed(&self, role: Option<Role>) -> bool {
         match self {
-            RpcRequest::Propose { .. } | RpcRequest::Read { .. } | RpcRequest::Status => {
-                role.is_some()
-            }
+            RpcRequest::Propose { .. }
+            | RpcRequest::Read { .. }
+            | RpcRequest::Scan { .. }
+            | RpcRequest::Catalog
+            | RpcRequest::Status => role.is_some(),
+            RpcRequest::TransferLeader { .. }
+            | RpcRequest::SetNodeState { .. }
+            | RpcRequest::Checksum { .. }
+            | RpcRequest::Checksums => matches!(role, Some(Role::Admin) | Some(Role::Node)),
             RpcRequest::Init => matches!(role, Some(Role::Admin) | Some(Role::Node)),
             RpcRequest::Join { .. } | RpcRequest::Announce { .. } => role == Some(Role::Node),
         }
@@ -220,6 +263,19 @@ pub enum RpcResponse {
         /// The rkyv-encoded catalog, to store before opening any group.
         catalog: Vec<u8>,
     },
+    /// The rkyv-encoded catalog.
+    Catalog(Vec<u8>),
+    /// Done, nothing to report.
+    Done,
+    /// A consistency check ran at `index`; the leader's digest.
+    Checksum {
+        /// Apply index of the check.
+        index: u64,
+        /// Digest of the group's state there.
+        digest: u64,
+    },
+    /// (group, apply index, digest) of each group's last check on a node.
+    Checksums(Vec<(GroupId, u64, u64)>),
     /// A failure.
     Error(RpcError),
 }
@@ -237,22 +293,37 @@ pub async fn call(
     addr: SocketAddr,
     req: &RpcRequest,
 ) -> Result<RpcResponse> {
-    let conn = endpoint
+    let conn = connect(endpoint, config, addr).await?;
+    let resp = call_on(&conn, req).await;
+    conn.close(0u32.into(), b"done");
+    resp
+}
+
+/// Dials the node at `addr`.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    config: &quinn::ClientConfig,
+    addr: SocketAddr,
+) -> Result<quinn::Connection> {
+    endpoint
         .connect_with(config.clone(), addr, &addr.ip().to_string())
         .map_err(|e| Error::Unreachable(format!("{addr}: {e}")))?
         .await
-        .map_err(|e| Error::Unreachable(format!("{addr}: {e}")))?;
+        .map_err(|e| Error::Unreachable(format!("{addr}: {e}")))
+}
+
+/// Makes one call on an open connection (a stream of its own).
+pub async fn call_on(conn: &quinn::Connection, req: &RpcRequest) -> Result<RpcResponse> {
+    let addr = conn.remote_address();
     let (mut send, mut recv) = conn
         .open_bi()
         .await
-        .map_err(|e| Error::Unreachable(e.to_string()))?;
+        .map_err(|e| Error::Unreachable(format!("{addr}: {e}")))?;
     write_frame(&mut send, req).await?;
     let _ = send.finish();
-    let resp = read_frame::<RpcResponse>(&mut recv)
+    read_frame::<RpcResponse>(&mut recv)
         .await?
-        .ok_or_else(|| Error::Unreachable(format!("{addr} closed the stream without answering")))?;
-    conn.close(0u32.into(), b"done");
-    Ok(resp)
+        .ok_or_else(|| Error::Unreachable(format!("{addr} closed the stream without answering")))
 }
 
 /// A running driver answers data requests directly.
@@ -265,6 +336,44 @@ impl Service for crate::multiraft::runner::DriverHandle {
                         .await
                 }
                 RpcRequest::Read { group, key } => self.read(group, key).await,
+                RpcRequest::Scan {
+                    group,
+                    start,
+                    end,
+                    limit,
+                } => self.scan(group, start, end, limit as usize).await,
+                RpcRequest::Checksum { group } => {
+                    self.propose(group, crate::multiraft::Proposal::Checksum)
+                        .await
+                }
+                RpcRequest::Checksums => {
+                    return match self.checksums().await {
+                        Ok(Ok(m)) => RpcResponse::Checksums(
+                            m.into_iter().map(|(g, (i, d))| (g, i, d)).collect(),
+                        ),
+                        Ok(Err(e)) => RpcResponse::Error(RpcError::from(&e)),
+                        Err(_) => RpcResponse::Error(RpcError::from(&Error::Unreachable(
+                            "the driver stopped".into(),
+                        ))),
+                    };
+                }
+                RpcRequest::TransferLeader { group, to } => {
+                    return match self.transfer_leader(group, to).await {
+                        Ok(Ok(())) => RpcResponse::Done,
+                        Ok(Err(e)) => RpcResponse::Error(RpcError::from(&e)),
+                        Err(_) => RpcResponse::Error(RpcError::from(&Error::Unreachable(
+                            "the driver stopped".into(),
+                        ))),
+                    };
+                }
+                RpcRequest::Catalog => {
+                    return match self.catalog().await {
+                        Ok(c) => RpcResponse::Catalog(crate::wire::encode(&c)),
+                        Err(_) => RpcResponse::Error(RpcError::from(&Error::Unreachable(
+                            "the driver stopped".into(),
+                        ))),
+                    };
+                }
                 other => {
                     let e = Error::Invalid(format!("{other:?} is not a data request"));
                     return RpcResponse::Error(RpcError::from(&e));
@@ -272,6 +381,9 @@ impl Service for crate::multiraft::runner::DriverHandle {
             };
             match answer {
                 Ok(Ok(crate::multiraft::Reply::Kv(r))) => RpcResponse::Kv(r),
+                Ok(Ok(crate::multiraft::Reply::Checksum { index, digest })) => {
+                    RpcResponse::Checksum { index, digest }
+                }
                 Ok(Ok(other)) => RpcResponse::Error(RpcError::from(&Error::Invalid(format!(
                     "unexpected reply {other:?}"
                 )))),

@@ -94,10 +94,41 @@ impl TlsIdentity {
     /// The client side: verifies the server against the CA and presents
     /// this side's certificate.
     pub fn client_config(&self) -> Result<quinn::ClientConfig> {
-        let mut tls = rustls::ClientConfig::builder_with_provider(Self::provider())
+        self.pinned_client_config(None)
+    }
+
+    /// [`TlsIdentity::client_config`], and with `pin` the server must also
+    /// prove a key whose SPKI SHA-256 is `pin`: the CA's (checked here, once)
+    /// or the server certificate's (checked on every handshake).
+    pub fn pinned_client_config(&self, pin: Option<[u8; 32]>) -> Result<quinn::ClientConfig> {
+        let roots = self.roots()?;
+        let builder = rustls::ClientConfig::builder_with_provider(Self::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(Self::tls_error)?
-            .with_root_certificates(self.roots()?)
+            .map_err(Self::tls_error)?;
+        let ca_pinned = match pin {
+            None => true,
+            Some(p) => crate::certs::spki_sha256(&self.ca)? == p,
+        };
+        let builder = if ca_pinned {
+            builder.with_root_certificates(roots)
+        } else {
+            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                roots,
+                Self::provider(),
+            )
+            .build()
+            .map_err(|e| Error::Certificate {
+                path: "CA".into(),
+                detail: e.to_string(),
+            })?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedServer {
+                    inner,
+                    pin: pin.unwrap_or_default(),
+                }))
+        };
+        let mut tls = builder
             .with_client_auth_cert(vec![self.cert.clone()], self.key.clone_key())
             .map_err(Self::tls_error)?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
@@ -124,4 +155,59 @@ fn liveness() -> Arc<quinn::TransportConfig> {
     }
     t.keep_alive_interval(Some(IDLE_TIMEOUT / 4));
     Arc::new(t)
+}
+
+/// What a pin mismatch says, so callers can tell it from other failures.
+pub const PIN_MISMATCH: &str = "the server key matches neither the pinned SPKI SHA-256 nor the CA";
+
+/// Verifies the server's chain against the CA, then its key against a pin.
+#[derive(Debug)]
+struct PinnedServer {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    pin: [u8; 32],
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        match crate::certs::spki_sha256(end_entity) {
+            Ok(spki) if spki == self.pin => Ok(verified),
+            _ => Err(rustls::Error::General(PIN_MISMATCH.into())),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }

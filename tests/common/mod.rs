@@ -1,0 +1,209 @@
+//! Helpers shared by the tests that run real `flotilla` node processes on
+//! loopback: spawning and reaping them, `init`, and polling their reports
+//! with a deadline.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use flotilla::certs;
+use flotilla::node::ops::Caller;
+use flotilla::transport::rpc::NodeReport;
+
+pub const EXE: &str = env!("CARGO_BIN_EXE_flotilla");
+pub const DEADLINE: Duration = Duration::from_secs(90);
+pub const POLL: Duration = Duration::from_millis(200);
+
+/// Kills every process it holds when dropped, so a failing test leaves none.
+pub struct Nodes(pub BTreeMap<usize, Child>);
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for c in self.0.values_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn free_addr() -> SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
+
+pub fn spawn(dir: &Path, i: usize, addr: SocketAddr, join: Option<&str>) -> Child {
+    spawn_with(dir, i, addr, join, &[])
+}
+
+pub fn spawn_with(
+    dir: &Path,
+    i: usize,
+    addr: SocketAddr,
+    join: Option<&str>,
+    extra: &[&str],
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("n{i}.log")))
+        .unwrap();
+    let mut cmd = Process::new(EXE);
+    cmd.arg("start")
+        .arg("--data-dir")
+        .arg(dir.join(format!("n{i}")))
+        .args(["--listen", &addr.to_string(), "--certs-dir"])
+        .arg(dir.join("certs"))
+        .args(["--join-max-backoff", "500ms"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log);
+    if let Some(j) = join {
+        cmd.args(["--join", j]);
+    }
+    cmd.spawn().unwrap()
+}
+
+pub fn seed_list(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A temporary directory with a certificate set. With
+/// FLOTILLA_KEEP_TEST_DIRS set it outlives the test (pass or fail), for
+/// reading the node logs; its path is printed.
+pub fn test_dir() -> tempfile::TempDir {
+    let mut dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("FLOTILLA_KEEP_TEST_DIRS").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("test directory: {}", dir.path().display());
+    }
+    certs::create(&dir.path().join("certs"), &["127.0.0.1".into()], false).unwrap();
+    dir
+}
+
+/// Ends a test directory's life (kept or removed, see [`test_dir`]).
+pub fn keep(dir: tempfile::TempDir) {
+    drop(dir);
+}
+
+/// Runs `flotilla init` against `addr` until it succeeds.
+pub async fn init(dir: &Path, addr: SocketAddr) {
+    let start = Instant::now();
+    loop {
+        let out = Process::new(EXE)
+            .args(["init", "--endpoint", &addr.to_string(), "--certs-dir"])
+            .arg(dir.join("certs"))
+            .output()
+            .unwrap();
+        if out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("initialised cluster"));
+            return;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Polls the nodes at `addrs` until `done` holds for their reports.
+pub async fn wait_for(
+    caller: &Caller,
+    addrs: &[SocketAddr],
+    what: &str,
+    done: impl Fn(&[NodeReport]) -> bool,
+) -> Vec<NodeReport> {
+    let start = Instant::now();
+    loop {
+        let rs = reports(caller, addrs).await;
+        if done(&rs) {
+            return rs;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{what}: {:?}",
+            rs.iter()
+                .map(|r| (r.node, r.lifecycle.clone(), r.groups.len()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Every node answered, is ready and in one cluster; every group is led,
+/// with three voters.
+pub fn settled(rs: &[NodeReport], nodes: usize) -> bool {
+    let clusters: std::collections::BTreeSet<_> = rs.iter().map(|r| r.cluster_id).collect();
+    let groups: std::collections::BTreeSet<_> = rs
+        .iter()
+        .flat_map(|r| r.groups.iter().map(|g| g.group))
+        .collect();
+    let led: BTreeMap<_, _> = rs
+        .iter()
+        .flat_map(|r| {
+            r.groups
+                .iter()
+                .filter(|g| g.leader)
+                .map(|g| (g.group, g.voters.len()))
+        })
+        .collect();
+    rs.len() == nodes
+        && rs.iter().all(|r| r.lifecycle == "ready")
+        && clusters.len() == 1
+        && !groups.is_empty()
+        && led.len() == groups.len()
+        && led.values().all(|v| *v == 3)
+}
+
+pub async fn reports(caller: &Caller, addrs: &[SocketAddr]) -> Vec<NodeReport> {
+    let mut out = Vec::new();
+    for a in addrs {
+        if let Ok(r) = caller.status(*a).await {
+            out.push(r);
+        }
+    }
+    out
+}
+
+/// Waits until the node at `addr` is ready and has applied every group up
+/// to its leader's commit index.
+pub async fn wait_caught_up(caller: &Caller, addrs: &[SocketAddr], addr: SocketAddr) {
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the restarted node at {addr} did not catch up"
+        );
+        let rs = reports(caller, addrs).await;
+        let leaders: BTreeMap<_, _> = rs
+            .iter()
+            .flat_map(|r| {
+                r.groups
+                    .iter()
+                    .filter(|g| g.leader)
+                    .map(|g| (g.group, g.commit))
+            })
+            .collect();
+        if let Ok(me) = caller.status(addr).await {
+            let caught_up = me.lifecycle == "ready"
+                && !me.groups.is_empty()
+                && me
+                    .groups
+                    .iter()
+                    .all(|g| leaders.get(&g.group).is_some_and(|c| g.applied >= *c));
+            if caught_up {
+                return;
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
