@@ -46,6 +46,7 @@
 //! randomness: time arrives as ticks and randomness as a seed, which is what
 //! lets [`sim`] replay any run from its seed.
 
+pub mod bench;
 pub mod catalog;
 pub mod certs;
 pub mod cli;

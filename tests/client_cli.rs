@@ -312,6 +312,39 @@ async fn the_client_and_the_cli_against_four_processes() {
         String::from_utf8_lossy(&permission.stderr)
     );
 
+    // An operator's leader choice is carried out and then kept: the
+    // balancer does not move leadership back to its own rotation.
+    let moved = GroupId(5);
+    let before = leader_of(&caller, &addrs, moved).await.expect("a leader");
+    let to = *catalog.groups[&moved]
+        .voters
+        .iter()
+        .find(|v| **v != before)
+        .expect("another voter");
+    let out = cli(
+        &certs_dir,
+        &addrs[..1],
+        &[
+            "leader",
+            "transfer",
+            "--group",
+            "5",
+            "--to",
+            &to.0.to_string(),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(2) {
+        assert_eq!(leader_of(&caller, &addrs, moved).await, Some(to));
+        tokio::time::sleep(POLL).await;
+    }
+
     // CAS increments from several clients while the counter's leader is
     // killed: the counter ends equal to the number of acknowledged swaps.
     let counter = b"counter".to_vec();

@@ -423,6 +423,11 @@ fn a_round_with_entries_for_32_groups_makes_exactly_one_commit() {
     for _ in 0..3 {
         d.round().unwrap();
     }
+    let keys: Vec<Vec<u8>> = data
+        .iter()
+        .map(|g| keys_in(&sim, *g, "one-round", 1).remove(0))
+        .collect();
+    let d = sim.driver_mut(node).unwrap();
     let (rounds, commits, entries) = (stats.rounds(), stats.commits(), stats.entries());
     for (i, g) in data.iter().enumerate() {
         let p = Proposal::Kv(Command {
@@ -430,7 +435,7 @@ fn a_round_with_entries_for_32_groups_makes_exactly_one_commit() {
             seq: 0,
             ack_below: 0,
             op: Op::Put {
-                key: vec![b'k'],
+                key: keys[i].clone(),
                 value: vec![i as u8],
             },
         });

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use clap::{Parser, Subcommand};
+use flotilla::bench::command::BenchArgs;
 use flotilla::cli::{ClientCommand, Globals};
 use flotilla::node::config::FileConfig;
 use flotilla::node::ops::Caller;
@@ -85,6 +86,9 @@ enum Command {
         /// Longest wait between join passes [default: 32s].
         #[arg(long, value_parser = humantime::parse_duration)]
         join_max_backoff: Option<Duration>,
+        /// Data groups to create if this node is the one `init` runs on.
+        #[arg(long, default_value_t = flotilla::catalog::DEFAULT_DATA_GROUPS)]
+        data_groups: u64,
     },
     /// Bootstraps a new cluster on the node at ENDPOINT (once per cluster).
     Init {
@@ -108,6 +112,9 @@ enum Command {
         #[arg(long, default_value = "data/dev")]
         dir: PathBuf,
     },
+    /// Measures throughput and latency of a spawned (or running) cluster,
+    /// optionally side by side with etcd.
+    Bench(BenchArgs),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -137,7 +144,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(flotilla::bench::command::rewrite_json_file(
+        std::env::args().collect(),
+    ));
     let certs = cli
         .certs_dir
         .clone()
@@ -161,6 +170,7 @@ fn main() -> anyhow::Result<()> {
             isolation_timeout,
             join_attempts,
             join_max_backoff,
+            data_groups,
         } => rt.block_on(async {
             let file = match &config {
                 Some(path) => FileConfig::load(path)?,
@@ -184,6 +194,8 @@ fn main() -> anyhow::Result<()> {
                 join
             };
             cfg.wipe_and_join = wipe_and_join;
+            anyhow::ensure!(data_groups >= 1, "--data-groups must be at least 1");
+            cfg.data_groups = data_groups;
             if let Some(t) = isolation_timeout.or(file.isolation_timeout) {
                 cfg.isolation_timeout = t;
             }
@@ -235,6 +247,18 @@ fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
             flotilla::node::ops::dev(&exe, nodes, &dir, &mut std::io::stdout()).await?;
+            anyhow::Ok(())
+        })?,
+        Command::Bench(args) => rt.block_on(async {
+            flotilla::bench::command::run(
+                args,
+                cli.endpoints,
+                &certs,
+                cli.timeout,
+                cli.json,
+                &mut std::io::stdout(),
+            )
+            .await?;
             anyhow::Ok(())
         })?,
         Command::Client(cmd) => {

@@ -88,6 +88,10 @@ pub struct Catalog {
     pub groups: BTreeMap<GroupId, GroupInfo>,
     /// `vshards[v]` is the group that owns vshard `v`.
     pub vshards: Vec<GroupId>,
+    /// Leaders an operator chose (`flotilla leader transfer`), by group.
+    /// Each group's leader hands leadership to its chosen node while that
+    /// node is a voter; groups without a choice rotate over their voters.
+    pub preferred_leaders: BTreeMap<GroupId, NodeId>,
 }
 
 /// A change to the catalog, proposed to group 0.
@@ -114,6 +118,13 @@ pub enum CatalogCommand {
     CreateGroup(GroupInfo),
     /// Records a group's membership after a Raft conf change.
     SetGroupMembers(GroupInfo),
+    /// Makes `node` (a voter) the leader `group` should have.
+    PreferLeader {
+        /// The group.
+        group: GroupId,
+        /// Its leader from now on.
+        node: NodeId,
+    },
     /// Moves vshards `first..=last` to `group`.
     AssignVShards {
         /// First vshard moved.
@@ -209,6 +220,7 @@ impl Catalog {
             nodes,
             groups,
             vshards,
+            preferred_leaders: BTreeMap::new(),
         })
     }
 
@@ -279,6 +291,19 @@ impl Catalog {
                         fresh: false,
                     });
                 }
+            }
+            CatalogCommand::PreferLeader { group, node } => {
+                let info = self
+                    .groups
+                    .get(group)
+                    .ok_or_else(|| Error::Invalid(format!("there is no {group}")))?;
+                if !info.voters.contains(node) {
+                    return Err(Error::Invalid(format!(
+                        "{node} is not a voter of {group}; its voters are {:?}",
+                        info.voters
+                    )));
+                }
+                self.preferred_leaders.insert(*group, *node);
             }
             CatalogCommand::AssignVShards { first, last, group } => {
                 if first > last || *last >= self.vshard_count {

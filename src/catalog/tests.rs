@@ -117,3 +117,30 @@ fn admitting_a_node_assigns_the_next_id_once_per_address() {
     );
     assert_eq!(c.nodes.len(), 5);
 }
+
+#[test]
+fn a_preferred_leader_must_be_a_voter() {
+    let mut c = Catalog::bootstrap(1, 64, &three(), 4, 2).unwrap();
+    let voters = c.groups[&GroupId(2)].voters.clone();
+    let outsider = (1..=3).map(NodeId).find(|n| !voters.contains(n)).unwrap();
+    let refused = c.apply(
+        &CatalogCommand::PreferLeader {
+            group: GroupId(2),
+            node: outsider,
+        },
+        NodeId(1),
+    );
+    assert!(matches!(refused, Err(Error::Invalid(_))), "{refused:?}");
+    assert!(c.preferred_leaders.is_empty());
+    let epoch = c.epoch;
+    c.apply(
+        &CatalogCommand::PreferLeader {
+            group: GroupId(2),
+            node: voters[1],
+        },
+        NodeId(1),
+    )
+    .unwrap();
+    assert_eq!(c.preferred_leaders.get(&GroupId(2)), Some(&voters[1]));
+    assert_eq!(c.epoch, epoch + 1);
+}

@@ -421,10 +421,12 @@ impl Client {
         Err(last)
     }
 
-    /// Asks the leader of `group` to hand leadership to node `to`.
+    /// Makes node `to` (a voter of `group`) the group's leader: the choice
+    /// is recorded in the catalog, and the group's leader hands over as soon
+    /// as `to` is caught up, and again whenever leadership drifts away.
     pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<()> {
         match self
-            .call_group(group, &RpcRequest::TransferLeader { group, to })
+            .call_group(CATALOG_GROUP, &RpcRequest::TransferLeader { group, to })
             .await?
         {
             RpcResponse::Done => Ok(()),

@@ -75,10 +75,13 @@ fn next_step(g: &Group, me: u64, want: &GroupInfo) -> Option<MemberStep> {
 
 /// Whether the leader (`me`) should hand its group to the preferred leader:
 /// only once that voter has every committed entry, so the transfer is quick.
-fn balance_step(g: &Group, me: u64) -> Option<MemberStep> {
+fn balance_step(g: &Group, me: u64, chosen: Option<NodeId>) -> Option<MemberStep> {
     let raft = &g.node.raft;
     let cs = &g.node.store().conf_state;
-    let preferred = super::config::preferred_leader(g.node.store().group, &cs.voters)?;
+    let preferred = match chosen {
+        Some(n) if cs.voters.contains(&n.0) => n.0,
+        _ => super::config::preferred_leader(g.node.store().group, &cs.voters)?,
+    };
     // A voter that has not answered lately (down, or cut off) is not handed
     // leadership however caught up it looked when it was last heard from.
     let caught_up = raft
@@ -113,10 +116,11 @@ impl Driver {
             let Some(want) = self.catalog.groups.get(gid) else {
                 continue;
             };
+            let chosen = self.catalog.preferred_leaders.get(gid).copied();
             let balance = || {
                 self.cfg
                     .balance_leaders
-                    .then(|| balance_step(g, me))
+                    .then(|| balance_step(g, me, chosen))
                     .flatten()
             };
             let Some(step) = next_step(g, me, want).or_else(balance) else {

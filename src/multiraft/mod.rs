@@ -421,6 +421,9 @@ impl Driver {
     pub fn propose(&mut self, token: Token, group: GroupId, proposal: &Proposal) -> Result<()> {
         if let Proposal::Kv(cmd) = proposal {
             self.cfg.limits.check(&cmd.op)?;
+            // Not the leader (or no such group here) is the answer that
+            // tells the caller most; routing is checked on the leader.
+            self.leader_group(group)?;
             self.check_routing(group, &cmd.op)?;
         }
         let data = wire::encode(proposal);

@@ -67,15 +67,6 @@ pub enum Input {
         /// Where the answer goes.
         reply: oneshot::Sender<Result<Reply>>,
     },
-    /// Ask the leader of `group` (this node) to hand leadership to `to`.
-    TransferLeader {
-        /// Target group.
-        group: GroupId,
-        /// The new leader.
-        to: NodeId,
-        /// Whether the transfer was started.
-        reply: oneshot::Sender<Result<()>>,
-    },
     /// Every group's last consistency check on this node.
     Checksums(oneshot::Sender<Result<BTreeMap<GroupId, (u64, u64)>>>),
     /// The status of every group on the node.
@@ -139,13 +130,6 @@ impl DriverHandle {
             limit,
             reply,
         })
-    }
-
-    /// Starts handing the leadership of `group` (led by this node) to `to`.
-    pub fn transfer_leader(&self, group: GroupId, to: NodeId) -> oneshot::Receiver<Result<()>> {
-        let (reply, rx) = oneshot::channel();
-        let _ = self.tx.send(Input::TransferLeader { group, to, reply });
-        rx
     }
 
     /// Every group's last consistency check on this node: group -> (apply
@@ -275,9 +259,6 @@ fn run(
                     next_token += 1;
                     let accepted = driver.scan(token, group, &start, end.as_deref(), limit);
                     wait_for(&mut waiting, token, reply, accepted);
-                }
-                Input::TransferLeader { group, to, reply } => {
-                    let _ = reply.send(driver.transfer_leader(group, to));
                 }
                 Input::Checksums(reply) => {
                     let _ = reply.send(driver.checksums());

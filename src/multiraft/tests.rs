@@ -128,7 +128,27 @@ fn a_group_created_through_the_catalog_opens_on_its_members_and_serves() {
             .and_then(|l| s.driver(l)?.status(new.id))
             .is_some_and(|st| st.voters.len() == 3))
         .unwrap());
+    // It serves the keys of the vshards it is given.
+    let v = sim.driver(leader0).unwrap().catalog().vshard(b"fresh").0;
+    let leader0 = sim.leader(CATALOG_GROUP).unwrap();
+    let t = sim.submit(
+        leader0,
+        CATALOG_GROUP,
+        &Proposal::Catalog(CatalogCommand::AssignVShards {
+            first: v,
+            last: v,
+            group: new.id,
+        }),
+    );
+    assert!(sim
+        .run_until(4_000, |s| s.completions.contains_key(&t))
+        .unwrap());
     let l = sim.leader(new.id).unwrap();
+    assert!(sim
+        .run_until(4_000, |s| s
+            .driver(l)
+            .is_some_and(|d| d.catalog().group_of(b"fresh") == new.id))
+        .unwrap());
     let t = sim.submit(l, new.id, &put(b"fresh", b"yes".to_vec()));
     assert!(sim
         .run_until(4_000, |s| s.completions.contains_key(&t))

@@ -181,12 +181,18 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Kills the node processes it holds when dropped.
-struct Children(Vec<std::process::Child>);
+/// Node processes started by [`spawn_cluster`]; dropping it kills them.
+pub struct Processes {
+    children: Vec<std::process::Child>,
+    /// Their addresses, in start order.
+    pub addrs: Vec<SocketAddr>,
+    /// The certificates they use (and a caller can use).
+    pub certs_dir: PathBuf,
+}
 
-impl Drop for Children {
+impl Drop for Processes {
     fn drop(&mut self) {
-        for c in &mut self.0 {
+        for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -202,14 +208,44 @@ fn free_port() -> Result<u16> {
 }
 
 /// Runs `nodes` node processes on loopback under `dir` (clearing data a
-/// previous run left there), initialises the cluster, waits until every group has three voters, prints the status,
-/// writes and reads a few keys, then serves until Ctrl-C.
+/// previous run left there), initialises the cluster, waits until every
+/// group has three voters, prints the status, writes and reads a few keys,
+/// then serves until Ctrl-C.
 pub async fn dev(
     exe: &Path,
     nodes: usize,
     dir: &Path,
     out: &mut (dyn std::io::Write + Send),
 ) -> Result<()> {
+    let (procs, reports) = spawn_cluster(exe, nodes, dir, None, out).await?;
+    for (a, r) in &reports {
+        let _ = writeln!(out, "{}", summary(*a, r));
+    }
+    let _ = writeln!(
+        out,
+        "(`flotilla status --endpoints ADDR --certs-dir {}` shows the cluster; `flotilla groups` every group)",
+        procs.certs_dir.display()
+    );
+    let caller = Caller::new(&procs.certs_dir)?;
+    demo_writes(&caller, &reports, out).await?;
+    let _ = writeln!(out, "cluster running; press Ctrl-C to stop it");
+    shutdown_signal().await;
+    drop(procs);
+    Ok(())
+}
+
+/// Starts `nodes` node processes of `exe` on loopback under `dir` (fresh
+/// data directories; certificates made if missing), initialises the
+/// cluster with `data_groups` data groups (the default when `None`), and
+/// waits until every node is ready and every group led with its replicas.
+/// Returns the processes and each node's report.
+pub async fn spawn_cluster(
+    exe: &Path,
+    nodes: usize,
+    dir: &Path,
+    data_groups: Option<u64>,
+    out: &mut (dyn std::io::Write + Send),
+) -> Result<(Processes, Vec<(SocketAddr, NodeReport)>)> {
     let certs_dir = dir.join("certs");
     if !certs_dir.join(CA_CERT).exists() {
         certs::create(&certs_dir, &["127.0.0.1".into(), "localhost".into()], false)?;
@@ -222,7 +258,11 @@ pub async fn dev(
         .map(|a| a.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let mut children = Children(Vec::new());
+    let mut procs = Processes {
+        children: Vec::new(),
+        addrs: addrs.clone(),
+        certs_dir: certs_dir.clone(),
+    };
     for (i, addr) in addrs.iter().enumerate() {
         let data: PathBuf = dir.join(format!("n{}", i + 1));
         // A dev cluster starts fresh: its ports are new every run, so an old
@@ -233,8 +273,8 @@ pub async fn dev(
         }
         let log = std::fs::File::create(dir.join(format!("n{}.log", i + 1)))
             .map_err(|e| Error::Invalid(e.to_string()))?;
-        let child = std::process::Command::new(exe)
-            .args(["start", "--data-dir"])
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(["start", "--data-dir"])
             .arg(&data)
             .args([
                 "--listen",
@@ -245,10 +285,14 @@ pub async fn dev(
             ])
             .arg(&certs_dir)
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(log);
+        if let Some(g) = data_groups {
+            cmd.args(["--data-groups", &g.to_string()]);
+        }
+        let child = cmd
             .spawn()
             .map_err(|e| Error::Invalid(format!("cannot start {}: {e}", exe.display())))?;
-        children.0.push(child);
+        procs.children.push(child);
     }
     let _ = writeln!(
         out,
@@ -312,19 +356,7 @@ pub async fn dev(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    for (a, r) in &reports {
-        let _ = writeln!(out, "{}", summary(*a, r));
-    }
-    let _ = writeln!(
-        out,
-        "(`flotilla status --endpoints ADDR --certs-dir {}` shows the cluster; `flotilla groups` every group)",
-        certs_dir.display()
-    );
-    demo_writes(&caller, &reports, out).await?;
-    let _ = writeln!(out, "cluster running; press Ctrl-C to stop it");
-    shutdown_signal().await;
-    drop(children);
-    Ok(())
+    Ok((procs, reports))
 }
 
 async fn demo_writes(

@@ -52,7 +52,8 @@ pub enum RpcRequest {
     Catalog,
     /// The node's lifecycle and the state of every group on it.
     Status,
-    /// Hand the leadership of `group` (led by the node asked) to `to`.
+    /// Make `to` the leader of `group`: recorded in the catalog (ask group
+    /// 0's leader), then carried out, and kept, by the group's leader.
     TransferLeader {
         /// The group.
         group: GroupId,
@@ -358,13 +359,12 @@ impl Service for crate::multiraft::runner::DriverHandle {
                     };
                 }
                 RpcRequest::TransferLeader { group, to } => {
-                    return match self.transfer_leader(group, to).await {
-                        Ok(Ok(())) => RpcResponse::Done,
-                        Ok(Err(e)) => RpcResponse::Error(RpcError::from(&e)),
-                        Err(_) => RpcResponse::Error(RpcError::from(&Error::Unreachable(
-                            "the driver stopped".into(),
-                        ))),
-                    };
+                    let prefer = crate::catalog::CatalogCommand::PreferLeader { group, node: to };
+                    self.propose(
+                        crate::types::CATALOG_GROUP,
+                        crate::multiraft::Proposal::Catalog(prefer),
+                    )
+                    .await
                 }
                 RpcRequest::Catalog => {
                     return match self.catalog().await {
@@ -381,6 +381,7 @@ impl Service for crate::multiraft::runner::DriverHandle {
             };
             match answer {
                 Ok(Ok(crate::multiraft::Reply::Kv(r))) => RpcResponse::Kv(r),
+                Ok(Ok(crate::multiraft::Reply::Catalog)) => RpcResponse::Done,
                 Ok(Ok(crate::multiraft::Reply::Checksum { index, digest })) => {
                     RpcResponse::Checksum { index, digest }
                 }

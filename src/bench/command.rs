@@ -1,0 +1,336 @@
+//! The `flotilla bench` command line: spawn or target a cluster, optionally
+//! spawn etcd beside it, run the workload against each, print, write JSON
+//! and draw.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{Kind, Progress, Report, Stop, Target, Workload};
+use crate::client::{Client, ClientConfig};
+use crate::error::{Error, Result};
+
+/// Which workload `flotilla bench` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum WorkloadName {
+    /// Puts.
+    Write,
+    /// Linearizable gets.
+    Read,
+    /// Gets and puts, `--read-ratio` of them gets.
+    Mixed,
+    /// Read-then-CAS increments.
+    Cas,
+}
+
+/// A system to compare with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Other {
+    /// A 3-member etcd cluster on loopback (the `etcd` binary on PATH).
+    Etcd,
+}
+
+/// `flotilla bench` options.
+#[derive(Clone, Debug, Args)]
+pub struct BenchArgs {
+    /// The workload.
+    #[arg(value_enum)]
+    pub workload: WorkloadName,
+    /// Start N local node processes (fresh data, fsync and mTLS on) instead
+    /// of using --endpoints.
+    #[arg(long)]
+    pub spawn: Option<usize>,
+    /// Share of reads in the mixed workload.
+    #[arg(long, default_value_t = 0.9)]
+    pub read_ratio: f64,
+    /// Keys the operations spread over.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Concurrent closed-loop clients.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// How long to run [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "ops")]
+    pub duration: Option<Duration>,
+    /// Run this many operations instead of a duration.
+    #[arg(long)]
+    pub ops: Option<u64>,
+    /// Data groups to create in a spawned cluster.
+    #[arg(long, default_value_t = crate::catalog::DEFAULT_DATA_GROUPS)]
+    pub groups: u64,
+    /// Write the results as JSON to FILE (`--json FILE`).
+    #[arg(long = "json-file", value_name = "FILE")]
+    pub json_file: Option<PathBuf>,
+    /// Draw throughput over time and the latency distribution to an SVG.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Run the same workload against another system and print both.
+    #[arg(long, value_enum)]
+    pub compare: Option<Other>,
+    /// Where spawned clusters keep their data and logs.
+    #[arg(long, default_value = "data/bench")]
+    pub dir: PathBuf,
+}
+
+impl BenchArgs {
+    fn workload(&self) -> Result<Workload> {
+        if self.clients == 0 || self.keys == 0 {
+            return Err(Error::Invalid(
+                "--clients and --keys must be at least 1".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.read_ratio) {
+            return Err(Error::Invalid("--read-ratio is between 0 and 1".into()));
+        }
+        let kind = match self.workload {
+            WorkloadName::Write => Kind::Write,
+            WorkloadName::Read => Kind::Read,
+            WorkloadName::Mixed => Kind::Mixed {
+                read_ratio: self.read_ratio,
+            },
+            WorkloadName::Cas => Kind::Cas,
+        };
+        let stop = match (self.ops, self.duration) {
+            (Some(n), _) => Stop::Ops(n),
+            (None, Some(d)) => Stop::After(d),
+            (None, None) => Stop::After(Duration::from_secs(10)),
+        };
+        Ok(Workload {
+            kind,
+            keys: self.keys,
+            value_size: self.value_size,
+            clients: self.clients,
+            stop,
+        })
+    }
+}
+
+/// `flotilla --json bench ...` replaces `--json FILE` with
+/// `--json-file FILE` before parsing: the global `--json` is a flag, and
+/// `bench` documents `--json FILE`.
+pub fn rewrite_json_file(args: Vec<String>) -> Vec<String> {
+    if !args.iter().any(|a| a == "bench") {
+        return args;
+    }
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.into_iter().peekable();
+    while let Some(a) = it.next() {
+        let takes_file = a == "--json" && it.peek().is_some_and(|n| !n.starts_with('-'));
+        if takes_file && it.peek().is_some_and(|n| n != "bench") {
+            out.push("--json-file".to_string());
+        } else {
+            out.push(a);
+        }
+    }
+    out
+}
+
+fn progress_bar(w: &Workload, label: &str) -> ProgressBar {
+    let bar = match w.stop {
+        Stop::After(d) => ProgressBar::new(d.as_secs().max(1)),
+        Stop::Ops(n) => ProgressBar::new(n),
+    };
+    let template = match w.stop {
+        Stop::After(_) => "{prefix} [{bar:30}] {pos}/{len} s  {msg}",
+        Stop::Ops(_) => "{prefix} [{bar:30}] {pos}/{len} ops  {msg}",
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+/// Runs `w` against `target` with a progress bar on stderr.
+async fn measured<T: Target>(target: &T, w: &Workload, label: &str) -> Result<Report> {
+    let bar = progress_bar(w, label);
+    bar.set_message("preloading keys");
+    super::preload(target, w)
+        .await
+        .map_err(|e| Error::Unreachable(format!("{label}: preloading keys failed: {e}")))?;
+    let progress = Arc::new(Progress::default());
+    let ticker = {
+        let (bar, progress, stop) = (bar.clone(), progress.clone(), w.stop);
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let done = progress.done.load(Ordering::Relaxed);
+                let failed = progress.failed.load(Ordering::Relaxed);
+                let secs = started.elapsed().as_secs_f64().max(0.001);
+                match stop {
+                    Stop::After(_) => bar.set_position(started.elapsed().as_secs()),
+                    Stop::Ops(_) => bar.set_position(done + failed),
+                }
+                bar.set_message(format!("{:.0} ops/s, {failed} errors", done as f64 / secs));
+            }
+        })
+    };
+    let report = super::run(target, w, progress).await;
+    ticker.abort();
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+/// Runs `flotilla bench`; human output to `out`.
+pub async fn run(
+    args: BenchArgs,
+    endpoints: Vec<String>,
+    certs_dir: &Path,
+    timeout: Duration,
+    json_stdout: bool,
+    out: &mut (dyn Write + Send),
+) -> Result<()> {
+    let w = args.workload()?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Invalid(format!("cannot find the flotilla binary: {e}")))?;
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| Error::Invalid(format!("cannot create {}: {e}", args.dir.display())))?;
+    let spawn = match (args.spawn, endpoints.is_empty()) {
+        (Some(n), _) => Some(n),
+        (None, true) => Some(3),
+        (None, false) => None,
+    };
+    // Spawned node processes live until this function returns.
+    let mut sink = std::io::sink();
+    let (procs, endpoints, certs_dir) = match spawn {
+        Some(n) => {
+            let _ = writeln!(
+                out,
+                "starting {n} Flotilla nodes under {}",
+                args.dir.display()
+            );
+            let (p, _) = crate::node::ops::spawn_cluster(
+                &exe,
+                n,
+                &args.dir.join("flotilla"),
+                Some(args.groups),
+                &mut sink,
+            )
+            .await?;
+            let endpoints = p.addrs.iter().map(|a| a.to_string()).collect();
+            let certs = p.certs_dir.clone();
+            (Some(p), endpoints, certs)
+        }
+        None => (None, endpoints, certs_dir.to_path_buf()),
+    };
+    let mut config = ClientConfig::from_certs_dir(endpoints, &certs_dir);
+    config.timeout = timeout;
+    let client = Client::connect(config).await?;
+    let ours = measured(&client, &w, "flotilla").await?;
+    drop(procs);
+    let theirs = match args.compare {
+        Some(Other::Etcd) => Some(run_etcd(&args, &w, out).await?),
+        None => None,
+    };
+    let title = format!(
+        "{} workload, {} clients, {}-byte values",
+        w.kind.name(),
+        w.clients,
+        w.value_size
+    );
+    let doc = super::document(&w, &ours, theirs.as_ref());
+    if json_stdout {
+        let _ = writeln!(out, "{doc}");
+    } else {
+        let _ = writeln!(out, "{title}");
+        match &theirs {
+            Some(t) => {
+                let _ = write!(out, "{}", super::compare_table(&ours, "etcd", t));
+            }
+            None => {
+                let _ = writeln!(out, "{}", super::summary("flotilla", &ours));
+            }
+        }
+    }
+    if let Some(path) = &args.json_file {
+        let text = serde_json::to_string_pretty(&doc)
+            .map_err(|e| Error::Invalid(format!("cannot encode the results: {e}")))?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| Error::Invalid(format!("cannot write {}: {e}", path.display())))?;
+    }
+    if let Some(path) = &args.plot {
+        let mut runs = vec![("flotilla", &ours)];
+        if let Some(t) = &theirs {
+            runs.push(("etcd", t));
+        }
+        super::plot::draw(path, &title, &runs)?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "etcd")]
+async fn run_etcd(args: &BenchArgs, w: &Workload, out: &mut (dyn Write + Send)) -> Result<Report> {
+    if !super::etcd::available() {
+        return Err(Error::Invalid(
+            "--compare etcd needs an `etcd` binary on PATH (Debian: apt install etcd-server)"
+                .into(),
+        ));
+    }
+    let dir = args.dir.join("etcd");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::Invalid(format!("cannot create {}: {e}", dir.display())))?;
+    let _ = writeln!(out, "starting 3 etcd members under {}", dir.display());
+    let cluster = super::etcd::spawn(&dir, 3)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let target = loop {
+        match super::etcd::EtcdTarget::connect(&cluster.endpoints).await {
+            Ok(t) if t.put(b"bench/ready".to_vec(), b"1".to_vec()).await.is_ok() => break t,
+            _ if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            _ => {
+                return Err(Error::Unreachable(
+                    "etcd did not accept writes within 30 s".into(),
+                ))
+            }
+        }
+    };
+    let report = measured(&target, w, "etcd").await?;
+    drop(cluster);
+    Ok(report)
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn run_etcd(_: &BenchArgs, _: &Workload, _: &mut (dyn Write + Send)) -> Result<Report> {
+    Err(Error::Invalid(
+        "this flotilla was built without the etcd client: build with `--features etcd` (needs protoc), or run `make bench-compare`".into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rewrite_json_file;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split(' ').map(String::from).collect()
+    }
+
+    #[test]
+    fn only_bench_turns_json_file_into_its_own_option() {
+        assert_eq!(
+            rewrite_json_file(words("flotilla bench write --json out.json")),
+            words("flotilla bench write --json-file out.json")
+        );
+        assert_eq!(
+            rewrite_json_file(words("flotilla --json bench write")),
+            words("flotilla --json bench write")
+        );
+        assert_eq!(
+            rewrite_json_file(words("flotilla bench write --json --clients 1")),
+            words("flotilla bench write --json --clients 1")
+        );
+        assert_eq!(
+            rewrite_json_file(words("flotilla --json status")),
+            words("flotilla --json status")
+        );
+    }
+}
