@@ -1,7 +1,7 @@
 # Flotilla: the two commands a newcomer needs are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test lint bench build certs
+.PHONY: run test lint bench bench-compare build certs
 
 ## Build, make dev certificates, start a local 3-node cluster, show its status and a few
 ## writes and reads; Ctrl-C stops it. `flotilla demo` is the in-process simulation instead.
@@ -18,9 +18,22 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-## Criterion micro-benchmarks (throughput and fsyncs per 1,000 writes).
+## Criterion micro-benchmarks: frames, storage group commit, idle groups, the
+## in-process driver cluster, restart replay.
 bench:
-	$(CARGO) bench --bench driver --bench restart
+	$(CARGO) bench --bench frame --bench storage --bench idle --bench driver --bench restart
+
+## Flotilla and etcd side by side (installs etcd-server and protoc with apt if
+## missing). Results in data/bench/*.json and *.svg.
+bench-compare:
+	command -v etcd >/dev/null || sudo -n apt-get install -y etcd-server || apt-get install -y etcd-server
+	command -v protoc >/dev/null || sudo -n apt-get install -y protobuf-compiler || apt-get install -y protobuf-compiler
+	$(CARGO) build --release --features etcd
+	mkdir -p data/bench
+	./target/release/flotilla bench write --spawn 3 --compare etcd --duration 15s --json data/bench/write.json --plot data/bench/write.svg
+	./target/release/flotilla bench read --spawn 3 --compare etcd --duration 15s --json data/bench/read.json --plot data/bench/read.svg
+	./target/release/flotilla bench write --spawn 3 --compare etcd --duration 15s --clients 1 --json data/bench/write-1.json
+	./target/release/flotilla bench mixed --spawn 3 --compare etcd --duration 15s --json data/bench/mixed.json
 
 build:
 	$(CARGO) build --release

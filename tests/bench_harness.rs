@@ -1,0 +1,81 @@
+//! `flotilla bench` itself: a short run against a cluster it spawns
+//! returns sane figures, valid JSON in the documented shape, and a plot.
+//! (The figures themselves live in the README, never in tests.)
+
+use std::process::Command;
+
+const EXE: &str = env!("CARGO_BIN_EXE_flotilla");
+
+#[test]
+fn a_short_run_against_a_spawned_cluster_reports_sane_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("result.json");
+    let svg = dir.path().join("result.svg");
+    let out = Command::new(EXE)
+        .args(["bench", "mixed", "--spawn", "3", "--duration", "2s"])
+        .args(["--clients", "4", "--keys", "200", "--groups", "4"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--plot")
+        .arg(&svg)
+        .arg("--dir")
+        .arg(dir.path().join("cluster"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let f = &doc["flotilla"];
+    let ops = f["ops_per_sec"].as_f64().unwrap();
+    assert!(ops > 0.0, "{doc}");
+    let lat = |q: &str| f["latency_ms"][q].as_f64().unwrap();
+    assert!(lat("p50") > 0.0, "{doc}");
+    assert!(
+        lat("p50") <= lat("p90") && lat("p90") <= lat("p99"),
+        "{doc}"
+    );
+    assert!(
+        lat("p99") <= lat("p999") && lat("p999") <= lat("max"),
+        "{doc}"
+    );
+    assert!(f["errors"].is_object(), "{doc}");
+    assert!(f["ops"].as_u64().unwrap() > 0);
+    let secs = f["per_second"].as_array().unwrap();
+    assert!(!secs.is_empty(), "{doc}");
+    assert_eq!(doc["workload"]["kind"], "mixed");
+    assert_eq!(doc["workload"]["clients"], 4);
+    assert_eq!(doc["workload"]["value_size"], 256);
+    assert!(doc.get("etcd").is_none());
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    assert!(drawn.starts_with("<svg"), "not an SVG");
+    assert!(drawn.contains("flotilla"));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("ops/s"), "{shown}");
+}
+
+#[test]
+fn bad_bench_options_are_refused_clearly() {
+    let out = Command::new(EXE)
+        .args([
+            "bench",
+            "write",
+            "--read-ratio",
+            "2",
+            "--endpoints",
+            "127.0.0.1:9",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--read-ratio"));
+    let out = Command::new(EXE)
+        .args(["bench", "sideways"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
