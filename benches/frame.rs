@@ -70,7 +70,7 @@ fn frames(c: &mut Criterion) {
                 batch
                     .into_iter()
                     .map(|(_, m)| m.into_raft().expect("valid"))
-                    .count()
+                    .collect::<Vec<_>>()
             })
         });
     }
