@@ -40,7 +40,7 @@ fn build(path: &std::path::Path) {
         let round = engine.begin_round().expect("round");
         {
             let mut w = round.writer().expect("writer");
-            w.append(group, &entries, last).expect("append");
+            w.append(group, &entries).expect("append");
             last += BATCH;
             let rec = RaftStateRecord {
                 term,

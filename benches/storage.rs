@@ -50,8 +50,7 @@ fn group_commit(c: &mut Criterion) {
                                 ..Default::default()
                             })
                             .collect();
-                        w.append(GroupId(g as u64 + 1), &batch, *last)
-                            .expect("append");
+                        w.append(GroupId(g as u64 + 1), &batch).expect("append");
                         *last += n as u64;
                     }
                 }

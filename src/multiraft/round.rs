@@ -141,8 +141,8 @@ impl Driver {
 
         let entries = rd.take_entries();
         if !entries.is_empty() {
-            let old_last = g.node.mut_store().append(&entries);
-            w.append(gid, &entries, old_last)?;
+            let record = w.append(gid, &entries)?;
+            g.node.mut_store().append(&entries, record);
         }
         if let Some(hs) = rd.hs() {
             g.node.mut_store().hard_state = hs.clone();
@@ -177,10 +177,9 @@ impl Driver {
             if s.applied.saturating_sub(s.snap_index) <= limit {
                 continue;
             }
-            let from = s.snap_index + 1;
             let upto = s.applied - self.cfg.log_keep;
-            g.node.mut_store().compact(upto);
-            w.compact(*gid, from, upto)?;
+            let dead = g.node.mut_store().compact(upto);
+            w.delete_log_records(&dead)?;
             w.put_raft_state(*gid, &g.node.store().record())?;
         }
         Ok(())
@@ -337,12 +336,11 @@ fn install_snapshot(
     let data: SnapshotData = wire::decode("snapshot", &snap.data)?;
     let store = g.node.mut_store();
     let gid = store.group;
-    let (old_first, old_last) = (store.snap_index + 1, store.last_index_());
-    w.install_snapshot(gid, meta.index, &data, old_first, old_last)?;
     if let Some(bytes) = &data.catalog {
         *catalog = wire::decode("catalog", bytes)?;
     }
-    store.install_snapshot(meta.index, meta.term, meta.get_conf_state().clone());
+    let old_records = store.install_snapshot(meta.index, meta.term, meta.get_conf_state().clone());
+    w.install_snapshot(gid, meta.index, &data, &old_records)?;
     tracing::info!(
         group_id = gid.0,
         index = meta.index,

@@ -8,15 +8,15 @@
 //! compaction (see `DriverConfig::log_keep`). Snapshots are built on demand
 //! from a redb read transaction, which sees a consistent applied state.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use redb::{Database, ReadableDatabase};
 
 use super::schema::{
-    RaftStateRecord, SnapshotData, APPLIED, KV, LOG, META, META_CATALOG, RAFT_STATE, SESSIONS,
+    RaftStateRecord, SnapshotData, APPLIED, KV, META, META_CATALOG, RAFT_STATE, SESSIONS,
 };
 use crate::error::{Error, Result};
 use crate::types::{GroupId, CATALOG_GROUP};
@@ -40,43 +40,73 @@ pub struct GroupStorage {
     pub(crate) entries: Vec<Entry>,
     /// Index of the last applied entry.
     pub(crate) applied: u64,
+    /// The log records holding this group's entries, oldest first, as
+    /// (last index in the record, record sequence).
+    pub(crate) records: VecDeque<(u64, u64)>,
+}
+
+/// A group's log as read back from its records at start.
+#[derive(Default)]
+pub(crate) struct RestoredLog {
+    /// Entries after the compaction point, in order.
+    pub(crate) entries: Vec<Entry>,
+    /// The records they came from, oldest first: (last index, sequence).
+    pub(crate) records: VecDeque<(u64, u64)>,
+}
+
+impl RestoredLog {
+    /// Replays one record of this group over what was read so far.
+    pub(crate) fn replay(
+        &mut self,
+        group: GroupId,
+        snap_index: u64,
+        seq: u64,
+        entries: Vec<Entry>,
+    ) -> Result<()> {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(());
+        };
+        self.records.push_back((last, seq));
+        for e in entries {
+            if e.index <= snap_index {
+                continue;
+            }
+            let next = snap_index + 1 + self.entries.len() as u64;
+            if e.index > next {
+                return Err(Error::Corrupt {
+                    what: "raft log",
+                    detail: format!(
+                        "{group}: record {seq} starts at {} after {}",
+                        e.index,
+                        next - 1
+                    ),
+                });
+            }
+            // A later record replaces the suffix it overlaps.
+            self.entries.truncate((e.index - snap_index - 1) as usize);
+            self.entries.push(e);
+        }
+        Ok(())
+    }
 }
 
 impl GroupStorage {
-    /// Loads a group from the database: its state record, log and apply index.
-    pub(crate) fn load(db: Arc<Database>, group: GroupId) -> Result<GroupStorage> {
-        let txn = db.begin_read()?;
-        let raft = txn.open_table(RAFT_STATE)?;
-        let rec_bytes = raft.get(group.0)?.ok_or(Error::UnknownGroup(group))?;
-        let rec: RaftStateRecord = wire::decode("raft state", rec_bytes.value())?;
+    /// A group restored at start: its state record, apply index, and the
+    /// log rebuilt from its records.
+    pub(crate) fn restore(
+        db: Arc<Database>,
+        group: GroupId,
+        rec: &RaftStateRecord,
+        applied: u64,
+        log: RestoredLog,
+    ) -> GroupStorage {
+        let mut store = GroupStorage::fresh(db, group, rec);
+        store.entries = log.entries;
+        store.records = log.records;
         // Everything up to the compaction point is applied, even before the
         // first apply writes a row (a group starts at `INIT_INDEX`).
-        let applied = txn
-            .open_table(APPLIED)?
-            .get(group.0)?
-            .map_or(0, |v| v.value())
-            .max(rec.snap_index);
-        let log = txn.open_table(LOG)?;
-        let mut entries = Vec::new();
-        for row in log.range((group.0, rec.snap_index + 1)..=(group.0, u64::MAX))? {
-            let (k, v) = row?;
-            let e = Entry::parse_from_bytes(v.value()).map_err(|e| Error::Corrupt {
-                what: "raft log entry",
-                detail: e.to_string(),
-            })?;
-            let expected = rec.snap_index + 1 + entries.len() as u64;
-            if e.index != expected || k.value().1 != expected {
-                return Err(Error::Corrupt {
-                    what: "raft log",
-                    detail: format!("{group}: expected index {expected}, found {}", e.index),
-                });
-            }
-            entries.push(e);
-        }
-        let mut store = GroupStorage::fresh(db, group, &rec);
-        store.entries = entries;
-        store.applied = applied;
-        Ok(store)
+        store.applied = applied.max(rec.snap_index);
+        store
     }
 
     /// Index of the last entry in the log.
@@ -94,10 +124,13 @@ impl GroupStorage {
         )
     }
 
-    /// Appends entries, discarding any conflicting suffix. Returns the index
-    /// of the last entry that was stored before, for the disk side to trim.
-    pub(crate) fn append(&mut self, new: &[Entry]) -> u64 {
+    /// Appends entries, discarding any conflicting suffix; `record` is the
+    /// log record the disk side stored them in.
+    pub(crate) fn append(&mut self, new: &[Entry], record: Option<u64>) {
         let old_last = self.last_index_();
+        if let (Some(seq), Some(last)) = (record, new.last()) {
+            self.records.push_back((last.index, seq));
+        }
         if let Some(first) = new.first() {
             assert!(
                 first.index > self.snap_index && first.index <= old_last + 1,
@@ -110,26 +143,38 @@ impl GroupStorage {
                 .truncate((first.index - self.snap_index - 1) as usize);
             self.entries.extend_from_slice(new);
         }
-        old_last
     }
 
     /// Drops entries up to and including `upto` (which must be applied).
-    pub(crate) fn compact(&mut self, upto: u64) {
+    /// Returns the log records that no longer hold any live entry, oldest
+    /// first, for the disk side to delete. A record is dropped only with
+    /// every record before it, so what remains always replays to this log.
+    pub(crate) fn compact(&mut self, upto: u64) -> Vec<u64> {
         assert!(
             upto <= self.applied && upto <= self.last_index_(),
             "compacting unapplied entries"
         );
         if upto <= self.snap_index {
-            return;
+            return Vec::new();
         }
         let n = (upto - self.snap_index) as usize;
         self.snap_term = self.entries[n - 1].term;
         self.entries.drain(..n);
         self.snap_index = upto;
+        let mut dead = Vec::new();
+        while let Some(&(last, seq)) = self.records.front() {
+            if last > upto {
+                break;
+            }
+            dead.push(seq);
+            self.records.pop_front();
+        }
+        dead
     }
 
-    /// Resets the log to a received snapshot's point.
-    pub(crate) fn install_snapshot(&mut self, index: u64, term: u64, cs: ConfState) {
+    /// Resets the log to a received snapshot's point. Returns every log
+    /// record the group had, for the disk side to delete.
+    pub(crate) fn install_snapshot(&mut self, index: u64, term: u64, cs: ConfState) -> Vec<u64> {
         self.entries.clear();
         self.snap_index = index;
         self.snap_term = term;
@@ -137,6 +182,7 @@ impl GroupStorage {
         self.applied = index;
         self.hard_state.commit = self.hard_state.commit.max(index);
         self.hard_state.term = self.hard_state.term.max(term);
+        self.records.drain(..).map(|(_, seq)| seq).collect()
     }
 
     fn build_snapshot(&self) -> Result<Snapshot> {
@@ -252,6 +298,7 @@ impl GroupStorage {
             snap_term: rec.snap_term,
             entries: Vec::new(),
             applied: rec.snap_index,
+            records: VecDeque::new(),
         }
     }
 }

@@ -36,9 +36,10 @@ use crate::catalog::{Catalog, GroupInfo};
 use crate::error::{Error, Result};
 use crate::types::{GroupId, NodeId, CATALOG_GROUP};
 use crate::wire;
+use group::RestoredLog;
 use schema::{
-    APPLIED, CHECKSUMS, KV, LOG, META, META_CATALOG, META_CLUSTER_ID, META_INCARNATION,
-    META_NODE_ID, RAFT_STATE, SESSIONS,
+    decode_log_record, APPLIED, CHECKSUMS, KV, LOG, META, META_CATALOG, META_CLUSTER_ID,
+    META_INCARNATION, META_NODE_ID, RAFT_STATE, SESSIONS,
 };
 
 /// Counters of the storage engine, shared with whoever wants to read them.
@@ -71,6 +72,8 @@ impl Stats {
 pub struct Engine {
     db: Arc<Database>,
     stats: Arc<Stats>,
+    /// Sequence of the next Raft log record.
+    next_log_seq: Arc<AtomicU64>,
 }
 
 fn u64_bytes(v: u64) -> [u8; 8] {
@@ -107,9 +110,16 @@ impl Engine {
         txn.open_table(META)?;
         txn.open_table(CHECKSUMS)?;
         txn.commit()?;
+        let next = {
+            let txn = db.begin_read()?;
+            let log = txn.open_table(LOG)?;
+            let last = log.last()?.map_or(0, |(k, _)| k.value() + 1);
+            last
+        };
         Ok(Engine {
             db: Arc::new(db),
             stats: Arc::default(),
+            next_log_seq: Arc::new(AtomicU64::new(next)),
         })
     }
 
@@ -228,18 +238,40 @@ impl Engine {
 
     /// Every group with Raft state on this node, loaded into memory.
     pub fn load_groups(&self) -> Result<Vec<GroupStorage>> {
-        let ids: Vec<u64> = {
-            let txn = self.db.begin_read()?;
-            let t = txn.open_table(RAFT_STATE)?;
-            let mut ids = Vec::new();
-            for row in t.iter()? {
-                ids.push(row?.0.value());
-            }
-            ids
-        };
-        ids.into_iter()
-            .map(|g| GroupStorage::load(self.db.clone(), GroupId(g)))
-            .collect()
+        let txn = self.db.begin_read()?;
+        let mut states = BTreeMap::new();
+        for row in txn.open_table(RAFT_STATE)?.iter()? {
+            let (g, bytes) = row?;
+            let rec: RaftStateRecord = wire::decode("raft state", bytes.value())?;
+            states.insert(g.value(), rec);
+        }
+        let applied_table = txn.open_table(APPLIED)?;
+        // One pass over the log records, oldest first, rebuilds every log.
+        let mut logs: BTreeMap<u64, RestoredLog> = BTreeMap::new();
+        for row in txn.open_table(LOG)?.iter()? {
+            let (seq, bytes) = row?;
+            let (g, entries) = decode_log_record(bytes.value())?;
+            let Some(rec) = states.get(&g) else {
+                // A group this node no longer holds; its records are inert.
+                continue;
+            };
+            logs.entry(g)
+                .or_default()
+                .replay(GroupId(g), rec.snap_index, seq.value(), entries)?;
+        }
+        let mut out = Vec::with_capacity(states.len());
+        for (g, rec) in &states {
+            let applied = applied_table.get(*g)?.map_or(0, |v| v.value());
+            let log = logs.remove(g).unwrap_or_default();
+            out.push(GroupStorage::restore(
+                self.db.clone(),
+                GroupId(*g),
+                rec,
+                applied,
+                log,
+            ));
+        }
+        Ok(out)
     }
 
     /// An empty storage for a group a catalog change placed on this node;
@@ -257,7 +289,11 @@ impl Engine {
 
     /// Starts a round.
     pub fn begin_round(&self) -> Result<Round> {
-        Ok(Round::new(self.db.begin_write()?, self.stats.clone()))
+        Ok(Round::new(
+            self.db.begin_write()?,
+            self.stats.clone(),
+            self.next_log_seq.clone(),
+        ))
     }
 
     /// Reads a key of a group's applied state.

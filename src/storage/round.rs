@@ -6,10 +6,9 @@
 //! [`RoundWriter`]; [`Round::commit`] then makes it durable with a single
 //! commit, which is a single fsync whatever the number of groups.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use protobuf::Message as _;
 use raft::eraftpb::Entry;
 use redb::{ReadableTable, Table, WriteTransaction};
 
@@ -19,7 +18,7 @@ use super::schema::{
 };
 use super::Stats;
 use crate::catalog::Catalog;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::kv::{KvStore, Session};
 use crate::types::GroupId;
 use crate::wire;
@@ -28,11 +27,17 @@ use crate::wire;
 pub struct Round {
     txn: WriteTransaction,
     stats: Arc<Stats>,
+    /// The next log record's sequence number (node-wide).
+    next_seq: Arc<AtomicU64>,
 }
 
 impl Round {
-    pub(crate) fn new(txn: WriteTransaction, stats: Arc<Stats>) -> Self {
-        Round { txn, stats }
+    pub(crate) fn new(txn: WriteTransaction, stats: Arc<Stats>, next_seq: Arc<AtomicU64>) -> Self {
+        Round {
+            txn,
+            stats,
+            next_seq,
+        }
     }
 
     /// Opens the tables for staging writes.
@@ -45,6 +50,7 @@ impl Round {
             sessions: self.txn.open_table(SESSIONS)?,
             meta: self.txn.open_table(META)?,
             checksums: self.txn.open_table(CHECKSUMS)?,
+            next_seq: &self.next_seq,
             entries: 0,
         })
     }
@@ -62,46 +68,39 @@ impl Round {
 
 /// Staged writes of one round, for any number of groups.
 pub struct RoundWriter<'t> {
-    log: Table<'t, (u64, u64), &'static [u8]>,
+    log: Table<'t, u64, &'static [u8]>,
     raft: Table<'t, u64, &'static [u8]>,
     applied: Table<'t, u64, u64>,
     kv: Table<'t, (u64, &'static [u8]), &'static [u8]>,
     sessions: Table<'t, (u64, u64), &'static [u8]>,
     meta: Table<'t, &'static str, &'static [u8]>,
     checksums: Table<'t, u64, (u64, u64)>,
+    next_seq: &'t AtomicU64,
     /// Log entries staged so far.
     pub(crate) entries: u64,
 }
 
 impl<'t> RoundWriter<'t> {
-    /// Stages new log entries; `old_last` is the last index stored before,
-    /// so that a conflicting suffix is removed.
-    pub fn append(&mut self, group: GroupId, new: &[Entry], old_last: u64) -> Result<()> {
-        let Some(first) = new.first() else {
-            return Ok(());
-        };
-        let new_last = new[new.len() - 1].index;
-        // Entries past the new tail that an older leader wrote must go.
-        for idx in first.index..=old_last {
-            if idx > new_last {
-                self.log.remove((group.0, idx))?;
-            }
+    /// Stages new log entries of one group as one record, which replaces
+    /// whatever the group's log held from the first new index on (a
+    /// conflicting suffix an older leader wrote). Returns the record's
+    /// sequence number; `None` when there was nothing to append.
+    pub fn append(&mut self, group: GroupId, new: &[Entry]) -> Result<Option<u64>> {
+        if new.is_empty() {
+            return Ok(None);
         }
-        for e in new {
-            let bytes = e.write_to_bytes().map_err(|err| Error::Corrupt {
-                what: "raft entry encoding",
-                detail: err.to_string(),
-            })?;
-            self.log.insert((group.0, e.index), bytes.as_slice())?;
-        }
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let record = super::schema::encode_log_record(group.0, new)?;
+        self.log.insert(seq, record.as_slice())?;
         self.entries += new.len() as u64;
-        Ok(())
+        Ok(Some(seq))
     }
 
-    /// Removes log entries `from..=upto`.
-    pub fn compact(&mut self, group: GroupId, from: u64, upto: u64) -> Result<()> {
-        for idx in from..=upto {
-            self.log.remove((group.0, idx))?;
+    /// Removes log records (after compaction, or when a snapshot replaced a
+    /// group's log).
+    pub fn delete_log_records(&mut self, seqs: &[u64]) -> Result<()> {
+        for seq in seqs {
+            self.log.remove(*seq)?;
         }
         Ok(())
     }
@@ -131,16 +130,13 @@ impl<'t> RoundWriter<'t> {
         group: GroupId,
         index: u64,
         data: &SnapshotData,
-        old_first: u64,
-        old_last: u64,
+        old_records: &[u64],
     ) -> Result<()> {
         let g = group.0;
         self.kv
             .retain_in((g, &[][..])..(g + 1, &[][..]), |_, _| false)?;
         self.sessions.retain_in((g, 0)..(g + 1, 0), |_, _| false)?;
-        if old_first <= old_last {
-            self.compact(group, old_first, old_last)?;
-        }
+        self.delete_log_records(old_records)?;
         for (k, v) in &data.rows {
             self.kv.insert((g, k.as_slice()), v.as_slice())?;
         }

@@ -2,14 +2,105 @@
 //!
 //! One database file holds every group of the node. Rows of all groups share
 //! each table, keyed by group id first, so a group's rows are one contiguous
-//! range and one write transaction can touch any number of groups.
+//! range and one write transaction can touch any number of groups. The Raft
+//! log is the exception: it is a sequence of records, each the entries one
+//! round appended to one group, keyed by a node-wide counter, so appends of
+//! all groups go to the same end of one tree.
 
 use raft::eraftpb::{ConfState, HardState};
+
+use crate::error::{Error, Result};
 use redb::TableDefinition;
 
-/// Raft log entries: (group, index) → protobuf-encoded `Entry` (as raft-rs
-/// produces it; these bytes never leave the node).
-pub(crate) const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("raft_log");
+/// Raft log records: sequence → header (group, first, last index) and the
+/// protobuf-encoded entries (as raft-rs produces them; these bytes never
+/// leave the node). A later record for a group replaces the entries an
+/// earlier one held from its first index on.
+pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log_records");
+
+/// Header of a log record: group, first index, last index (u64 LE each).
+const LOG_HEADER: usize = 24;
+
+/// Encodes one log record: the entries one round appended to one group.
+/// Records are keyed by a node-wide sequence, so a round's records land
+/// side by side at the tail of one B-tree whatever the number of groups.
+pub(crate) fn encode_log_record(group: u64, entries: &[raft::eraftpb::Entry]) -> Result<Vec<u8>> {
+    use protobuf::Message as _;
+    let first = entries.first().map_or(0, |e| e.index);
+    let last = entries.last().map_or(0, |e| e.index);
+    let mut out = Vec::with_capacity(LOG_HEADER + entries.len() * 64);
+    out.extend_from_slice(&group.to_le_bytes());
+    out.extend_from_slice(&first.to_le_bytes());
+    out.extend_from_slice(&last.to_le_bytes());
+    for e in entries {
+        let bytes = e.write_to_bytes().map_err(|err| Error::Corrupt {
+            what: "raft entry encoding",
+            detail: err.to_string(),
+        })?;
+        let len = u32::try_from(bytes.len()).map_err(|_| Error::Corrupt {
+            what: "raft entry encoding",
+            detail: format!("entry of {} bytes", bytes.len()),
+        })?;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    Ok(out)
+}
+
+/// The group and last index of a log record, from its header alone.
+pub(crate) fn log_record_header(bytes: &[u8]) -> Result<(u64, u64, u64)> {
+    let word = |i: usize| -> Result<u64> {
+        bytes
+            .get(i * 8..i * 8 + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes)
+            .ok_or_else(|| Error::Corrupt {
+                what: "raft log record",
+                detail: format!("{} bytes, shorter than its header", bytes.len()),
+            })
+    };
+    Ok((word(0)?, word(1)?, word(2)?))
+}
+
+/// Decodes a log record into its group and entries, checking that the
+/// entries are the consecutive indexes its header names.
+pub(crate) fn decode_log_record(bytes: &[u8]) -> Result<(u64, Vec<raft::eraftpb::Entry>)> {
+    use protobuf::Message as _;
+    let (group, first, last) = log_record_header(bytes)?;
+    let corrupt = |detail: String| Error::Corrupt {
+        what: "raft log record",
+        detail,
+    };
+    let mut rest = &bytes[LOG_HEADER..];
+    let mut entries = Vec::new();
+    while !rest.is_empty() {
+        let len = rest
+            .get(..4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_le_bytes)
+            .ok_or_else(|| corrupt("truncated entry length".into()))? as usize;
+        let body = rest
+            .get(4..4 + len)
+            .ok_or_else(|| corrupt(format!("entry of {len} bytes runs past the record")))?;
+        let e = raft::eraftpb::Entry::parse_from_bytes(body)
+            .map_err(|err| corrupt(format!("entry: {err}")))?;
+        let expected = first + entries.len() as u64;
+        if e.index != expected {
+            return Err(corrupt(format!(
+                "group {group}: expected index {expected}, found {}",
+                e.index
+            )));
+        }
+        entries.push(e);
+        rest = &rest[4 + len..];
+    }
+    if entries.last().map_or(0, |e| e.index) != last {
+        return Err(corrupt(format!(
+            "group {group}: header says the record ends at {last}"
+        )));
+    }
+    Ok((group, entries))
+}
 /// Per group: the [`RaftStateRecord`] (HardState, ConfState, compaction point).
 pub(crate) const RAFT_STATE: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_state");
 /// Per group: the index of the last entry applied to the state machine.

@@ -66,7 +66,7 @@ fn entries_of_many_groups_persist_in_one_commit_and_reload() {
         let mut w = round.writer().unwrap();
         for g in 1..=4 {
             let es: Vec<Entry> = (1..=5).map(|i| entry(B + i, 1)).collect();
-            w.append(GroupId(g), &es, B).unwrap();
+            w.append(GroupId(g), &es).unwrap();
         }
     }
     round.commit(20).unwrap();
@@ -90,8 +90,8 @@ fn a_conflicting_append_replaces_the_old_suffix_on_disk() {
         let round = e.begin_round().unwrap();
         {
             let mut w = round.writer().unwrap();
-            let old_last = s.append(&es);
-            w.append(GroupId(1), &es, old_last).unwrap();
+            let record = w.append(GroupId(1), &es).unwrap();
+            s.append(&es, record);
         }
         round.commit(es.len() as u64).unwrap();
     };
@@ -120,6 +120,7 @@ fn compaction_keeps_the_term_of_the_compaction_point() {
         &(1..=10)
             .map(|i| entry(B + i, i / 4 + 1))
             .collect::<Vec<_>>(),
+        None,
     );
     s.applied = B + 8;
     s.compact(B + 6);
@@ -186,4 +187,78 @@ fn garbage_in_a_row_is_reported_as_corrupt() {
             ..
         })
     ));
+}
+
+#[test]
+fn compaction_deletes_only_records_it_no_longer_needs_and_the_log_reloads() {
+    let disk = MemDisk::new();
+    let e = Engine::open_backend(disk.clone()).unwrap();
+    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    let mut s = group_of(&e, 1);
+    // Three records: 1..=4, 5..=8, 9..=12.
+    for chunk in 0..3u64 {
+        let es: Vec<Entry> = (1..=4).map(|i| entry(B + chunk * 4 + i, 1)).collect();
+        let round = e.begin_round().unwrap();
+        {
+            let mut w = round.writer().unwrap();
+            let record = w.append(GroupId(1), &es).unwrap();
+            s.append(&es, record);
+        }
+        round.commit(4).unwrap();
+    }
+    s.applied = B + 12;
+    // Compacting to 6 frees the first record only: the second still holds 7 and 8.
+    let dead = s.compact(B + 6);
+    assert_eq!(dead.len(), 1);
+    let round = e.begin_round().unwrap();
+    {
+        let mut w = round.writer().unwrap();
+        w.delete_log_records(&dead).unwrap();
+        w.put_raft_state(GroupId(1), &s.record()).unwrap();
+        w.set_applied(GroupId(1), B + 12).unwrap();
+    }
+    round.commit(0).unwrap();
+    drop(e);
+    let e = Engine::open_backend(disk).unwrap();
+    let back = group_of(&e, 1);
+    assert_eq!(back.first_index().unwrap(), B + 7);
+    assert_eq!(back.last_index().unwrap(), B + 12);
+    assert_eq!(back.records.len(), 2);
+}
+
+#[test]
+fn a_gap_between_log_records_is_reported_as_corrupt() {
+    let e = Engine::open_backend(MemDisk::new()).unwrap();
+    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    let round = e.begin_round().unwrap();
+    {
+        let mut w = round.writer().unwrap();
+        w.append(GroupId(1), &[entry(B + 1, 1)]).unwrap();
+        // Index B + 2 is missing.
+        w.append(GroupId(1), &[entry(B + 3, 1)]).unwrap();
+    }
+    round.commit(2).unwrap();
+    assert!(matches!(
+        e.load_groups(),
+        Err(Error::Corrupt {
+            what: "raft log",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_round_of_many_groups_appends_records_side_by_side() {
+    let e = Engine::open_backend(MemDisk::new()).unwrap();
+    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    let round = e.begin_round().unwrap();
+    let mut seqs = Vec::new();
+    {
+        let mut w = round.writer().unwrap();
+        for g in 1..=4 {
+            seqs.push(w.append(GroupId(g), &[entry(B + 1, 1)]).unwrap().unwrap());
+        }
+    }
+    round.commit(4).unwrap();
+    assert!(seqs.windows(2).all(|p| p[1] == p[0] + 1), "{seqs:?}");
 }
