@@ -84,9 +84,14 @@ impl LocalCluster {
         self.runners.get(&node).map(Runner::handle)
     }
 
-    /// Redb commits (fsyncs) of all nodes so far.
+    /// Redb commits of all nodes so far (synced or not).
     pub fn commits(&self) -> u64 {
         self.stats.values().map(|s| s.commits()).sum()
+    }
+
+    /// Synced commits (fsyncs) of all nodes so far.
+    pub fn syncs(&self) -> u64 {
+        self.stats.values().map(|s| s.syncs()).sum()
     }
 
     fn leader(&self, group: GroupId) -> NodeId {

@@ -145,6 +145,12 @@ impl Driver {
             g.node.mut_store().append(&entries, record);
         }
         if let Some(hs) = rd.hs() {
+            let old = &g.node.store().hard_state;
+            // A new term or vote must be on disk before anyone hears of it;
+            // a new commit index alone may be lost and learnt again.
+            if hs.term != old.term || hs.vote != old.vote {
+                w.require_sync();
+            }
             g.node.mut_store().hard_state = hs.clone();
             state_dirty = true;
         }
@@ -159,6 +165,9 @@ impl Driver {
             }
         }
         let persisted = rd.take_persisted_messages();
+        if !persisted.is_empty() {
+            w.require_sync();
+        }
         let number = rd.number();
         g.node.advance_append_async(rd);
         Ok((number, persisted))

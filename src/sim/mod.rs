@@ -194,10 +194,12 @@ impl Sim {
         Ok(())
     }
 
-    /// Crashes a node: its driver and everything not committed to its disk
-    /// are gone. Messages in flight to it will be dropped.
+    /// Crashes a node: its driver and everything not synced to its disk are
+    /// gone (a commit made without a sync is lost too). Messages in flight to it will be dropped.
     pub fn crash(&mut self, id: NodeId) {
         if let Some(n) = self.nodes.get_mut(&id) {
+            // The image is taken first: the dying driver may still write.
+            n.disk = n.disk.crash_image();
             n.driver = None;
         }
     }

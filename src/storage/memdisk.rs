@@ -1,9 +1,10 @@
 //! A redb backend kept in memory that outlives the `Database` using it.
 //!
-//! The simulation harness "crashes" a node by dropping its driver and
-//! database, then reopens the same bytes: everything a committed transaction
-//! wrote survives, nothing else does. Syncing is free, which keeps hundreds
-//! of simulated seeds fast.
+//! The simulation harness "crashes" a node by taking the disk's crash image
+//! (every write since the last sync undone, as after a power cut) and
+//! restarting the node on it: what a synced commit wrote survives, and
+//! nothing else does, including commits made without a sync. Syncing only
+//! forgets the undo records, which keeps hundreds of simulated seeds fast.
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,73 +14,119 @@ use redb::StorageBackend;
 /// A shareable in-memory disk. Clones see the same bytes.
 #[derive(Clone, Debug, Default)]
 pub struct MemDisk {
-    /// A std mutex: redb calls the backend from synchronous code only, and
-    /// no lock is held across an await.
-    bytes: Arc<Mutex<Vec<u8>>>,
+    state: Arc<Mutex<DiskState>>,
+}
+
+#[derive(Debug, Default)]
+struct DiskState {
+    bytes: Vec<u8>,
+    /// What each write since the last sync overwrote: (offset, old bytes),
+    /// oldest first. Undoing them gives the disk as of the last sync.
+    undo: Vec<(usize, Vec<u8>)>,
+    /// Length at the last sync.
+    synced_len: usize,
 }
 
 impl MemDisk {
-    /// A new, empty disk.
+    /// An empty disk.
     pub fn new() -> Self {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
-        // A panic while holding the lock leaves plain bytes behind; keep going.
-        self.bytes.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, DiskState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Overwrites `len` bytes at `offset` with garbage, for corruption tests.
+    /// What this disk would hold after a power cut now: every write since
+    /// the last sync undone. A separate disk; this one is left as it is
+    /// (the process about to "die" may still write to it).
+    pub fn crash_image(&self) -> MemDisk {
+        let st = self.lock();
+        let mut bytes = st.bytes.clone();
+        for (offset, old) in st.undo.iter().rev() {
+            let end = *offset + old.len();
+            if bytes.len() < end {
+                bytes.resize(end, 0);
+            }
+            bytes[*offset..end].copy_from_slice(old);
+        }
+        bytes.truncate(st.synced_len);
+        MemDisk {
+            state: Arc::new(Mutex::new(DiskState {
+                synced_len: bytes.len(),
+                bytes,
+                undo: Vec::new(),
+            })),
+        }
+    }
+
+    /// Flips bits in `len` bytes from `offset` (clamped to the disk).
     pub fn scribble(&self, offset: usize, len: usize) {
-        let mut b = self.lock();
-        let end = (offset + len).min(b.len());
-        for x in &mut b[offset.min(end)..end] {
+        let mut st = self.lock();
+        let end = (offset + len).min(st.bytes.len());
+        for x in &mut st.bytes[offset.min(end)..end] {
             *x ^= 0x5a;
         }
     }
 
-    /// Current size in bytes.
+    /// Bytes on the disk.
     pub fn size(&self) -> usize {
-        self.lock().len()
+        self.lock().bytes.len()
     }
 }
 
 impl StorageBackend for MemDisk {
     fn len(&self) -> Result<u64, io::Error> {
-        Ok(self.lock().len() as u64)
+        Ok(self.lock().bytes.len() as u64)
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
-        let b = self.lock();
+        let st = self.lock();
         let start = offset as usize;
         let end = start + out.len();
-        if end > b.len() {
+        if end > st.bytes.len() {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "read past end",
             ));
         }
-        out.copy_from_slice(&b[start..end]);
+        out.copy_from_slice(&st.bytes[start..end]);
         Ok(())
     }
 
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
-        self.lock().resize(len as usize, 0);
+        let mut st = self.lock();
+        let len = len as usize;
+        if len < st.bytes.len() {
+            let old = st.bytes[len..].to_vec();
+            st.undo.push((len, old));
+        }
+        st.bytes.resize(len, 0);
         Ok(())
     }
 
     fn sync_data(&self) -> Result<(), io::Error> {
+        let mut st = self.lock();
+        st.undo.clear();
+        st.synced_len = st.bytes.len();
         Ok(())
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
-        let mut b = self.lock();
+        let mut st = self.lock();
         let start = offset as usize;
         let end = start + data.len();
-        if end > b.len() {
-            b.resize(end, 0);
+        if end > st.bytes.len() {
+            st.bytes.resize(end, 0);
         }
-        b[start..end].copy_from_slice(data);
+        // Only bytes that existed at the last sync need restoring; the
+        // crash image is cut to the synced length anyway.
+        let keep = end.min(st.synced_len);
+        if start < keep {
+            let old = st.bytes[start..keep].to_vec();
+            st.undo.push((start, old));
+        }
+        st.bytes[start..end].copy_from_slice(data);
         Ok(())
     }
 }

@@ -47,8 +47,10 @@ use schema::{
 pub struct Stats {
     /// Driver rounds run, with or without work to persist.
     pub rounds: AtomicU64,
-    /// Write transactions committed (each one fsync on a real disk).
+    /// Write transactions committed.
     pub commits: AtomicU64,
+    /// Of those, the ones synced to disk (one fsync each on a real disk).
+    pub syncs: AtomicU64,
     /// Raft log entries written.
     pub entries_persisted: AtomicU64,
 }
@@ -61,6 +63,10 @@ impl Stats {
     /// Commits so far.
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
+    }
+    /// Synced commits (fsyncs) so far.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
     }
     /// Entries persisted so far.
     pub fn entries(&self) -> u64 {
@@ -182,6 +188,7 @@ impl Engine {
         };
         txn.commit()?;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(n)
     }
 
@@ -233,6 +240,7 @@ impl Engine {
         }
         txn.commit()?;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

@@ -6,11 +6,11 @@
 //! [`RoundWriter`]; [`Round::commit`] then makes it durable with a single
 //! commit, which is a single fsync whatever the number of groups.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use raft::eraftpb::Entry;
-use redb::{ReadableTable, Table, WriteTransaction};
+use redb::{Durability, ReadableTable, Table, WriteTransaction};
 
 use super::schema::{
     RaftStateRecord, SnapshotData, APPLIED, CHECKSUMS, KV, LOG, META, META_CATALOG, RAFT_STATE,
@@ -29,6 +29,8 @@ pub struct Round {
     stats: Arc<Stats>,
     /// The next log record's sequence number (node-wide).
     next_seq: Arc<AtomicU64>,
+    /// Whether this round must be on disk before `commit` returns.
+    durable: AtomicBool,
 }
 
 impl Round {
@@ -37,6 +39,7 @@ impl Round {
             txn,
             stats,
             next_seq,
+            durable: AtomicBool::new(false),
         }
     }
 
@@ -51,14 +54,30 @@ impl Round {
             meta: self.txn.open_table(META)?,
             checksums: self.txn.open_table(CHECKSUMS)?,
             next_seq: &self.next_seq,
+            durable: &self.durable,
             entries: 0,
         })
     }
 
-    /// Commits the round: one durable commit for everything staged.
-    pub fn commit(self, entries: u64) -> Result<()> {
+    /// Commits the round: one commit for everything staged. It is synced
+    /// to disk (one fsync) when the round wrote anything Raft needs durable
+    /// before it may answer (log entries, a term or vote, a snapshot, or
+    /// messages that wait on persistence). A round that only applied
+    /// committed entries is committed without a sync: a crash loses at most
+    /// those applies, which the node replays from its durable log, and the
+    /// next synced round makes them durable too.
+    pub fn commit(mut self, entries: u64) -> Result<()> {
+        let durable = self.durable.load(Ordering::Relaxed);
+        if !durable {
+            self.txn
+                .set_durability(Durability::None)
+                .map_err(|e| crate::error::Error::Invalid(format!("round durability: {e}")))?;
+        }
         self.txn.commit()?;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        if durable {
+            self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        }
         self.stats
             .entries_persisted
             .fetch_add(entries, Ordering::Relaxed);
@@ -76,6 +95,7 @@ pub struct RoundWriter<'t> {
     meta: Table<'t, &'static str, &'static [u8]>,
     checksums: Table<'t, u64, (u64, u64)>,
     next_seq: &'t AtomicU64,
+    durable: &'t AtomicBool,
     /// Log entries staged so far.
     pub(crate) entries: u64,
 }
@@ -90,10 +110,17 @@ impl<'t> RoundWriter<'t> {
             return Ok(None);
         }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        self.require_sync();
         let record = super::schema::encode_log_record(group.0, new)?;
         self.log.insert(seq, record.as_slice())?;
         self.entries += new.len() as u64;
         Ok(Some(seq))
+    }
+
+    /// Marks the round as one that must be synced to disk before its
+    /// commit returns.
+    pub fn require_sync(&mut self) {
+        self.durable.store(true, Ordering::Relaxed);
     }
 
     /// Removes log records (after compaction, or when a snapshot replaced a
@@ -133,6 +160,7 @@ impl<'t> RoundWriter<'t> {
         old_records: &[u64],
     ) -> Result<()> {
         let g = group.0;
+        self.require_sync();
         self.kv
             .retain_in((g, &[][..])..(g + 1, &[][..]), |_, _| false)?;
         self.sessions.retain_in((g, 0)..(g + 1, 0), |_, _| false)?;

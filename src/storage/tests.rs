@@ -214,6 +214,9 @@ fn compaction_deletes_only_records_it_no_longer_needs_and_the_log_reloads() {
     {
         let mut w = round.writer().unwrap();
         w.delete_log_records(&dead).unwrap();
+        // A compaction alone is not synced (losing it is harmless); this
+        // test wants it on disk.
+        w.require_sync();
         w.put_raft_state(GroupId(1), &s.record()).unwrap();
         w.set_applied(GroupId(1), B + 12).unwrap();
     }
@@ -261,4 +264,33 @@ fn a_round_of_many_groups_appends_records_side_by_side() {
     }
     round.commit(4).unwrap();
     assert!(seqs.windows(2).all(|p| p[1] == p[0] + 1), "{seqs:?}");
+}
+
+#[test]
+fn a_round_that_only_applies_is_not_synced_and_a_crash_loses_only_it() {
+    let disk = MemDisk::new();
+    let e = Engine::open_backend(disk.clone()).unwrap();
+    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    let stats = e.stats();
+    let round = e.begin_round().unwrap();
+    {
+        let mut w = round.writer().unwrap();
+        w.append(GroupId(1), &[entry(B + 1, 1)]).unwrap();
+    }
+    round.commit(1).unwrap();
+    let synced = stats.syncs();
+    let round = e.begin_round().unwrap();
+    {
+        let mut w = round.writer().unwrap();
+        w.set_applied(GroupId(1), B + 1).unwrap();
+    }
+    round.commit(0).unwrap();
+    assert_eq!(stats.syncs(), synced, "an apply-only round must not sync");
+    // Crash: the appended entry survives, the unsynced apply index does not.
+    let image = disk.crash_image();
+    drop(e);
+    let e = Engine::open_backend(image).unwrap();
+    let s = group_of(&e, 1);
+    assert_eq!(s.last_index().unwrap(), B + 1);
+    assert_eq!(s.applied, B);
 }
