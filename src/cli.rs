@@ -112,11 +112,13 @@ pub enum ClientCommand {
     Nodes,
     /// Leadership.
     Leader {
+        /// What to do.
         #[command(subcommand)]
         command: LeaderCommand,
     },
     /// Membership of nodes (admin certificate).
     Node {
+        /// What to do.
         #[command(subcommand)]
         command: NodeCommand,
     },

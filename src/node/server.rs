@@ -202,6 +202,20 @@ impl NodeServer {
         self.lock().lifecycle = l;
     }
 
+    /// Sets the lifecycle unless the driver already runs (checked under the
+    /// same lock `launch` takes); returns whether it did.
+    fn set_lifecycle_unless_running(&self, l: Lifecycle) -> bool {
+        let mut st = self.lock();
+        if st.handle.is_some() {
+            return false;
+        }
+        if st.lifecycle != l {
+            tracing::info!(node_id = self.transport.node().0, lifecycle = %l, "lifecycle");
+        }
+        st.lifecycle = l;
+        true
+    }
+
     fn handle(&self) -> Option<DriverHandle> {
         self.lock().handle.clone()
     }
@@ -452,16 +466,19 @@ impl NodeServer {
             rand::random(),
         );
         loop {
-            // `init` may have made this node a cluster of its own meanwhile.
-            if self.handle().is_some() {
+            // `init` may have made this node a cluster of its own meanwhile;
+            // then the join is over and must not touch the lifecycle.
+            if !self.set_lifecycle_unless_running(plan.lifecycle()) {
                 return;
             }
-            self.set_lifecycle(plan.lifecycle());
             match plan.next_step() {
                 Step::Wait(d) => tokio::time::sleep(d).await,
                 Step::GiveUp(reason) => {
-                    tracing::error!(reason = %reason, "joining failed");
-                    self.set_lifecycle(Lifecycle::Failed { reason });
+                    if self.set_lifecycle_unless_running(Lifecycle::Failed {
+                        reason: reason.clone(),
+                    }) {
+                        tracing::error!(reason = %reason, "joining failed");
+                    }
                     return;
                 }
                 Step::Ask(seed) if seed == self.advertise.to_string() => {
