@@ -29,26 +29,14 @@ const FAILOVER: Duration = Duration::from_secs(3);
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// All nodes ready, every group led with three voters, leadership spread.
+/// All nodes ready in one cluster, all 33 groups led with three voters,
+/// leadership spread.
 fn formed(rs: &[NodeReport], nodes: usize) -> bool {
-    let led: BTreeMap<_, _> = rs
-        .iter()
-        .flat_map(|r| {
-            r.groups
-                .iter()
-                .filter(|g| g.leader)
-                .map(|g| (g.group, g.voters.len()))
-        })
-        .collect();
     // 33 groups over 3 nodes: each leads about 11 once leadership spread.
     let spread = rs
         .iter()
         .all(|r| r.groups.iter().filter(|g| g.leader).count() >= 8);
-    rs.len() == nodes
-        && rs.iter().all(|r| r.lifecycle == "ready")
-        && led.len() == 33
-        && led.values().all(|v| *v == 3)
-        && spread
+    settled(rs, nodes) && rs.iter().map(|r| r.groups.len()).max() == Some(33) && spread
 }
 
 async fn put(caller: &Caller, addrs: &BTreeMap<NodeId, SocketAddr>, routing: &Catalog, seq: u64) {

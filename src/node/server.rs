@@ -413,6 +413,20 @@ impl NodeServer {
         }
     }
 
+    /// The running driver and its catalog, or the answer for a node that
+    /// is not running.
+    async fn running(&self) -> std::result::Result<(DriverHandle, Catalog), RpcResponse> {
+        let Some(h) = self.handle() else {
+            return Err(error(&Error::Unreachable(
+                "this node has not joined a cluster yet".into(),
+            )));
+        };
+        match h.catalog().await {
+            Ok(c) => Ok((h, c)),
+            Err(_) => Err(error(&Error::Unreachable("the driver stopped".into()))),
+        }
+    }
+
     /// Records a member's new address through group 0, if the key it
     /// presents is the one the catalog pins for it.
     async fn handle_announce(
@@ -421,13 +435,9 @@ impl NodeServer {
         addr: String,
         spki_sha256: Vec<u8>,
     ) -> RpcResponse {
-        let Some(h) = self.handle() else {
-            return error(&Error::Unreachable(
-                "this node has not joined a cluster yet".into(),
-            ));
-        };
-        let Ok(catalog) = h.catalog().await else {
-            return error(&Error::Unreachable("the driver stopped".into()));
+        let (h, catalog) = match self.running().await {
+            Ok(r) => r,
+            Err(answer) => return answer,
         };
         let Some(info) = catalog.nodes.get(&node) else {
             return error(&Error::Invalid(format!("node {} is not a member", node.0)));
@@ -622,13 +632,9 @@ impl NodeServer {
     /// service is refused when fewer active nodes than replicas would be
     /// left, so every group keeps its replicas.
     async fn set_node_state(&self, node: NodeId, state: NodeState) -> RpcResponse {
-        let Some(h) = self.handle() else {
-            return error(&Error::Unreachable(
-                "this node has not joined a cluster yet".into(),
-            ));
-        };
-        let Ok(catalog) = h.catalog().await else {
-            return error(&Error::Unreachable("the driver stopped".into()));
+        let (h, catalog) = match self.running().await {
+            Ok(r) => r,
+            Err(answer) => return answer,
         };
         let Some(info) = catalog.nodes.get(&node) else {
             return error(&Error::Invalid(format!("there is no node {}", node.0)));
