@@ -76,8 +76,7 @@ impl Driver {
             w.entries
         };
         early(&mut out);
-        round.commit(staged)?;
-        out.committed = true;
+        out.committed = round.commit(staged)?;
 
         for (gid, number, msgs) in persisted {
             let g = self.groups.get_mut(&gid).expect("busy group exists");

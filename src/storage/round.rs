@@ -31,6 +31,8 @@ pub struct Round {
     next_seq: Arc<AtomicU64>,
     /// Whether this round must be on disk before `commit` returns.
     durable: AtomicBool,
+    /// Whether anything was staged at all.
+    touched: AtomicBool,
 }
 
 impl Round {
@@ -40,6 +42,7 @@ impl Round {
             stats,
             next_seq,
             durable: AtomicBool::new(false),
+            touched: AtomicBool::new(false),
         }
     }
 
@@ -55,6 +58,7 @@ impl Round {
             checksums: self.txn.open_table(CHECKSUMS)?,
             next_seq: &self.next_seq,
             durable: &self.durable,
+            touched: &self.touched,
             entries: 0,
         })
     }
@@ -66,7 +70,15 @@ impl Round {
     /// committed entries is committed without a sync: a crash loses at most
     /// those applies, which the node replays from its durable log, and the
     /// next synced round makes them durable too.
-    pub fn commit(mut self, entries: u64) -> Result<()> {
+    ///
+    /// A round that staged nothing (heartbeats, read confirmations) is
+    /// abandoned instead: no commit, no page written. Returns whether it
+    /// committed.
+    pub fn commit(mut self, entries: u64) -> Result<bool> {
+        if !self.touched.load(Ordering::Relaxed) {
+            self.txn.abort()?;
+            return Ok(false);
+        }
         let durable = self.durable.load(Ordering::Relaxed);
         if !durable {
             self.txn
@@ -81,7 +93,7 @@ impl Round {
         self.stats
             .entries_persisted
             .fetch_add(entries, Ordering::Relaxed);
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -96,6 +108,7 @@ pub struct RoundWriter<'t> {
     checksums: Table<'t, u64, (u64, u64)>,
     next_seq: &'t AtomicU64,
     durable: &'t AtomicBool,
+    touched: &'t AtomicBool,
     /// Log entries staged so far.
     pub(crate) entries: u64,
 }
@@ -111,6 +124,7 @@ impl<'t> RoundWriter<'t> {
         }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         self.require_sync();
+        self.touch();
         let record = super::schema::encode_log_record(group.0, new)?;
         self.log.insert(seq, record.as_slice())?;
         self.entries += new.len() as u64;
@@ -123,10 +137,15 @@ impl<'t> RoundWriter<'t> {
         self.durable.store(true, Ordering::Relaxed);
     }
 
+    fn touch(&self) {
+        self.touched.store(true, Ordering::Relaxed);
+    }
+
     /// Removes log records (after compaction, or when a snapshot replaced a
     /// group's log).
     pub fn delete_log_records(&mut self, seqs: &[u64]) -> Result<()> {
         for seq in seqs {
+            self.touch();
             self.log.remove(*seq)?;
         }
         Ok(())
@@ -134,18 +153,21 @@ impl<'t> RoundWriter<'t> {
 
     /// Stages a group's raft state record.
     pub fn put_raft_state(&mut self, group: GroupId, rec: &RaftStateRecord) -> Result<()> {
+        self.touch();
         self.raft.insert(group.0, wire::encode(rec).as_slice())?;
         Ok(())
     }
 
     /// Stages a group's apply index.
     pub fn set_applied(&mut self, group: GroupId, index: u64) -> Result<()> {
+        self.touch();
         self.applied.insert(group.0, index)?;
         Ok(())
     }
 
     /// Stages the catalog.
     pub fn put_catalog(&mut self, catalog: &Catalog) -> Result<()> {
+        self.touch();
         self.meta
             .insert(META_CATALOG, wire::encode(catalog).as_slice())?;
         Ok(())
@@ -161,6 +183,7 @@ impl<'t> RoundWriter<'t> {
     ) -> Result<()> {
         let g = group.0;
         self.require_sync();
+        self.touch();
         self.kv
             .retain_in((g, &[][..])..(g + 1, &[][..]), |_, _| false)?;
         self.sessions.retain_in((g, 0)..(g + 1, 0), |_, _| false)?;
@@ -181,6 +204,7 @@ impl<'t> RoundWriter<'t> {
     /// Records a consistency check of `group` at apply index `index`: the
     /// digest of its state as this round leaves it. Returns the digest.
     pub fn record_checksum(&mut self, group: GroupId, index: u64) -> Result<u64> {
+        self.touch();
         let digest = super::state_digest(&self.kv, &self.sessions, group)?;
         self.checksums.insert(group.0, (index, digest))?;
         Ok(digest)
@@ -207,11 +231,13 @@ impl KvStore for GroupKv<'_, '_> {
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.w.touch();
         self.w.kv.insert((self.g, key), value)?;
         Ok(())
     }
 
     fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        self.w.touch();
         Ok(self.w.kv.remove((self.g, key))?.is_some())
     }
 
@@ -223,6 +249,7 @@ impl KvStore for GroupKv<'_, '_> {
     }
 
     fn put_session(&mut self, client: u64, session: &Session) -> Result<()> {
+        self.w.touch();
         self.w
             .sessions
             .insert((self.g, client), wire::encode(session).as_slice())?;
