@@ -1,0 +1,379 @@
+//! The operations commands: `status`, `groups`, `nodes`, `node
+//! decommission` and `check`. Each gathers what it needs from every node
+//! the catalog lists (a node that does not answer is shown as such, never
+//! skipped silently) and prints a table or one JSON document.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::{exit, ids, print_json, state_name, table, Globals, Outcome};
+use crate::catalog::{Catalog, NodeState};
+use crate::client::Client;
+use crate::error::Error;
+use crate::transport::rpc::NodeReport;
+use crate::types::{GroupId, NodeId, CATALOG_GROUP};
+
+/// Reports of every node the catalog lists.
+pub(super) async fn reports(
+    c: &Client,
+) -> crate::error::Result<Vec<(NodeId, String, Option<NodeReport>)>> {
+    Ok(c.status()
+        .await?
+        .into_iter()
+        .map(|(n, a, r)| (n, a, r.ok()))
+        .collect())
+}
+
+/// Leader and its commit index, by group, from the reports.
+pub(super) fn leaders(
+    reports: &[(NodeId, String, Option<NodeReport>)],
+) -> BTreeMap<GroupId, (NodeId, u64)> {
+    reports
+        .iter()
+        .filter_map(|(_, _, r)| r.as_ref())
+        .flat_map(|r| {
+            r.groups
+                .iter()
+                .filter(|s| s.leader)
+                .map(move |s| (s.group, (r.node, s.commit)))
+        })
+        .collect()
+}
+
+pub(super) async fn status(g: &Globals, c: &Client, out: &mut dyn Write) -> Outcome {
+    let catalog = c.refresh_catalog().await?;
+    let reports = reports(c).await?;
+    let leaders = leaders(&reports);
+    let mut nodes = Vec::new();
+    for (id, addr, r) in &reports {
+        let (lifecycle, groups, leads, lag) = match r {
+            Some(r) => {
+                let lag = r
+                    .groups
+                    .iter()
+                    .map(|s| {
+                        leaders
+                            .get(&s.group)
+                            .map_or(0, |(_, commit)| commit.saturating_sub(s.applied))
+                    })
+                    .max()
+                    .unwrap_or(0);
+                (
+                    r.lifecycle.clone(),
+                    r.groups.len(),
+                    r.groups.iter().filter(|s| s.leader).count(),
+                    Some(lag),
+                )
+            }
+            None => ("unreachable".to_string(), 0, 0, None),
+        };
+        nodes.push(json!({
+            "id": id.0, "addr": addr, "lifecycle": lifecycle, "live": r.is_some(),
+            "groups": groups, "leads": leads, "apply_lag": lag,
+        }));
+    }
+    let total = catalog.groups.len();
+    let with_leader = leaders.len();
+    let full = catalog
+        .groups
+        .values()
+        .filter(|i| i.voters.len() >= 3)
+        .count();
+    let summary = json!({"total": total, "with_leader": with_leader, "with_3_voters": full});
+    let doc = json!({
+        "cluster_id": format!("{:016x}", catalog.cluster_id),
+        "epoch": catalog.epoch,
+        "nodes": nodes,
+        "groups": summary,
+    });
+    if g.json {
+        print_json(out, &doc);
+    } else {
+        let _ = writeln!(out, "cluster {:016x}", catalog.cluster_id);
+        let rows: Vec<Vec<String>> = nodes
+            .iter()
+            .map(|n| {
+                vec![
+                    n["id"].to_string(),
+                    n["addr"].as_str().unwrap_or("").to_string(),
+                    n["lifecycle"].as_str().unwrap_or("").to_string(),
+                    if n["live"] == json!(true) {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                    .to_string(),
+                    n["groups"].to_string(),
+                    n["leads"].to_string(),
+                    n["apply_lag"]
+                        .as_u64()
+                        .map_or("-".into(), |l| l.to_string()),
+                ]
+            })
+            .collect();
+        table(
+            out,
+            &[
+                "NODE",
+                "ADDRESS",
+                "LIFECYCLE",
+                "LIVE",
+                "GROUPS",
+                "LEADS",
+                "APPLY LAG",
+            ],
+            &rows,
+        );
+        let _ = writeln!(
+            out,
+            "groups: {total} total, {with_leader} with a leader, {full} with 3 voters"
+        );
+    }
+    let healthy = with_leader == total && reports.iter().all(|(_, _, r)| r.is_some());
+    Ok(if healthy {
+        (exit::OK, None)
+    } else {
+        (exit::UNAVAILABLE, Some("the cluster is degraded".into()))
+    })
+}
+
+pub(super) async fn groups(g: &Globals, c: &Client, out: &mut dyn Write) -> Outcome {
+    let catalog = c.refresh_catalog().await?;
+    let reports = reports(c).await?;
+    let mut by_group: BTreeMap<GroupId, &crate::transport::rpc::WireGroupStatus> = BTreeMap::new();
+    for r in reports.iter().filter_map(|(_, _, r)| r.as_ref()) {
+        for s in &r.groups {
+            // The leader's view wins; otherwise any replica's.
+            if s.leader || !by_group.contains_key(&s.group) {
+                by_group.insert(s.group, s);
+            }
+        }
+    }
+    let mut docs = Vec::new();
+    for info in catalog.groups.values() {
+        let s = by_group.get(&info.id);
+        docs.push(json!({
+            "id": info.id.0,
+            "voters": info.voters.iter().map(|n| n.0).collect::<Vec<_>>(),
+            "learners": info.learners.iter().map(|n| n.0).collect::<Vec<_>>(),
+            "leader": s.and_then(|s| s.leader_id).map(|n| n.0),
+            "term": s.map(|s| s.term),
+            "commit": s.map(|s| s.commit),
+            "applied": s.map(|s| s.applied),
+        }));
+    }
+    if g.json {
+        print_json(out, &json!({ "groups": docs }));
+    } else {
+        let cell = |v: &Value| match v {
+            Value::Null => "-".to_string(),
+            v => v.to_string(),
+        };
+        let rows: Vec<Vec<String>> = catalog
+            .groups
+            .values()
+            .zip(&docs)
+            .map(|(info, d)| {
+                vec![
+                    info.id.0.to_string(),
+                    ids(&info.voters),
+                    ids(&info.learners),
+                    cell(&d["leader"]),
+                    cell(&d["term"]),
+                    cell(&d["commit"]),
+                    cell(&d["applied"]),
+                ]
+            })
+            .collect();
+        table(
+            out,
+            &[
+                "GROUP", "VOTERS", "LEARNERS", "LEADER", "TERM", "COMMIT", "APPLIED",
+            ],
+            &rows,
+        );
+    }
+    Ok((exit::OK, None))
+}
+
+pub(super) async fn nodes(g: &Globals, c: &Client, out: &mut dyn Write) -> Outcome {
+    let catalog = c.refresh_catalog().await?;
+    let reports = reports(c).await?;
+    let live: BTreeMap<NodeId, bool> = reports.iter().map(|(n, _, r)| (*n, r.is_some())).collect();
+    let docs: Vec<Value> = catalog
+        .nodes
+        .values()
+        .map(|n| {
+            json!({
+                "id": n.id.0, "addr": n.addr, "state": state_name(n.state),
+                "live": live.get(&n.id).copied().unwrap_or(false),
+                "replicas": catalog.groups.values().filter(|g| g.has_replica(n.id)).count(),
+            })
+        })
+        .collect();
+    if g.json {
+        print_json(out, &json!({ "nodes": docs }));
+    } else {
+        let rows: Vec<Vec<String>> = docs
+            .iter()
+            .map(|d| {
+                vec![
+                    d["id"].to_string(),
+                    d["addr"].as_str().unwrap_or("").to_string(),
+                    d["state"].as_str().unwrap_or("").to_string(),
+                    if d["live"] == json!(true) {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                    .to_string(),
+                    d["replicas"].to_string(),
+                ]
+            })
+            .collect();
+        table(
+            out,
+            &["NODE", "ADDRESS", "STATE", "LIVE", "REPLICAS"],
+            &rows,
+        );
+    }
+    Ok((exit::OK, None))
+}
+
+pub(super) async fn decommission(
+    g: &Globals,
+    c: &Client,
+    node: NodeId,
+    wait: Duration,
+    out: &mut dyn Write,
+) -> Outcome {
+    c.set_node_state(node, NodeState::Decommissioning).await?;
+    if !g.json {
+        let _ = writeln!(out, "node {} decommissioning: moving its replicas", node.0);
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let catalog: Catalog = c.refresh_catalog().await?;
+        let left = catalog
+            .groups
+            .values()
+            .filter(|i| i.has_replica(node))
+            .count();
+        if left == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Unreachable(format!(
+                "node {} still holds {left} replicas after {wait:?}; it stays decommissioning",
+                node.0
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    c.set_node_state(node, NodeState::Removed).await?;
+    if g.json {
+        print_json(out, &json!({"node": node.0, "state": "removed"}));
+    } else {
+        let _ = writeln!(
+            out,
+            "node {} holds no replica and is removed; it can be stopped",
+            node.0
+        );
+    }
+    Ok((exit::OK, None))
+}
+
+pub(super) async fn check(g: &Globals, c: &Client, out: &mut dyn Write) -> Outcome {
+    let catalog = c.refresh_catalog().await?;
+    let mut docs = Vec::new();
+    let mut differ = false;
+    let mut unknown = false;
+    for info in catalog.groups.values().filter(|i| i.id != CATALOG_GROUP) {
+        let (index, _) = c.checksum(info.id).await?;
+        // Every voter records its digest when it applies the check entry;
+        // wait (within the timeout) until each has.
+        let deadline = tokio::time::Instant::now() + g.timeout;
+        let mut digests: BTreeMap<NodeId, Option<u64>> = BTreeMap::new();
+        loop {
+            for v in &info.voters {
+                if matches!(digests.get(v), Some(Some(_))) {
+                    continue;
+                }
+                let Some(n) = catalog.nodes.get(v) else {
+                    continue;
+                };
+                let found = c.checksums_of(&n.addr).await.ok().and_then(|all| {
+                    all.into_iter()
+                        .find(|(grp, i, _)| *grp == info.id && *i == index)
+                        .map(|(_, _, d)| d)
+                });
+                digests.insert(*v, found);
+            }
+            if digests.values().all(Option::is_some) || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let known: Vec<u64> = digests.values().flatten().copied().collect();
+        let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+        for d in &known {
+            *counts.entry(*d).or_default() += 1;
+        }
+        let majority = counts.iter().max_by_key(|(_, n)| **n).map(|(d, _)| *d);
+        let differing: Vec<u64> = digests
+            .iter()
+            .filter(|(_, d)| d.is_some() && **d != majority)
+            .map(|(n, _)| n.0)
+            .collect();
+        let missing: Vec<u64> = digests
+            .iter()
+            .filter(|(_, d)| d.is_none())
+            .map(|(n, _)| n.0)
+            .collect();
+        let consistent = differing.is_empty() && counts.len() <= 1;
+        differ |= !consistent;
+        unknown |= !missing.is_empty();
+        docs.push(json!({
+            "group": info.id.0, "index": index, "consistent": consistent,
+            "differing": differing, "unanswered": missing,
+        }));
+    }
+    if g.json {
+        print_json(out, &json!({"consistent": !differ, "groups": docs}));
+    } else {
+        let rows: Vec<Vec<String>> = docs
+            .iter()
+            .map(|d| {
+                let verdict = if d["consistent"] == json!(true) {
+                    "consistent".to_string()
+                } else {
+                    format!("DIFFERS on node(s) {}", d["differing"])
+                };
+                let missing = d["unanswered"].as_array().map_or(0, Vec::len);
+                vec![
+                    d["group"].to_string(),
+                    d["index"].to_string(),
+                    if missing > 0 {
+                        format!("{verdict} ({missing} replica(s) did not answer)")
+                    } else {
+                        verdict
+                    },
+                ]
+            })
+            .collect();
+        table(out, &["GROUP", "INDEX", "RESULT"], &rows);
+    }
+    Ok(if differ {
+        (exit::INCONSISTENT, Some("replicas differ".into()))
+    } else if unknown {
+        (
+            exit::UNAVAILABLE,
+            Some("some replicas did not answer; no difference found among the rest".into()),
+        )
+    } else {
+        (exit::OK, None)
+    })
+}
