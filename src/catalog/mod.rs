@@ -336,6 +336,35 @@ impl Catalog {
         Ok(())
     }
 
+    /// Decodes a catalog (from disk, a peer or a snapshot) and checks that
+    /// its routing is whole: a positive vshard count, one owner per vshard,
+    /// and every owner a data group the catalog holds. Routing on anything
+    /// less could not find a key's group, so it is refused here as corrupt.
+    pub fn decode(bytes: &[u8]) -> Result<Catalog> {
+        let c: Catalog = crate::wire::decode("catalog", bytes)?;
+        let corrupt = |detail: String| Error::Corrupt {
+            what: "catalog",
+            detail,
+        };
+        if c.vshard_count == 0 || c.vshards.len() != c.vshard_count as usize {
+            return Err(corrupt(format!(
+                "{} vshards listed for a count of {}",
+                c.vshards.len(),
+                c.vshard_count
+            )));
+        }
+        if let Some(g) = c
+            .vshards
+            .iter()
+            .find(|g| **g == CATALOG_GROUP || !c.groups.contains_key(g))
+        {
+            return Err(corrupt(format!(
+                "a vshard is owned by {g}, not a data group"
+            )));
+        }
+        Ok(c)
+    }
+
     /// The vshard of `key` under this catalog.
     pub fn vshard(&self, key: &[u8]) -> VShard {
         vshard_of(key, self.vshard_count)

@@ -144,3 +144,31 @@ fn a_preferred_leader_must_be_a_voter() {
     assert_eq!(c.preferred_leaders.get(&GroupId(2)), Some(&voters[1]));
     assert_eq!(c.epoch, epoch + 1);
 }
+
+#[test]
+fn a_catalog_whose_routing_is_not_whole_is_refused_as_corrupt() {
+    let good = Catalog::bootstrap(1, 64, &three(), 4, 3).unwrap();
+    assert_eq!(Catalog::decode(&crate::wire::encode(&good)).unwrap(), good);
+    let mut short = good.clone();
+    short.vshards.pop();
+    let mut zero = good.clone();
+    zero.vshard_count = 0;
+    zero.vshards.clear();
+    let mut orphan = good.clone();
+    orphan.vshards[3] = GroupId(99);
+    let mut catalog_owned = good;
+    catalog_owned.vshards[0] = CATALOG_GROUP;
+    for bad in [short, zero, orphan, catalog_owned] {
+        let r = Catalog::decode(&crate::wire::encode(&bad));
+        assert!(
+            matches!(
+                r,
+                Err(Error::Corrupt {
+                    what: "catalog",
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+}

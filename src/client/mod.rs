@@ -38,7 +38,6 @@ use crate::transport::rpc::{self, NodeReport, RpcRequest, RpcResponse};
 use crate::transport::tls::PIN_MISMATCH;
 use crate::transport::TlsIdentity;
 use crate::types::{GroupId, NodeId, CATALOG_GROUP};
-use crate::wire;
 
 /// Default deadline of one call, retries included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -406,7 +405,7 @@ impl Client {
             };
             match self.call_once(addr, &RpcRequest::Catalog).await {
                 Ok(RpcResponse::Catalog(bytes)) => {
-                    let catalog: Catalog = wire::decode("catalog", &bytes)?;
+                    let catalog = Catalog::decode(&bytes)?;
                     let mut r = self.lock_routing();
                     r.catalog = Some(catalog.clone());
                     r.fetched = Some(Instant::now());

@@ -345,7 +345,7 @@ fn install_snapshot(
     let store = g.node.mut_store();
     let gid = store.group;
     if let Some(bytes) = &data.catalog {
-        *catalog = wire::decode("catalog", bytes)?;
+        *catalog = crate::catalog::Catalog::decode(bytes)?;
     }
     let old_records = store.install_snapshot(meta.index, meta.term, meta.get_conf_state().clone());
     w.install_snapshot(gid, meta.index, &data, &old_records)?;

@@ -333,7 +333,7 @@ impl NodeServer {
         match rpc::call(endpoint, &config, addr, &req).await {
             Ok(RpcResponse::Joined { node_id, catalog }) => {
                 let catalog: Catalog =
-                    wire::decode("catalog", &catalog).map_err(|_| None::<Option<String>>)?;
+                    Catalog::decode(&catalog).map_err(|_| None::<Option<String>>)?;
                 let stored = {
                     let st = self.lock();
                     st.engine

@@ -170,7 +170,7 @@ impl Engine {
     /// The persisted catalog, when bootstrapped.
     pub fn catalog(&self) -> Result<Option<Catalog>> {
         self.meta(META_CATALOG)?
-            .map(|b| wire::decode("catalog", &b))
+            .map(|b| Catalog::decode(&b))
             .transpose()
     }
 
