@@ -82,12 +82,7 @@ async fn leader_of(caller: &Caller, addrs: &[SocketAddr], group: GroupId) -> Opt
 async fn the_client_and_the_cli_against_four_processes() {
     let dir = test_dir();
     let certs_dir = dir.path().join("certs");
-    let addrs: Vec<SocketAddr> = (0..4).map(|_| free_addr()).collect();
-    let seeds = seed_list(&addrs);
-    let mut nodes = Nodes(BTreeMap::new());
-    for (i, a) in addrs.iter().enumerate() {
-        nodes.0.insert(i, spawn(dir.path(), i, *a, Some(&seeds)));
-    }
+    let (addrs, mut nodes) = spawn_cluster(dir.path(), 4);
     init(dir.path(), addrs[0]).await;
     let caller = Caller::new(&certs_dir).unwrap();
     let rs = wait_for(&caller, &addrs, "four nodes did not settle", |rs| {

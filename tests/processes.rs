@@ -60,16 +60,32 @@ async fn put(caller: &Caller, addrs: &BTreeMap<NodeId, SocketAddr>, routing: &Ca
     );
 }
 
+/// Reads every key `put` wrote, `p1` to `p{last}`, linearizably, and checks
+/// each holds its value.
+async fn read_back(
+    caller: &Caller,
+    addrs: &BTreeMap<NodeId, SocketAddr>,
+    routing: &Catalog,
+    last: u64,
+) {
+    for seq in 1..=last {
+        let key = format!("p{seq}").into_bytes();
+        let group = routing.group_of(&key);
+        let r = caller
+            .request_leader(addrs, &RpcRequest::Read { group, key }, DEADLINE)
+            .await;
+        assert!(
+            matches!(r, Ok(RpcResponse::Kv(Response::Value(Some(ref v)))) if *v == seq.to_le_bytes()),
+            "key p{seq}: {r:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_log() {
     let _turn = SERIAL.lock().await;
     let dir = test_dir();
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let seeds = seed_list(&addrs);
-    let mut nodes = Nodes(BTreeMap::new());
-    for (i, a) in addrs.iter().enumerate() {
-        nodes.0.insert(i, spawn(dir.path(), i, *a, Some(&seeds)));
-    }
+    let (addrs, mut nodes) = spawn_cluster(dir.path(), 3);
 
     // `flotilla init`, as an operator would run it, retried until the node listens.
     init(dir.path(), addrs[0]).await;
@@ -201,17 +217,7 @@ async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_lo
     nodes.0.insert(g0, spawn(dir.path(), g0, addrs[g0], None));
     wait_caught_up(&caller, &addrs, addrs[g0]).await;
     // Every acknowledged write is there, read linearizably.
-    for seq in 1..=140u64 {
-        let key = format!("p{seq}").into_bytes();
-        let group = routing.group_of(&key);
-        let r = caller
-            .request_leader(&by_id, &RpcRequest::Read { group, key }, DEADLINE)
-            .await;
-        assert!(
-            matches!(r, Ok(RpcResponse::Kv(Response::Value(Some(ref v)))) if *v == seq.to_le_bytes()),
-            "key p{seq}: {r:?}"
-        );
-    }
+    read_back(&caller, &by_id, &routing, 140).await;
     drop(nodes);
     keep(dir);
 }
@@ -220,12 +226,7 @@ async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_lo
 async fn five_nodes_started_at_once_join_one_cluster_and_a_follower_seed_redirects() {
     let _turn = SERIAL.lock().await;
     let dir = test_dir();
-    let addrs: Vec<SocketAddr> = (0..5).map(|_| free_addr()).collect();
-    let seeds = seed_list(&addrs);
-    let mut nodes = Nodes(BTreeMap::new());
-    for (i, a) in addrs.iter().enumerate() {
-        nodes.0.insert(i, spawn(dir.path(), i, *a, Some(&seeds)));
-    }
+    let (addrs, mut nodes) = spawn_cluster(dir.path(), 5);
     init(dir.path(), addrs[2]).await;
     let caller = Caller::new(&dir.path().join("certs")).unwrap();
     let rs = wait_for(&caller, &addrs, "five nodes did not settle", |rs| {
@@ -336,17 +337,7 @@ async fn an_isolated_node_finds_its_moved_peers_through_its_seeds() {
     }
     // Node 0 takes part again: it holds every write, old and new.
     wait_caught_up(&caller, &all_new, a).await;
-    for seq in 1..=20u64 {
-        let key = format!("p{seq}").into_bytes();
-        let group = routing.group_of(&key);
-        let r = caller
-            .request_leader(&by_id, &RpcRequest::Read { group, key }, DEADLINE)
-            .await;
-        assert!(
-            matches!(r, Ok(RpcResponse::Kv(Response::Value(Some(ref v)))) if *v == seq.to_le_bytes()),
-            "key p{seq}: {r:?}"
-        );
-    }
+    read_back(&caller, &by_id, &routing, 20).await;
     let log = std::fs::read_to_string(dir.path().join("n0.log")).unwrap();
     assert!(
         log.contains("learned a peer's new address from a seed"),

@@ -16,6 +16,19 @@ use crate::error::Error;
 use crate::transport::rpc::NodeReport;
 use crate::types::{GroupId, NodeId, CATALOG_GROUP};
 
+/// A table cell for a JSON field: strings bare, absent values as "-".
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    }
+}
+
+fn yes_no(v: &Value) -> String {
+    if *v == json!(true) { "yes" } else { "no" }.to_string()
+}
+
 /// Reports of every node the catalog lists.
 pub(super) async fn reports(
     c: &Client,
@@ -97,20 +110,13 @@ pub(super) async fn status(g: &Globals, c: &Client, out: &mut dyn Write) -> Outc
             .iter()
             .map(|n| {
                 vec![
-                    n["id"].to_string(),
-                    n["addr"].as_str().unwrap_or("").to_string(),
-                    n["lifecycle"].as_str().unwrap_or("").to_string(),
-                    if n["live"] == json!(true) {
-                        "yes"
-                    } else {
-                        "no"
-                    }
-                    .to_string(),
-                    n["groups"].to_string(),
-                    n["leads"].to_string(),
-                    n["apply_lag"]
-                        .as_u64()
-                        .map_or("-".into(), |l| l.to_string()),
+                    cell(&n["id"]),
+                    cell(&n["addr"]),
+                    cell(&n["lifecycle"]),
+                    yes_no(&n["live"]),
+                    cell(&n["groups"]),
+                    cell(&n["leads"]),
+                    cell(&n["apply_lag"]),
                 ]
             })
             .collect();
@@ -168,10 +174,6 @@ pub(super) async fn groups(g: &Globals, c: &Client, out: &mut dyn Write) -> Outc
     if g.json {
         print_json(out, &json!({ "groups": docs }));
     } else {
-        let cell = |v: &Value| match v {
-            Value::Null => "-".to_string(),
-            v => v.to_string(),
-        };
         let rows: Vec<Vec<String>> = catalog
             .groups
             .values()
@@ -221,16 +223,11 @@ pub(super) async fn nodes(g: &Globals, c: &Client, out: &mut dyn Write) -> Outco
             .iter()
             .map(|d| {
                 vec![
-                    d["id"].to_string(),
-                    d["addr"].as_str().unwrap_or("").to_string(),
-                    d["state"].as_str().unwrap_or("").to_string(),
-                    if d["live"] == json!(true) {
-                        "yes"
-                    } else {
-                        "no"
-                    }
-                    .to_string(),
-                    d["replicas"].to_string(),
+                    cell(&d["id"]),
+                    cell(&d["addr"]),
+                    cell(&d["state"]),
+                    yes_no(&d["live"]),
+                    cell(&d["replicas"]),
                 ]
             })
             .collect();

@@ -67,6 +67,18 @@ pub fn spawn_with(
     cmd.spawn().unwrap()
 }
 
+/// Starts `n` nodes on free loopback addresses, each with all of them as
+/// seeds (the usual way to start a cluster before `init`).
+pub fn spawn_cluster(dir: &Path, n: usize) -> (Vec<SocketAddr>, Nodes) {
+    let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+    let seeds = seed_list(&addrs);
+    let mut nodes = Nodes(BTreeMap::new());
+    for (i, a) in addrs.iter().enumerate() {
+        nodes.0.insert(i, spawn(dir, i, *a, Some(&seeds)));
+    }
+    (addrs, nodes)
+}
+
 pub fn seed_list(addrs: &[SocketAddr]) -> String {
     addrs
         .iter()
