@@ -112,6 +112,10 @@ fn run_seed(seed: u64, cov: &mut Coverage) -> Result<(), String> {
             // Tiny logs, so that snapshots are exercised too.
             log_keep: 16,
             compact_slack: 8,
+            // Flush the applied-state overlay anywhere from every round to
+            // rarely, so crashes land at every distance from a flush.
+            flush_rounds: 1 + seed % 32,
+            flush_ticks: 1 + (seed / 32) % 40,
             trace_applies: true,
             ..DriverConfig::default()
         },

@@ -22,6 +22,15 @@ pub const COMPACT_SLACK_ENTRIES: u64 = 1024;
 pub const MAX_MSG_BYTES: u64 = 1024 * 1024;
 /// Append messages in flight per follower before the leader waits.
 pub const MAX_INFLIGHT_MSGS: usize = 256;
+/// Rounds that may apply into the overlay before one flushes it to redb.
+/// Under load a node runs a few hundred rounds a second, so a crash makes
+/// it re-apply at most about a second of entries from its own log.
+pub const FLUSH_ROUNDS: u64 = 256;
+/// Ticks the overlay may hold changes before it is flushed, so a quiet node
+/// writes out its last changes soon after they apply.
+pub const FLUSH_TICKS: u64 = 10;
+/// Bytes the overlay may hold before it is flushed, whatever the round count.
+pub const FLUSH_BYTES: usize = 16 * 1024 * 1024;
 
 /// How a [`super::Driver`] runs.
 #[derive(Clone, Debug)]
@@ -55,6 +64,12 @@ pub struct DriverConfig {
     pub balance_leaders: bool,
     /// Voters per group that placement aims for.
     pub replicas: usize,
+    /// See [`FLUSH_ROUNDS`].
+    pub flush_rounds: u64,
+    /// See [`FLUSH_TICKS`].
+    pub flush_ticks: u64,
+    /// See [`FLUSH_BYTES`].
+    pub flush_bytes: usize,
 }
 
 impl Default for DriverConfig {
@@ -73,6 +88,9 @@ impl Default for DriverConfig {
             trace_applies: false,
             balance_leaders: true,
             replicas: crate::catalog::DEFAULT_REPLICAS,
+            flush_rounds: FLUSH_ROUNDS,
+            flush_ticks: FLUSH_TICKS,
+            flush_bytes: FLUSH_BYTES,
         }
     }
 }

@@ -206,6 +206,10 @@ pub struct Driver {
     last_plan_tick: u64,
     /// What the driver read back from its own log when it opened.
     replayed: Replayed,
+    /// Rounds and ticks since the overlay was last flushed.
+    since_flush: (u64, u64),
+    /// The next round flushes the overlay whatever the counts say.
+    flush_requested: bool,
 }
 
 /// What a driver read back from its own storage when it opened: the log
@@ -289,6 +293,8 @@ impl Driver {
             last_plan_epoch: 0,
             last_plan_tick: 0,
             replayed,
+            since_flush: (0, 0),
+            flush_requested: false,
         })
     }
 
@@ -350,6 +356,9 @@ impl Driver {
     /// requests past their deadline.
     pub fn tick(&mut self) {
         self.now += 1;
+        if self.engine.overlay_bytes().is_some() {
+            self.since_flush.1 += 1;
+        }
         let now = self.now;
         for (gid, g) in &mut self.groups {
             g.node.tick();

@@ -53,10 +53,12 @@ impl Driver {
             .filter(|(_, g)| g.node.has_ready())
             .map(|(id, _)| *id)
             .collect();
-        if busy.is_empty() {
+        let flush = self.flush_due();
+        if busy.is_empty() && !flush {
             self.serve_reads(&mut out)?;
             return Ok(out);
         }
+        self.since_flush.0 += 1;
 
         let round = self.engine.begin_round()?;
         let mut persisted = Vec::with_capacity(busy.len());
@@ -66,6 +68,11 @@ impl Driver {
             for gid in &busy {
                 let (number, msgs) = self.handle_ready(*gid, &mut w, &mut out, &mut effects)?;
                 persisted.push((*gid, number, msgs));
+            }
+            // After the last call into raft-rs of this round: a snapshot
+            // built between the flush and the commit would miss the rows.
+            if flush || self.flush_requested {
+                self.flush(&mut w)?;
             }
             self.compact(&mut w)?;
             for e in &effects {
@@ -127,6 +134,7 @@ impl Driver {
         let g = self.groups.get_mut(&gid).expect("busy group exists");
 
         let committed = rd.take_committed_entries();
+        let mut conf_changed = false;
         if !committed.is_empty() {
             let mut applier = Applier {
                 me,
@@ -135,7 +143,8 @@ impl Driver {
                 completions: &mut out.completions,
                 trace: trace.then_some(&mut out.applied),
             };
-            state_dirty |= apply_entries(g, w, &committed, &mut applier)?;
+            conf_changed = apply_entries(g, w, &committed, &mut applier)?;
+            state_dirty |= conf_changed;
         }
 
         let entries = rd.take_entries();
@@ -169,7 +178,49 @@ impl Driver {
         }
         let number = rd.number();
         g.node.advance_append_async(rd);
+        // The configuration on disk must never be ahead of the apply index
+        // on disk, or a restart would apply the same change twice.
+        self.flush_requested |= conf_changed;
         Ok((number, persisted))
+    }
+
+    /// Whether this round must flush the overlay (see `DriverConfig`).
+    fn flush_due(&self) -> bool {
+        let Some(bytes) = self.engine.overlay_bytes() else {
+            return false;
+        };
+        let (rounds, ticks) = self.since_flush;
+        self.flush_requested
+            || bytes >= self.cfg.flush_bytes
+            || rounds >= self.cfg.flush_rounds
+            || ticks >= self.cfg.flush_ticks
+    }
+
+    /// Writes the overlay into this round; its groups' flushed apply
+    /// indexes move up, which lets compaction follow.
+    fn flush(&mut self, w: &mut RoundWriter<'_>) -> Result<()> {
+        for (gid, index) in w.flush_overlay()? {
+            if let Some(g) = self.groups.get_mut(&gid) {
+                g.node.mut_store().flushed = index;
+            }
+        }
+        self.since_flush = (0, 0);
+        self.flush_requested = false;
+        Ok(())
+    }
+
+    /// Flushes the overlay now (before a clean stop, so a restart has
+    /// nothing to re-apply).
+    pub fn flush_now(&mut self) -> Result<()> {
+        if self.engine.overlay_bytes().is_none() {
+            return Ok(());
+        }
+        self.flush_requested = true;
+        let out = self.round()?;
+        // Whatever this round produced is dropped with the stopping node;
+        // its callers will time out or retry elsewhere.
+        drop(out);
+        Ok(())
     }
 
     fn groups_contains(&self, id: GroupId) -> bool {
@@ -182,10 +233,11 @@ impl Driver {
         let limit = self.cfg.log_keep + self.cfg.compact_slack;
         for (gid, g) in &mut self.groups {
             let s = g.node.store();
-            if s.applied.saturating_sub(s.snap_index) <= limit {
+            // Never past what a restart resumes applying from.
+            if s.flushed.saturating_sub(s.snap_index) <= limit {
                 continue;
             }
-            let upto = s.applied - self.cfg.log_keep;
+            let upto = s.flushed - self.cfg.log_keep;
             let dead = g.node.mut_store().compact(upto);
             w.delete_log_records(&dead)?;
             w.put_raft_state(*gid, &g.node.store().record())?;

@@ -221,7 +221,7 @@ fn run(
         let first = match rx.recv_timeout(wait) {
             Ok(input) => Some(input),
             Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            Err(RecvTimeoutError::Disconnected) => return driver.flush_now(),
         };
         for input in first
             .into_iter()
@@ -270,7 +270,8 @@ fn run(
                 Input::Catalog(reply) => {
                     let _ = reply.send(driver.catalog().clone());
                 }
-                Input::Stop => return Ok(()),
+                // A clean stop leaves nothing for the restart to re-apply.
+                Input::Stop => return driver.flush_now(),
             }
         }
         if Instant::now() >= next_tick {

@@ -6,7 +6,8 @@
 //! from redb at start and kept in step by the driver, which writes every
 //! change to both in the same round. Memory per group is bounded by log
 //! compaction (see `DriverConfig::log_keep`). Snapshots are built on demand
-//! from a redb read transaction, which sees a consistent applied state.
+//! from a redb read transaction with the overlay laid over it, which
+//! together are the applied state as of `applied`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use redb::{Database, ReadableDatabase};
 
+use super::overlay::SharedOverlay;
 use super::schema::{
     RaftStateRecord, SnapshotData, APPLIED, KV, META, META_CATALOG, RAFT_STATE, SESSIONS,
 };
@@ -28,6 +30,8 @@ pub struct GroupStorage {
     pub(crate) group: GroupId,
     /// The database, for building snapshots.
     db: Arc<Database>,
+    /// The node's unflushed applied state, for building snapshots.
+    overlay: SharedOverlay,
     /// Last persisted (or staged this round) HardState.
     pub(crate) hard_state: HardState,
     /// Current ConfState (as of the applied index).
@@ -40,6 +44,10 @@ pub struct GroupStorage {
     pub(crate) entries: Vec<Entry>,
     /// Index of the last applied entry.
     pub(crate) applied: u64,
+    /// The apply index redb holds for this group (staged in a round or
+    /// committed): what a restart resumes applying from. Compaction never
+    /// passes it, so the entries a restart re-applies are still in the log.
+    pub(crate) flushed: u64,
     /// The log records holding this group's entries, oldest first, as
     /// (last index in the record, record sequence).
     pub(crate) records: VecDeque<(u64, u64)>,
@@ -95,17 +103,19 @@ impl GroupStorage {
     /// log rebuilt from its records.
     pub(crate) fn restore(
         db: Arc<Database>,
+        overlay: SharedOverlay,
         group: GroupId,
         rec: &RaftStateRecord,
         applied: u64,
         log: RestoredLog,
     ) -> GroupStorage {
-        let mut store = GroupStorage::fresh(db, group, rec);
+        let mut store = GroupStorage::fresh(db, overlay, group, rec);
         store.entries = log.entries;
         store.records = log.records;
         // Everything up to the compaction point is applied, even before the
         // first apply writes a row (a group starts at `INIT_INDEX`).
         store.applied = applied.max(rec.snap_index);
+        store.flushed = store.applied;
         store
     }
 
@@ -180,6 +190,7 @@ impl GroupStorage {
         self.snap_term = term;
         self.conf_state = cs;
         self.applied = index;
+        self.flushed = index;
         self.hard_state.commit = self.hard_state.commit.max(index);
         self.hard_state.term = self.hard_state.term.max(term);
         self.records.drain(..).map(|(_, seq)| seq).collect()
@@ -188,29 +199,40 @@ impl GroupStorage {
     fn build_snapshot(&self) -> Result<Snapshot> {
         let g = self.group.0;
         let txn = self.db.begin_read()?;
-        let raft = txn.open_table(RAFT_STATE)?;
-        let rec_bytes = raft.get(g)?.ok_or(Error::UnknownGroup(self.group))?;
-        let rec: RaftStateRecord = wire::decode("raft state", rec_bytes.value())?;
-        let applied = txn
-            .open_table(APPLIED)?
-            .get(g)?
-            .map_or(0, |v| v.value())
-            .max(rec.snap_index);
         let mut data = SnapshotData::default();
-        for row in txn.open_table(KV)?.range((g, &[][..])..(g + 1, &[][..]))? {
-            let (k, v) = row?;
-            data.rows.push((k.value().1.to_vec(), v.value().to_vec()));
-        }
-        for row in txn.open_table(SESSIONS)?.range((g, 0)..(g + 1, 0))? {
-            let (k, v) = row?;
-            data.sessions.push((k.value().1, v.value().to_vec()));
-        }
-        if self.group == CATALOG_GROUP {
+        let (applied, conf_state, rec) = if self.group == CATALOG_GROUP {
+            // The catalog group writes straight to redb, so its committed
+            // rows are its state as of its committed apply index.
+            let raft = txn.open_table(RAFT_STATE)?;
+            let rec_bytes = raft.get(g)?.ok_or(Error::UnknownGroup(self.group))?;
+            let rec: RaftStateRecord = wire::decode("raft state", rec_bytes.value())?;
+            let applied = txn
+                .open_table(APPLIED)?
+                .get(g)?
+                .map_or(0, |v| v.value())
+                .max(rec.snap_index);
             data.catalog = txn
                 .open_table(META)?
                 .get(META_CATALOG)?
                 .map(|v| v.value().to_vec());
-        }
+            (applied, rec.conf_state(), rec)
+        } else {
+            // A data group: committed rows with the overlay over them are its
+            // state as of the in-memory apply index (a round flushes the
+            // overlay only after its last call into raft-rs, so no snapshot
+            // is built between a flush and its commit).
+            let o = self.overlay.lock();
+            let over = o.groups.get(&g);
+            let kv = txn.open_table(KV)?;
+            for row in super::group_rows(&kv, over, self.group)? {
+                data.rows.push(row?);
+            }
+            let sessions = txn.open_table(SESSIONS)?;
+            for row in super::group_sessions(&sessions, over, self.group)? {
+                data.sessions.push(row?);
+            }
+            (self.applied, self.conf_state.clone(), self.record())
+        };
         let term = if applied == rec.snap_index {
             rec.snap_term
         } else {
@@ -223,7 +245,7 @@ impl GroupStorage {
         let meta = snap.mut_metadata();
         meta.index = applied;
         meta.term = term;
-        meta.set_conf_state(rec.conf_state());
+        meta.set_conf_state(conf_state);
         Ok(snap)
     }
 }
@@ -288,16 +310,23 @@ impl raft::Storage for GroupStorage {
 
 impl GroupStorage {
     /// A group with no log yet.
-    pub(crate) fn fresh(db: Arc<Database>, group: GroupId, rec: &RaftStateRecord) -> Self {
+    pub(crate) fn fresh(
+        db: Arc<Database>,
+        overlay: SharedOverlay,
+        group: GroupId,
+        rec: &RaftStateRecord,
+    ) -> Self {
         GroupStorage {
             group,
             db,
+            overlay,
             hard_state: rec.hard_state(),
             conf_state: rec.conf_state(),
             snap_index: rec.snap_index,
             snap_term: rec.snap_term,
             entries: Vec::new(),
             applied: rec.snap_index,
+            flushed: rec.snap_index,
             records: VecDeque::new(),
         }
     }

@@ -15,6 +15,7 @@
 
 mod group;
 mod memdisk;
+mod overlay;
 mod round;
 mod schema;
 
@@ -24,6 +25,7 @@ pub use round::{GroupKv, Round, RoundWriter};
 pub use schema::{RaftStateRecord, SnapshotData};
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,6 +39,7 @@ use crate::error::{Error, Result};
 use crate::types::{GroupId, NodeId, CATALOG_GROUP};
 use crate::wire;
 use group::RestoredLog;
+use overlay::{GroupOverlay, Merged, SharedOverlay};
 use schema::{
     decode_log_record, APPLIED, CHECKSUMS, KV, LOG, META, META_CATALOG, META_CLUSTER_ID,
     META_INCARNATION, META_NODE_ID, RAFT_STATE, SESSIONS,
@@ -53,6 +56,8 @@ pub struct Stats {
     pub syncs: AtomicU64,
     /// Raft log entries written.
     pub entries_persisted: AtomicU64,
+    /// Rounds that wrote the applied-state overlay out to redb.
+    pub flushes: AtomicU64,
 }
 
 impl Stats {
@@ -72,6 +77,10 @@ impl Stats {
     pub fn entries(&self) -> u64 {
         self.entries_persisted.load(Ordering::Relaxed)
     }
+    /// Overlay flushes so far.
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
 }
 
 /// A node's database.
@@ -80,6 +89,8 @@ pub struct Engine {
     stats: Arc<Stats>,
     /// Sequence of the next Raft log record.
     next_log_seq: Arc<AtomicU64>,
+    /// Applied state of data groups not yet in redb.
+    overlay: SharedOverlay,
 }
 
 fn u64_bytes(v: u64) -> [u8; 8] {
@@ -126,6 +137,7 @@ impl Engine {
             db: Arc::new(db),
             stats: Arc::default(),
             next_log_seq: Arc::new(AtomicU64::new(next)),
+            overlay: SharedOverlay::default(),
         })
     }
 
@@ -273,6 +285,7 @@ impl Engine {
             let log = logs.remove(g).unwrap_or_default();
             out.push(GroupStorage::restore(
                 self.db.clone(),
+                self.overlay.clone(),
                 GroupId(*g),
                 rec,
                 applied,
@@ -292,7 +305,7 @@ impl Engine {
         } else {
             RaftStateRecord::default()
         };
-        GroupStorage::fresh(self.db.clone(), info.id, &rec)
+        GroupStorage::fresh(self.db.clone(), self.overlay.clone(), info.id, &rec)
     }
 
     /// Starts a round.
@@ -301,22 +314,32 @@ impl Engine {
             self.db.begin_write()?,
             self.stats.clone(),
             self.next_log_seq.clone(),
+            self.overlay.clone(),
         ))
+    }
+
+    /// Approximate bytes of applied state waiting in the overlay, or `None`
+    /// when it is empty.
+    pub fn overlay_bytes(&self) -> Option<usize> {
+        let o = self.overlay.lock();
+        (!o.is_empty()).then_some(o.bytes)
     }
 
     /// Reads a key of a group's applied state.
     pub fn get(&self, group: GroupId, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(KV)?;
-        Ok(t.get((group.0, key))?.map(|v| v.value().to_vec()))
+        Ok(self.get_many(&[(group, key)])?.pop().flatten())
     }
 
     /// Reads many keys of many groups in one read transaction.
     pub fn get_many(&self, keys: &[(GroupId, &[u8])]) -> Result<Vec<Option<Vec<u8>>>> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(KV)?;
+        let o = self.overlay.lock();
         keys.iter()
-            .map(|(g, k)| Ok(t.get((g.0, *k))?.map(|v| v.value().to_vec())))
+            .map(|(g, k)| match o.row(g.0, k) {
+                Some(v) => Ok(v.map(<[u8]>::to_vec)),
+                None => Ok(t.get((g.0, *k))?.map(|v| v.value().to_vec())),
+            })
             .collect()
     }
 
@@ -324,12 +347,21 @@ impl Engine {
     /// read in one transaction. Replicas at the same apply index must agree.
     pub fn group_digest(&self, group: GroupId) -> Result<(u64, u64)> {
         let txn = self.db.begin_read()?;
-        let applied = txn
-            .open_table(APPLIED)?
-            .get(group.0)?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        let digest = state_digest(&txn.open_table(KV)?, &txn.open_table(SESSIONS)?, group)?;
+        let o = self.overlay.lock();
+        let applied = match o.applied(group.0) {
+            Some(a) => a,
+            None => txn
+                .open_table(APPLIED)?
+                .get(group.0)?
+                .map(|v| v.value())
+                .unwrap_or(0),
+        };
+        let digest = state_digest(
+            &txn.open_table(KV)?,
+            &txn.open_table(SESSIONS)?,
+            o.groups.get(&group.0),
+            group,
+        )?;
         Ok((applied, digest))
     }
 
@@ -345,16 +377,29 @@ impl Engine {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(KV)?;
         let g = group.0;
+        if end.is_some_and(|end| end <= start) {
+            return Ok(Vec::new());
+        }
         let rows = match end {
             Some(end) => t.range((g, start)..(g, end))?,
             None => t.range((g, start)..(g + 1, &[][..]))?,
         };
-        let mut out = Vec::new();
-        for row in rows.take(limit) {
+        let base = rows.map(|row| {
             let (k, v) = row?;
-            out.push((k.value().1.to_vec(), v.value().to_vec()));
-        }
-        Ok(out)
+            Ok((k.value().1.to_vec(), v.value().to_vec()))
+        });
+        let o = self.overlay.lock();
+        let bounds = (
+            Bound::Included(start),
+            end.map_or(Bound::Unbounded, Bound::Excluded),
+        );
+        let over = o
+            .groups
+            .get(&g)
+            .into_iter()
+            .flat_map(|go| go.rows.range::<[u8], _>(bounds))
+            .map(|(k, v)| (k.clone(), v.clone()));
+        Merged::new(base, over).take(limit).collect()
     }
 
     /// The result of every group's last consistency check on this node:
@@ -375,24 +420,59 @@ impl Engine {
 pub(crate) fn state_digest(
     kv: &impl ReadableTable<(u64, &'static [u8]), &'static [u8]>,
     sessions: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    overlay: Option<&GroupOverlay>,
     group: GroupId,
 ) -> Result<u64> {
-    let g = group.0;
     let mut h = Xxh3::new();
-    for row in kv.range((g, &[][..])..(g + 1, &[][..]))? {
-        let (k, v) = row?;
-        let key = k.value().1;
+    for row in group_rows(kv, overlay, group)? {
+        let (key, value) = row?;
         h.update(&(key.len() as u64).to_le_bytes());
-        h.update(key);
-        h.update(&(v.value().len() as u64).to_le_bytes());
-        h.update(v.value());
+        h.update(&key);
+        h.update(&(value.len() as u64).to_le_bytes());
+        h.update(&value);
     }
-    for row in sessions.range((g, 0)..(g + 1, 0))? {
-        let (k, v) = row?;
-        h.update(&k.value().1.to_le_bytes());
-        h.update(v.value());
+    for row in group_sessions(sessions, overlay, group)? {
+        let (client, session) = row?;
+        h.update(&client.to_le_bytes());
+        h.update(&session);
     }
     Ok(h.digest())
+}
+
+/// Every KV row of a group, redb and overlay merged, in key order.
+pub(crate) fn group_rows<'a>(
+    kv: &'a impl ReadableTable<(u64, &'static [u8]), &'static [u8]>,
+    overlay: Option<&'a GroupOverlay>,
+    group: GroupId,
+) -> Result<impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a> {
+    let g = group.0;
+    let base = kv.range((g, &[][..])..(g + 1, &[][..]))?.map(|row| {
+        let (k, v) = row?;
+        Ok((k.value().1.to_vec(), v.value().to_vec()))
+    });
+    let over = overlay
+        .into_iter()
+        .flat_map(|o| o.rows.iter())
+        .map(|(k, v)| (k.clone(), v.clone()));
+    Ok(Merged::new(base, over))
+}
+
+/// Every client session of a group, redb and overlay merged, by client.
+pub(crate) fn group_sessions<'a>(
+    sessions: &'a impl ReadableTable<(u64, u64), &'static [u8]>,
+    overlay: Option<&'a GroupOverlay>,
+    group: GroupId,
+) -> Result<impl Iterator<Item = Result<(u64, Vec<u8>)>> + 'a> {
+    let g = group.0;
+    let base = sessions.range((g, 0)..(g + 1, 0))?.map(|row| {
+        let (k, v) = row?;
+        Ok((k.value().1, v.value().to_vec()))
+    });
+    let over = overlay
+        .into_iter()
+        .flat_map(|o| o.sessions.iter())
+        .map(|(c, s)| (*c, Some(s.clone())));
+    Ok(Merged::new(base, over))
 }
 
 /// The Raft state a group starts from: its voters and learners, empty log.

@@ -2,9 +2,11 @@
 //! transaction, shared by all groups that have work.
 //!
 //! The driver stages everything a round produces (new log entries, hard
-//! states, applied KV rows, apply indexes, catalog changes) through a
-//! [`RoundWriter`]; [`Round::commit`] then makes it durable with a single
-//! commit, which is a single fsync whatever the number of groups.
+//! states, catalog changes) through a [`RoundWriter`]; [`Round::commit`]
+//! then makes it durable with a single commit, which is a single fsync
+//! whatever the number of groups. Applied KV rows, sessions and apply
+//! indexes of data groups go to the overlay (see `overlay`) and reach redb
+//! in the rounds that flush it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use raft::eraftpb::Entry;
 use redb::{Durability, ReadableTable, Table, WriteTransaction};
 
+use super::overlay::SharedOverlay;
 use super::schema::{
     RaftStateRecord, SnapshotData, APPLIED, CHECKSUMS, KV, LOG, META, META_CATALOG, RAFT_STATE,
     SESSIONS,
@@ -20,7 +23,7 @@ use super::Stats;
 use crate::catalog::Catalog;
 use crate::error::Result;
 use crate::kv::{KvStore, Session};
-use crate::types::GroupId;
+use crate::types::{GroupId, CATALOG_GROUP};
 use crate::wire;
 
 /// An open round: one write transaction.
@@ -33,14 +36,21 @@ pub struct Round {
     durable: AtomicBool,
     /// Whether anything was staged at all.
     touched: AtomicBool,
+    overlay: SharedOverlay,
 }
 
 impl Round {
-    pub(crate) fn new(txn: WriteTransaction, stats: Arc<Stats>, next_seq: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(
+        txn: WriteTransaction,
+        stats: Arc<Stats>,
+        next_seq: Arc<AtomicU64>,
+        overlay: SharedOverlay,
+    ) -> Self {
         Round {
             txn,
             stats,
             next_seq,
+            overlay,
             durable: AtomicBool::new(false),
             touched: AtomicBool::new(false),
         }
@@ -59,6 +69,8 @@ impl Round {
             next_seq: &self.next_seq,
             durable: &self.durable,
             touched: &self.touched,
+            overlay: &self.overlay,
+            stats: &self.stats,
             entries: 0,
         })
     }
@@ -109,6 +121,8 @@ pub struct RoundWriter<'t> {
     next_seq: &'t AtomicU64,
     durable: &'t AtomicBool,
     touched: &'t AtomicBool,
+    overlay: &'t SharedOverlay,
+    stats: &'t Stats,
     /// Log entries staged so far.
     pub(crate) entries: u64,
 }
@@ -158,11 +172,48 @@ impl<'t> RoundWriter<'t> {
         Ok(())
     }
 
-    /// Stages a group's apply index.
+    /// Records a group's apply index: in the overlay for a data group, in
+    /// this round for the catalog group.
     pub fn set_applied(&mut self, group: GroupId, index: u64) -> Result<()> {
-        self.touch();
-        self.applied.insert(group.0, index)?;
+        if group == CATALOG_GROUP {
+            self.touch();
+            self.applied.insert(group.0, index)?;
+        } else {
+            self.overlay.lock().set_applied(group.0, index);
+        }
         Ok(())
+    }
+
+    /// Writes the whole overlay into this round and empties it. Returns
+    /// each flushed group with the apply index now staged for it.
+    pub fn flush_overlay(&mut self) -> Result<Vec<(GroupId, u64)>> {
+        let groups = self.overlay.lock().take();
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.touch();
+        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        let mut flushed = Vec::with_capacity(groups.len());
+        for (g, o) in groups {
+            for (key, value) in &o.rows {
+                match value {
+                    Some(v) => {
+                        self.kv.insert((g, key.as_slice()), v.as_slice())?;
+                    }
+                    None => {
+                        self.kv.remove((g, key.as_slice()))?;
+                    }
+                }
+            }
+            for (client, session) in &o.sessions {
+                self.sessions.insert((g, *client), session.as_slice())?;
+            }
+            if let Some(index) = o.applied {
+                self.applied.insert(g, index)?;
+                flushed.push((GroupId(g), index));
+            }
+        }
+        Ok(flushed)
     }
 
     /// Stages the catalog.
@@ -184,6 +235,7 @@ impl<'t> RoundWriter<'t> {
         let g = group.0;
         self.require_sync();
         self.touch();
+        self.overlay.lock().discard(g);
         self.kv
             .retain_in((g, &[][..])..(g + 1, &[][..]), |_, _| false)?;
         self.sessions.retain_in((g, 0)..(g + 1, 0), |_, _| false)?;
@@ -205,7 +257,9 @@ impl<'t> RoundWriter<'t> {
     /// digest of its state as this round leaves it. Returns the digest.
     pub fn record_checksum(&mut self, group: GroupId, index: u64) -> Result<u64> {
         self.touch();
-        let digest = super::state_digest(&self.kv, &self.sessions, group)?;
+        let o = self.overlay.lock();
+        let digest = super::state_digest(&self.kv, &self.sessions, o.groups.get(&group.0), group)?;
+        drop(o);
         self.checksums.insert(group.0, (index, digest))?;
         Ok(digest)
     }
@@ -227,21 +281,29 @@ pub struct GroupKv<'w, 't> {
 
 impl KvStore for GroupKv<'_, '_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.w.overlay.lock().row(self.g, key) {
+            return Ok(v.map(<[u8]>::to_vec));
+        }
         Ok(self.w.kv.get((self.g, key))?.map(|v| v.value().to_vec()))
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.w.touch();
-        self.w.kv.insert((self.g, key), value)?;
+        self.w.overlay.lock().put_row(self.g, key, Some(value));
         Ok(())
     }
 
     fn delete(&mut self, key: &[u8]) -> Result<bool> {
-        self.w.touch();
-        Ok(self.w.kv.remove((self.g, key))?.is_some())
+        let existed = self.get(key)?.is_some();
+        if existed {
+            self.w.overlay.lock().put_row(self.g, key, None);
+        }
+        Ok(existed)
     }
 
     fn session(&self, client: u64) -> Result<Option<Session>> {
+        if let Some(v) = self.w.overlay.lock().session(self.g, client) {
+            return Ok(Some(wire::decode("client session", v)?));
+        }
         match self.w.sessions.get((self.g, client))? {
             Some(v) => Ok(Some(wire::decode("client session", v.value())?)),
             None => Ok(None),
@@ -249,10 +311,8 @@ impl KvStore for GroupKv<'_, '_> {
     }
 
     fn put_session(&mut self, client: u64, session: &Session) -> Result<()> {
-        self.w.touch();
-        self.w
-            .sessions
-            .insert((self.g, client), wire::encode(session).as_slice())?;
+        let bytes = wire::encode(session);
+        self.w.overlay.lock().put_session(self.g, client, bytes);
         Ok(())
     }
 }

@@ -219,6 +219,7 @@ fn compaction_deletes_only_records_it_no_longer_needs_and_the_log_reloads() {
         w.require_sync();
         w.put_raft_state(GroupId(1), &s.record()).unwrap();
         w.set_applied(GroupId(1), B + 12).unwrap();
+        w.flush_overlay().unwrap();
     }
     round.commit(0).unwrap();
     drop(e);
@@ -283,8 +284,9 @@ fn a_round_that_only_applies_is_not_synced_and_a_crash_loses_only_it() {
     {
         let mut w = round.writer().unwrap();
         w.set_applied(GroupId(1), B + 1).unwrap();
+        assert_eq!(w.flush_overlay().unwrap(), vec![(GroupId(1), B + 1)]);
     }
-    round.commit(0).unwrap();
+    assert!(round.commit(0).unwrap(), "a flush is a commit");
     assert_eq!(stats.syncs(), synced, "an apply-only round must not sync");
     // Crash: the appended entry survives, the unsynced apply index does not.
     let image = disk.crash_image();
@@ -293,4 +295,108 @@ fn a_round_that_only_applies_is_not_synced_and_a_crash_loses_only_it() {
     let s = group_of(&e, 1);
     assert_eq!(s.last_index().unwrap(), B + 1);
     assert_eq!(s.applied, B);
+}
+
+/// Applies `rows` (a `None` value deletes) to group 1 in one round, with
+/// apply index `applied`; flushes the overlay in that round when `flush`.
+fn apply_round(e: &Engine, rows: &[(&str, Option<&str>)], applied: u64, flush: bool) {
+    use crate::kv::KvStore as _;
+    let round = e.begin_round().unwrap();
+    {
+        let mut w = round.writer().unwrap();
+        let mut kv = w.kv(GroupId(1));
+        for (k, v) in rows {
+            match v {
+                Some(v) => kv.put(k.as_bytes(), v.as_bytes()).unwrap(),
+                None => {
+                    kv.delete(k.as_bytes()).unwrap();
+                }
+            }
+        }
+        w.set_applied(GroupId(1), applied).unwrap();
+        if flush {
+            w.flush_overlay().unwrap();
+            w.require_sync();
+        }
+    }
+    round.commit(0).unwrap();
+}
+
+fn scan_all(e: &Engine) -> Vec<(String, String)> {
+    e.scan(GroupId(1), b"", None, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap()))
+        .collect()
+}
+
+#[test]
+fn applied_rows_wait_in_the_overlay_and_reads_see_them_merged() {
+    let e = Engine::open_backend(MemDisk::new()).unwrap();
+    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    apply_round(
+        &e,
+        &[("a", Some("1")), ("b", Some("2")), ("c", Some("3"))],
+        B + 1,
+        true,
+    );
+    assert_eq!(e.overlay_bytes(), None, "the flush emptied the overlay");
+    let flushed_digest = e.group_digest(GroupId(1)).unwrap();
+    apply_round(
+        &e,
+        &[("b", None), ("c", Some("33")), ("d", Some("4"))],
+        B + 2,
+        false,
+    );
+    assert!(e.overlay_bytes().is_some());
+    assert_eq!(e.stats().flushes(), 1);
+    // Reads see the overlay over redb: a replaced value, a deleted row, a new one.
+    assert_eq!(e.get(GroupId(1), b"a").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(e.get(GroupId(1), b"b").unwrap(), None);
+    assert_eq!(e.get(GroupId(1), b"c").unwrap(), Some(b"33".to_vec()));
+    let merged = vec![
+        ("a".to_string(), "1".to_string()),
+        ("c".to_string(), "33".to_string()),
+        ("d".to_string(), "4".to_string()),
+    ];
+    assert_eq!(scan_all(&e), merged);
+    assert_eq!(e.scan(GroupId(1), b"b", Some(b"d"), 10).unwrap().len(), 1);
+    let before_flush = e.group_digest(GroupId(1)).unwrap();
+    assert_eq!(before_flush.0, B + 2);
+    assert_ne!(before_flush, flushed_digest);
+    // Flushing changes where the rows live, not what they are.
+    apply_round(&e, &[], B + 2, true);
+    assert_eq!(e.overlay_bytes(), None);
+    assert_eq!(scan_all(&e), merged);
+    assert_eq!(e.group_digest(GroupId(1)).unwrap(), before_flush);
+}
+
+#[test]
+fn a_crash_loses_the_overlay_and_restarts_from_the_last_flush() {
+    let disk = MemDisk::new();
+    let e = Engine::open_backend(disk.clone()).unwrap();
+    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    apply_round(&e, &[("a", Some("1"))], B + 1, true);
+    apply_round(&e, &[("a", Some("2")), ("b", Some("3"))], B + 2, false);
+    // A synced round that does not flush (new log entries) keeps the
+    // overlay in memory only.
+    let round = e.begin_round().unwrap();
+    {
+        let mut w = round.writer().unwrap();
+        w.append(GroupId(1), &[entry(B + 1, 1), entry(B + 2, 1)])
+            .unwrap();
+    }
+    round.commit(2).unwrap();
+    let image = disk.crash_image();
+    drop(e);
+    let e = Engine::open_backend(image).unwrap();
+    let s = group_of(&e, 1);
+    assert_eq!(s.applied, B + 1, "resumes applying after the last flush");
+    assert_eq!(s.flushed, B + 1);
+    assert_eq!(
+        s.last_index().unwrap(),
+        B + 2,
+        "with the entries to re-apply"
+    );
+    assert_eq!(scan_all(&e), vec![("a".to_string(), "1".to_string())]);
 }

@@ -1,0 +1,238 @@
+//! Applied state that has not been written to redb yet.
+//!
+//! Applying an entry changes a KV row, the writer's client session and the
+//! group's apply index. Written to redb in the round that applied them,
+//! every key costs a copied B-tree leaf per round, and with keys spread over
+//! the key space that copying was the largest cost of a round. So data
+//! groups apply into this in-memory overlay instead, and a round every so
+//! often writes the whole overlay out at once (a *flush*), when many
+//! changes to the same leaves cost one copy.
+//!
+//! Nothing acknowledged depends on the overlay: an entry is acknowledged
+//! once it is committed, which means it is in the durable log of a quorum.
+//! After a crash, redb holds the applied state and apply index of the last
+//! flush, and the node re-applies the entries after it from its own log;
+//! compaction never removes an entry past the flushed apply index (see
+//! `GroupStorage::flushed`). Reads, scans, snapshots and checksums see redb
+//! and the overlay merged, the overlay winning.
+//!
+//! The catalog group never uses the overlay: catalog changes must be on
+//! disk before their effects.
+
+use std::collections::BTreeMap;
+use std::iter::Peekable;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::Result;
+
+/// Bytes a row costs beyond its key and value (map node, lengths).
+const ROW_OVERHEAD: usize = 64;
+
+/// One group's unflushed applied state.
+#[derive(Debug, Default)]
+pub(crate) struct GroupOverlay {
+    /// Key → new value, or `None` for a deleted key.
+    pub(crate) rows: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Client → encoded session.
+    pub(crate) sessions: BTreeMap<u64, Vec<u8>>,
+    /// The apply index these changes bring the group to.
+    pub(crate) applied: Option<u64>,
+}
+
+/// Every data group's unflushed applied state on a node.
+#[derive(Debug, Default)]
+pub(crate) struct Overlay {
+    pub(crate) groups: BTreeMap<u64, GroupOverlay>,
+    /// Approximate memory held, for the flush threshold.
+    pub(crate) bytes: usize,
+}
+
+impl Overlay {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// The overlay's value for a key: `Some(Some(v))` a value, `Some(None)`
+    /// deleted, `None` not in the overlay (redb knows).
+    pub(crate) fn row(&self, group: u64, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.groups.get(&group)?.rows.get(key).map(|v| v.as_deref())
+    }
+
+    pub(crate) fn session(&self, group: u64, client: u64) -> Option<&[u8]> {
+        self.groups
+            .get(&group)?
+            .sessions
+            .get(&client)
+            .map(Vec::as_slice)
+    }
+
+    pub(crate) fn applied(&self, group: u64) -> Option<u64> {
+        self.groups.get(&group)?.applied
+    }
+
+    pub(crate) fn put_row(&mut self, group: u64, key: &[u8], value: Option<&[u8]>) {
+        self.bytes += ROW_OVERHEAD + key.len() + value.map_or(0, <[u8]>::len);
+        self.groups
+            .entry(group)
+            .or_default()
+            .rows
+            .insert(key.to_vec(), value.map(<[u8]>::to_vec));
+    }
+
+    pub(crate) fn put_session(&mut self, group: u64, client: u64, session: Vec<u8>) {
+        self.bytes += ROW_OVERHEAD + session.len();
+        self.groups
+            .entry(group)
+            .or_default()
+            .sessions
+            .insert(client, session);
+    }
+
+    pub(crate) fn set_applied(&mut self, group: u64, index: u64) {
+        self.groups.entry(group).or_default().applied = Some(index);
+    }
+
+    /// Forgets a group's changes (a snapshot replaced its whole state).
+    pub(crate) fn discard(&mut self, group: u64) {
+        self.groups.remove(&group);
+    }
+
+    /// Takes everything, leaving the overlay empty.
+    pub(crate) fn take(&mut self) -> BTreeMap<u64, GroupOverlay> {
+        self.bytes = 0;
+        std::mem::take(&mut self.groups)
+    }
+}
+
+/// The overlay as the engine, its rounds and its groups share it. Only the
+/// driver thread uses it; the lock is never held across a call into raft-rs.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SharedOverlay(Arc<Mutex<Overlay>>);
+
+impl SharedOverlay {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Overlay> {
+        // A panic while holding it stops the driver thread; what it left is
+        // still the best state there is.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Rows of redb (`base`, in key order) with the overlay's changes for the
+/// same range (`over`, in key order) laid on top: the overlay's value wins,
+/// and its deletions hide redb's rows.
+pub(crate) struct Merged<K, V, B, O>
+where
+    B: Iterator<Item = Result<(K, V)>>,
+    O: Iterator<Item = (K, Option<V>)>,
+{
+    base: Peekable<B>,
+    over: Peekable<O>,
+}
+
+impl<K, V, B, O> Merged<K, V, B, O>
+where
+    K: Ord,
+    B: Iterator<Item = Result<(K, V)>>,
+    O: Iterator<Item = (K, Option<V>)>,
+{
+    pub(crate) fn new(base: B, over: O) -> Self {
+        Merged {
+            base: base.peekable(),
+            over: over.peekable(),
+        }
+    }
+}
+
+impl<K, V, B, O> Iterator for Merged<K, V, B, O>
+where
+    K: Ord,
+    B: Iterator<Item = Result<(K, V)>>,
+    O: Iterator<Item = (K, Option<V>)>,
+{
+    type Item = Result<(K, V)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let take_over = match (self.base.peek(), self.over.peek()) {
+                (None, None) => return None,
+                (Some(Err(_)), _) => return self.base.next(),
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+                (Some(Ok((bk, _))), Some((ok, _))) => {
+                    if ok == bk {
+                        // The overlay replaces this row.
+                        self.base.next();
+                        true
+                    } else {
+                        ok < bk
+                    }
+                }
+            };
+            if !take_over {
+                return self.base.next();
+            }
+            match self.over.next() {
+                Some((k, Some(v))) => return Some(Ok((k, v))),
+                // A deletion: the row is gone; look further.
+                Some((_, None)) => continue,
+                None => return None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn merged(base: &[(u8, u8)], over: &[(u8, Option<u8>)]) -> Vec<(u8, u8)> {
+        Merged::new(base.iter().map(|r| Ok(*r)), over.iter().copied())
+            .collect::<Result<Vec<_>>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn overlay_rows_replace_add_and_delete() {
+        let base = [(1, 10), (3, 30), (5, 50), (7, 70)];
+        let over = [
+            (0, Some(1)),
+            (3, None),
+            (5, Some(55)),
+            (6, Some(66)),
+            (9, None),
+        ];
+        assert_eq!(
+            merged(&base, &over),
+            vec![(0, 1), (1, 10), (5, 55), (6, 66), (7, 70)]
+        );
+        assert_eq!(merged(&base, &[]), base.to_vec());
+        assert_eq!(merged(&[], &[(2, Some(2)), (4, None)]), vec![(2, 2)]);
+    }
+
+    #[test]
+    fn a_base_error_is_passed_on() {
+        let base = vec![
+            Ok((1u8, 1u8)),
+            Err(crate::error::Error::Invalid("disk".into())),
+        ];
+        let out: Vec<_> = Merged::new(base.into_iter(), std::iter::empty()).collect();
+        assert!(out[0].is_ok());
+        assert!(out[1].is_err());
+    }
+
+    #[test]
+    fn bytes_grow_with_rows_and_reset_on_take() {
+        let mut o = Overlay::default();
+        o.put_row(1, b"k", Some(&[0u8; 100]));
+        o.put_session(1, 7, vec![0; 10]);
+        o.set_applied(1, 9);
+        assert!(o.bytes >= 111);
+        assert_eq!(o.row(1, b"k").map(|v| v.map(<[u8]>::len)), Some(Some(100)));
+        assert_eq!(o.row(2, b"k"), None);
+        assert_eq!(o.applied(1), Some(9));
+        let taken = o.take();
+        assert_eq!(taken.len(), 1);
+        assert!(o.is_empty());
+        assert_eq!(o.bytes, 0);
+    }
+}
