@@ -3,8 +3,9 @@
 //! group against 32. Also prints fsyncs per 1,000 writes for each case, the
 //! figure group commit exists to shrink.
 //!
-//! The load is a closed loop of `CLIENTS` independent clients, each sending
-//! its next write as soon as the previous one is answered.
+//! The load is a closed loop of independent clients (256, or
+//! `FLOTILLA_BENCH_CLIENTS`), each sending its next write as soon as the
+//! previous one is answered.
 //!
 //! `cargo bench --bench driver`
 
@@ -16,7 +17,12 @@ use flotilla::kv::{Command, Op};
 use flotilla::local::LocalCluster;
 
 /// Concurrent clients.
-const CLIENTS: u64 = 256;
+fn clients() -> u64 {
+    std::env::var("FLOTILLA_BENCH_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
 /// Writes each client makes per measured iteration.
 const WRITES_PER_CLIENT: u64 = 8;
 /// Value size, as in the project's other figures.
@@ -24,7 +30,7 @@ const VALUE_BYTES: usize = 256;
 
 async fn run_clients(cluster: &Arc<LocalCluster>, round: u64) {
     let mut tasks = tokio::task::JoinSet::new();
-    for client in 1..=CLIENTS {
+    for client in 1..=clients() {
         let c = cluster.clone();
         tasks.spawn(async move {
             for j in 0..WRITES_PER_CLIENT {
@@ -56,7 +62,7 @@ fn writes(c: &mut Criterion) {
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(15));
-    group.throughput(Throughput::Elements(CLIENTS * WRITES_PER_CLIENT));
+    group.throughput(Throughput::Elements(clients() * WRITES_PER_CLIENT));
     for data_groups in [1u64, 32] {
         let dir = tempfile::tempdir().expect("tempdir");
         let cluster =
@@ -78,7 +84,7 @@ fn writes(c: &mut Criterion) {
                 start.elapsed()
             })
         });
-        let writes = rounds * CLIENTS * WRITES_PER_CLIENT;
+        let writes = rounds * clients() * WRITES_PER_CLIENT;
         let commits = cluster.commits() - commits_before;
         let fsyncs = cluster.syncs() - syncs_before;
         eprintln!(

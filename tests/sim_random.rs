@@ -115,6 +115,7 @@ fn run_seed(seed: u64, cov: &mut Coverage) -> Result<(), String> {
             // Flush the applied-state overlay anywhere from every round to
             // rarely, so crashes land at every distance from a flush.
             flush_rounds: 1 + seed % 32,
+            flush_groups_per_round: 1 + (seed as usize / 7) % 4,
             flush_ticks: 1 + (seed / 32) % 40,
             trace_applies: true,
             ..DriverConfig::default()

@@ -22,12 +22,16 @@ pub const COMPACT_SLACK_ENTRIES: u64 = 1024;
 pub const MAX_MSG_BYTES: u64 = 1024 * 1024;
 /// Append messages in flight per follower before the leader waits.
 pub const MAX_INFLIGHT_MSGS: usize = 256;
-/// Rounds that may apply into the overlay before one flushes it to redb.
-/// Under load a node runs a few hundred rounds a second, so a crash makes
-/// it re-apply at most about a second of entries from its own log.
+/// Rounds a group's applied changes may wait in the overlay before a round
+/// flushes them to redb. Under load a node runs a few hundred rounds a
+/// second, so a crash makes it re-apply about a second of entries from its
+/// own log.
 pub const FLUSH_ROUNDS: u64 = 256;
-/// Ticks the overlay may hold changes before it is flushed, so a quiet node
-/// writes out its last changes soon after they apply.
+/// Groups one round flushes at most, so that flushing is spread over
+/// rounds instead of stalling one round for every group at once.
+pub const FLUSH_GROUPS_PER_ROUND: usize = 4;
+/// Ticks without any flush after which the whole overlay is flushed, so a
+/// quiet node writes out its last changes soon after they apply.
 pub const FLUSH_TICKS: u64 = 10;
 /// Bytes the overlay may hold before it is flushed, whatever the round count.
 pub const FLUSH_BYTES: usize = 16 * 1024 * 1024;
@@ -66,6 +70,8 @@ pub struct DriverConfig {
     pub replicas: usize,
     /// See [`FLUSH_ROUNDS`].
     pub flush_rounds: u64,
+    /// See [`FLUSH_GROUPS_PER_ROUND`].
+    pub flush_groups_per_round: usize,
     /// See [`FLUSH_TICKS`].
     pub flush_ticks: u64,
     /// See [`FLUSH_BYTES`].
@@ -89,6 +95,7 @@ impl Default for DriverConfig {
             balance_leaders: true,
             replicas: crate::catalog::DEFAULT_REPLICAS,
             flush_rounds: FLUSH_ROUNDS,
+            flush_groups_per_round: FLUSH_GROUPS_PER_ROUND,
             flush_ticks: FLUSH_TICKS,
             flush_bytes: FLUSH_BYTES,
         }

@@ -206,8 +206,8 @@ pub struct Driver {
     last_plan_tick: u64,
     /// What the driver read back from its own log when it opened.
     replayed: Replayed,
-    /// Rounds and ticks since the overlay was last flushed.
-    since_flush: (u64, u64),
+    /// Ticks since anything of the overlay was last flushed.
+    ticks_since_flush: u64,
     /// The next round flushes the overlay whatever the counts say.
     flush_requested: bool,
 }
@@ -293,7 +293,7 @@ impl Driver {
             last_plan_epoch: 0,
             last_plan_tick: 0,
             replayed,
-            since_flush: (0, 0),
+            ticks_since_flush: 0,
             flush_requested: false,
         })
     }
@@ -357,7 +357,7 @@ impl Driver {
     pub fn tick(&mut self) {
         self.now += 1;
         if self.engine.overlay_bytes().is_some() {
-            self.since_flush.1 += 1;
+            self.ticks_since_flush += 1;
         }
         let now = self.now;
         for (gid, g) in &mut self.groups {

@@ -53,12 +53,11 @@ impl Driver {
             .filter(|(_, g)| g.node.has_ready())
             .map(|(id, _)| *id)
             .collect();
-        let flush = self.flush_due();
-        if busy.is_empty() && !flush {
+        let flush_all = self.flush_due();
+        if busy.is_empty() && !flush_all {
             self.serve_reads(&mut out)?;
             return Ok(out);
         }
-        self.since_flush.0 += 1;
 
         let round = self.engine.begin_round()?;
         let mut persisted = Vec::with_capacity(busy.len());
@@ -71,9 +70,7 @@ impl Driver {
             }
             // After the last call into raft-rs of this round: a snapshot
             // built between the flush and the commit would miss the rows.
-            if flush || self.flush_requested {
-                self.flush(&mut w)?;
-            }
+            self.flush(&mut w, flush_all || self.flush_requested)?;
             self.compact(&mut w)?;
             for e in &effects {
                 if let Effect::OpenGroup { info, fresh } = e {
@@ -154,13 +151,17 @@ impl Driver {
         }
         if let Some(hs) = rd.hs() {
             let old = &g.node.store().hard_state;
-            // A new term or vote must be on disk before anyone hears of it;
-            // a new commit index alone may be lost and learnt again.
+            // A new term or vote must be on disk before anyone hears of it.
+            // A new commit index alone is not written: it may be lost and
+            // learnt again from the leader, and a restart starts from at
+            // least the flushed apply index anyway (see `Group::new`). The
+            // record catches up with it whenever it is written for another
+            // reason, and at every flush.
             if hs.term != old.term || hs.vote != old.vote {
                 w.require_sync();
+                state_dirty = true;
             }
             g.node.mut_store().hard_state = hs.clone();
-            state_dirty = true;
         }
         if state_dirty {
             w.put_raft_state(gid, &g.node.store().record())?;
@@ -184,28 +185,36 @@ impl Driver {
         Ok((number, persisted))
     }
 
-    /// Whether this round must flush the overlay (see `DriverConfig`).
+    /// Whether this round must flush the whole overlay (see `DriverConfig`);
+    /// otherwise it flushes only the groups that waited long enough.
     fn flush_due(&self) -> bool {
         let Some(bytes) = self.engine.overlay_bytes() else {
             return false;
         };
-        let (rounds, ticks) = self.since_flush;
         self.flush_requested
             || bytes >= self.cfg.flush_bytes
-            || rounds >= self.cfg.flush_rounds
-            || ticks >= self.cfg.flush_ticks
+            || self.ticks_since_flush >= self.cfg.flush_ticks
     }
 
-    /// Writes the overlay into this round; its groups' flushed apply
-    /// indexes move up, which lets compaction follow.
-    fn flush(&mut self, w: &mut RoundWriter<'_>) -> Result<()> {
-        for (gid, index) in w.flush_overlay()? {
+    /// Writes the whole overlay (`all`), or the groups whose changes waited
+    /// `flush_rounds`, into this round; the flushed groups' apply indexes on
+    /// disk move up, which lets compaction follow.
+    fn flush(&mut self, w: &mut RoundWriter<'_>, all: bool) -> Result<()> {
+        let flushed = if all {
+            self.flush_requested = false;
+            w.flush_overlay()?
+        } else {
+            w.flush_aged(self.cfg.flush_rounds, self.cfg.flush_groups_per_round)?
+        };
+        if !flushed.is_empty() {
+            self.ticks_since_flush = 0;
+        }
+        for (gid, index) in flushed {
             if let Some(g) = self.groups.get_mut(&gid) {
                 g.node.mut_store().flushed = index;
+                w.put_raft_state(gid, &g.node.store().record())?;
             }
         }
-        self.since_flush = (0, 0);
-        self.flush_requested = false;
         Ok(())
     }
 

@@ -310,6 +310,7 @@ impl Engine {
 
     /// Starts a round.
     pub fn begin_round(&self) -> Result<Round> {
+        self.overlay.lock().next_round();
         Ok(Round::new(
             self.db.begin_write()?,
             self.stats.clone(),

@@ -37,6 +37,10 @@ pub(crate) struct GroupOverlay {
     pub(crate) sessions: BTreeMap<u64, Vec<u8>>,
     /// The apply index these changes bring the group to.
     pub(crate) applied: Option<u64>,
+    /// The overlay round in which the group's first unflushed change was made.
+    pub(crate) since: u64,
+    /// Approximate memory held by this group's changes.
+    pub(crate) bytes: usize,
 }
 
 /// Every data group's unflushed applied state on a node.
@@ -45,6 +49,8 @@ pub(crate) struct Overlay {
     pub(crate) groups: BTreeMap<u64, GroupOverlay>,
     /// Approximate memory held, for the flush threshold.
     pub(crate) bytes: usize,
+    /// Rounds counted so far (see [`Overlay::next_round`]); ages groups.
+    pub(crate) round: u64,
 }
 
 impl Overlay {
@@ -70,37 +76,81 @@ impl Overlay {
         self.groups.get(&group)?.applied
     }
 
+    /// Counts a round; groups age by rounds.
+    pub(crate) fn next_round(&mut self) {
+        self.round += 1;
+    }
+
+    /// A group's changes, started in this round if it had none.
+    fn group_mut(&mut self, group: u64, bytes: usize) -> &mut GroupOverlay {
+        let round = self.round;
+        self.bytes += bytes;
+        let o = self.groups.entry(group).or_insert_with(|| GroupOverlay {
+            since: round,
+            ..GroupOverlay::default()
+        });
+        o.bytes += bytes;
+        o
+    }
+
     pub(crate) fn put_row(&mut self, group: u64, key: &[u8], value: Option<&[u8]>) {
-        self.bytes += ROW_OVERHEAD + key.len() + value.map_or(0, <[u8]>::len);
-        self.groups
-            .entry(group)
-            .or_default()
-            .rows
-            .insert(key.to_vec(), value.map(<[u8]>::to_vec));
+        let bytes = ROW_OVERHEAD + key.len() + value.map_or(0, <[u8]>::len);
+        let rows = &mut self.group_mut(group, bytes).rows;
+        match (rows.get_mut(key), value) {
+            // Reuse the key and the value's buffer of a row changed again.
+            (Some(Some(old)), Some(v)) => {
+                old.clear();
+                old.extend_from_slice(v);
+            }
+            (Some(old), v) => *old = v.map(<[u8]>::to_vec),
+            (None, v) => {
+                rows.insert(key.to_vec(), v.map(<[u8]>::to_vec));
+            }
+        }
     }
 
     pub(crate) fn put_session(&mut self, group: u64, client: u64, session: Vec<u8>) {
-        self.bytes += ROW_OVERHEAD + session.len();
-        self.groups
-            .entry(group)
-            .or_default()
+        let bytes = ROW_OVERHEAD + session.len();
+        self.group_mut(group, bytes)
             .sessions
             .insert(client, session);
     }
 
     pub(crate) fn set_applied(&mut self, group: u64, index: u64) {
-        self.groups.entry(group).or_default().applied = Some(index);
+        self.group_mut(group, 0).applied = Some(index);
     }
 
     /// Forgets a group's changes (a snapshot replaced its whole state).
     pub(crate) fn discard(&mut self, group: u64) {
-        self.groups.remove(&group);
+        if let Some(o) = self.groups.remove(&group) {
+            self.bytes -= o.bytes;
+        }
     }
 
     /// Takes everything, leaving the overlay empty.
     pub(crate) fn take(&mut self) -> BTreeMap<u64, GroupOverlay> {
         self.bytes = 0;
         std::mem::take(&mut self.groups)
+    }
+
+    /// Takes the changes of up to `max` groups whose first unflushed change
+    /// is at least `age` rounds old, oldest first.
+    pub(crate) fn take_aged(&mut self, age: u64, max: usize) -> BTreeMap<u64, GroupOverlay> {
+        let mut aged: Vec<(u64, u64)> = self
+            .groups
+            .iter()
+            .filter(|(_, o)| self.round.saturating_sub(o.since) >= age)
+            .map(|(g, o)| (o.since, *g))
+            .collect();
+        aged.sort_unstable();
+        let mut out = BTreeMap::new();
+        for (_, g) in aged.into_iter().take(max) {
+            if let Some(o) = self.groups.remove(&g) {
+                self.bytes -= o.bytes;
+                out.insert(g, o);
+            }
+        }
+        out
     }
 }
 
@@ -234,5 +284,41 @@ mod tests {
         assert_eq!(taken.len(), 1);
         assert!(o.is_empty());
         assert_eq!(o.bytes, 0);
+    }
+
+    #[test]
+    fn aged_groups_are_taken_oldest_first_and_at_most_max() {
+        let mut o = Overlay::default();
+        for g in [3, 1, 2] {
+            o.put_row(g, b"k", Some(b"v"));
+            o.next_round();
+        }
+        o.put_row(4, b"k", Some(b"v"));
+        // Ages now: group 3 is 3 rounds old, 1 is 2, 2 is 1, 4 is 0.
+        let taken = o.take_aged(1, 2);
+        assert_eq!(taken.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(
+            o.take_aged(1, 9).keys().copied().collect::<Vec<_>>(),
+            vec![2]
+        );
+        assert!(o.take_aged(1, 9).is_empty(), "group 4 is too young");
+        let left = o.bytes;
+        assert!(left > 0);
+        o.discard(4);
+        assert_eq!(o.bytes, 0);
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn a_row_changed_again_keeps_only_its_last_value() {
+        let mut o = Overlay::default();
+        o.put_row(1, b"k", Some(b"one"));
+        o.put_row(1, b"k", Some(b"three"));
+        assert_eq!(o.row(1, b"k"), Some(Some(&b"three"[..])));
+        o.put_row(1, b"k", None);
+        assert_eq!(o.row(1, b"k"), Some(None));
+        o.put_row(1, b"k", Some(b"4"));
+        assert_eq!(o.row(1, b"k"), Some(Some(&b"4"[..])));
+        assert_eq!(o.groups[&1].rows.len(), 1);
     }
 }

@@ -8,13 +8,14 @@
 //! indexes of data groups go to the overlay (see `overlay`) and reach redb
 //! in the rounds that flush it.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use raft::eraftpb::Entry;
 use redb::{Durability, ReadableTable, Table, WriteTransaction};
 
-use super::overlay::SharedOverlay;
+use super::overlay::{GroupOverlay, SharedOverlay};
 use super::schema::{
     RaftStateRecord, SnapshotData, APPLIED, CHECKSUMS, KV, LOG, META, META_CATALOG, RAFT_STATE,
     SESSIONS,
@@ -188,6 +189,18 @@ impl<'t> RoundWriter<'t> {
     /// each flushed group with the apply index now staged for it.
     pub fn flush_overlay(&mut self) -> Result<Vec<(GroupId, u64)>> {
         let groups = self.overlay.lock().take();
+        self.write_groups(groups)
+    }
+
+    /// Writes the changes of up to `max` groups whose first unflushed change
+    /// is at least `age` overlay rounds old, so flushing is spread over
+    /// rounds rather than stalling one. Returns what [`Self::flush_overlay`] does.
+    pub fn flush_aged(&mut self, age: u64, max: usize) -> Result<Vec<(GroupId, u64)>> {
+        let groups = self.overlay.lock().take_aged(age, max);
+        self.write_groups(groups)
+    }
+
+    fn write_groups(&mut self, groups: BTreeMap<u64, GroupOverlay>) -> Result<Vec<(GroupId, u64)>> {
         if groups.is_empty() {
             return Ok(Vec::new());
         }

@@ -28,21 +28,23 @@ pub(crate) fn encode_log_record(group: u64, entries: &[raft::eraftpb::Entry]) ->
     use protobuf::Message as _;
     let first = entries.first().map_or(0, |e| e.index);
     let last = entries.last().map_or(0, |e| e.index);
-    let mut out = Vec::with_capacity(LOG_HEADER + entries.len() * 64);
+    let size: usize = entries
+        .iter()
+        .map(|e| 4 + e.data.len() + e.context.len() + 32)
+        .sum();
+    let mut out = Vec::with_capacity(LOG_HEADER + size);
     out.extend_from_slice(&group.to_le_bytes());
     out.extend_from_slice(&first.to_le_bytes());
     out.extend_from_slice(&last.to_le_bytes());
     for e in entries {
-        let bytes = e.write_to_bytes().map_err(|err| Error::Corrupt {
+        let len = e.compute_size();
+        out.extend_from_slice(&len.to_le_bytes());
+        let at = out.len();
+        e.write_to_vec(&mut out).map_err(|err| Error::Corrupt {
             what: "raft entry encoding",
             detail: err.to_string(),
         })?;
-        let len = u32::try_from(bytes.len()).map_err(|_| Error::Corrupt {
-            what: "raft entry encoding",
-            detail: format!("entry of {} bytes", bytes.len()),
-        })?;
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&bytes);
+        debug_assert_eq!(out.len() - at, len as usize);
     }
     Ok(out)
 }
