@@ -499,6 +499,8 @@ async fn the_client_and_the_cli_against_four_processes() {
         {
             let mut w = round.writer().unwrap();
             w.kv(group).put(&counter, b"999999").unwrap();
+            // Applied rows reach redb when the overlay is flushed.
+            w.flush_overlay().unwrap();
         }
         round.commit(0).unwrap();
     }
