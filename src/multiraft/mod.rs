@@ -128,6 +128,10 @@ pub struct RoundOutput {
     pub applied: Vec<Applied>,
     /// Whether the round committed a write transaction.
     pub committed: bool,
+    /// Whether a group already has more work after the round (its own
+    /// persistence completed a quorum, say): the caller should run the next
+    /// round at once rather than wait for a message or a tick.
+    pub more: bool,
 }
 
 /// A proposal waiting for its entry to apply.

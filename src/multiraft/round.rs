@@ -87,6 +87,7 @@ impl Driver {
             g.node.on_persist_ready(number);
             let applied = g.node.store().applied;
             g.node.advance_apply_to(applied);
+            out.more |= g.node.has_ready();
             push_messages(&mut out.outbound, gid, msgs);
         }
         for e in effects {

@@ -216,8 +216,13 @@ fn run(
     let mut waiting: BTreeMap<Token, oneshot::Sender<Result<Reply>>> = BTreeMap::new();
     let mut next_token: Token = 1;
     let mut next_tick = Instant::now() + tick;
+    let mut more = false;
     loop {
-        let wait = next_tick.saturating_duration_since(Instant::now());
+        let wait = if more {
+            Duration::ZERO
+        } else {
+            next_tick.saturating_duration_since(Instant::now())
+        };
         let first = match rx.recv_timeout(wait) {
             Ok(input) => Some(input),
             Err(RecvTimeoutError::Timeout) => None,
@@ -305,6 +310,7 @@ fn run(
                 }
             };
         let mut out = driver.round_with(|o| dispatch(o, &mut reports))?;
+        more = out.more;
         dispatch(&mut out, &mut reports);
         for (to, sent, snapshots) in reports {
             if !sent {
