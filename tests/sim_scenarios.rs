@@ -1,6 +1,7 @@
 //! Scenarios on the deterministic simulated cluster: elections, failover,
-//! quiet periods, lagging and restarted followers, restarted leaders, group
-//! commit and session deduplication. Every scenario prints its seed on
+//! quiet periods, lagging and restarted followers, restarted leaders, a
+//! crash that loses the applied-state overlay, group commit and session
+//! deduplication. Every scenario prints its seed on
 //! failure through the assertion messages; rerun with the same seed to
 //! replay it exactly.
 
@@ -515,5 +516,105 @@ fn the_same_client_sequence_proposed_twice_is_applied_once() {
             swapped: false,
             current: Some(b"first".to_vec())
         }
+    );
+}
+
+#[test]
+fn a_crash_before_a_flush_reapplies_from_the_nodes_own_log() {
+    // Applied state is never flushed here, and logs would be compacted
+    // after 24 entries if compaction could pass the flushed apply index.
+    let seed = 16;
+    let mut sim = Sim::new(SimConfig {
+        seed,
+        driver: flotilla::multiraft::DriverConfig {
+            balance_leaders: false,
+            log_keep: 16,
+            compact_slack: 8,
+            flush_rounds: u64::MAX,
+            flush_ticks: u64::MAX,
+            ..Default::default()
+        },
+        ..SimConfig::default()
+    })
+    .expect("sim");
+    assert!(sim.run_until(20_000, |s| s.all_have_leaders()).unwrap());
+    let group = GroupId(9);
+    let leader = sim.leader(group).unwrap();
+    let follower = sim.node_ids().into_iter().find(|n| *n != leader).unwrap();
+    let keys = keys_in(&sim, group, "f", 200);
+    let kvs: Vec<_> = keys.iter().map(|k| (k.clone(), b"one".to_vec())).collect();
+    sim.write_many(&puts(6, 1, &kvs), BATCH_STEPS).unwrap();
+    wait_until_caught_up(&mut sim, follower, leader, group);
+    let status = |sim: &Sim| sim.driver(follower).unwrap().status(group).unwrap();
+    let applied_all = sim
+        .run_until(4_000, |s| {
+            let st = status(s);
+            st.applied == st.last_index
+        })
+        .unwrap();
+    assert!(applied_all, "seed {seed}: {:?}", status(&sim));
+    let before = status(&sim);
+    assert!(before.applied >= 200, "seed {seed}: {before:?}");
+    assert!(
+        before.first_index <= flotilla::storage::INIT_INDEX + 1,
+        "seed {seed}: compacted past the flushed apply index: {before:?}"
+    );
+    assert!(sim
+        .driver(follower)
+        .unwrap()
+        .engine()
+        .overlay_bytes()
+        .is_some());
+    let digest = sim
+        .driver(follower)
+        .unwrap()
+        .engine()
+        .group_digest(group)
+        .unwrap();
+
+    sim.crash(follower);
+    let carried_before = sim
+        .net
+        .entries_carried
+        .get(&(follower, group))
+        .copied()
+        .unwrap_or(0);
+    sim.restart(follower).unwrap();
+    // The overlay died with the process: redb holds nothing applied, and
+    // the log holds everything to apply again.
+    let after = status(&sim);
+    assert!(after.applied < 200, "seed {seed}: {after:?}");
+    assert_eq!(after.last_index, before.last_index, "seed {seed}");
+    assert_eq!(
+        sim.driver(follower)
+            .unwrap()
+            .engine()
+            .get(group, &keys[0])
+            .unwrap(),
+        None,
+        "seed {seed}: an unflushed row survived the crash"
+    );
+
+    assert!(sim.run_until_converged(3_000).unwrap(), "seed {seed}");
+    assert_eq!(
+        sim.driver(follower)
+            .unwrap()
+            .engine()
+            .group_digest(group)
+            .unwrap(),
+        digest,
+        "seed {seed}: re-applying the log rebuilt another state"
+    );
+    assert_every_replica_holds(&sim, &kvs);
+    let carried = sim
+        .net
+        .entries_carried
+        .get(&(follower, group))
+        .copied()
+        .unwrap_or(0)
+        - carried_before;
+    assert!(
+        carried <= 64,
+        "seed {seed}: the leader re-sent {carried} entries the follower had"
     );
 }
