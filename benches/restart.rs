@@ -53,6 +53,7 @@ fn build(path: &std::path::Path) {
             };
             w.put_raft_state(group, &rec).expect("state");
             w.set_applied(group, last).expect("applied");
+            w.flush_overlay().expect("flush");
         }
         round.commit(BATCH).expect("commit");
     }
