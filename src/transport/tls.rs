@@ -147,6 +147,13 @@ impl TlsIdentity {
 /// but quiet one is kept open by keep-alives.
 pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Packets a peer may receive before it must acknowledge them. Every
+/// request, answer and Raft frame already carries acknowledgements of what
+/// came the other way; separate ACK packets only cost system calls.
+const ACK_EVERY_PACKETS: u32 = 8;
+/// How long a peer may hold an acknowledgement back when fewer packets came.
+const ACK_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
+
 fn liveness() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     // 5 s always fits quinn's idle-timeout range.
@@ -154,6 +161,10 @@ fn liveness() -> Arc<quinn::TransportConfig> {
         t.max_idle_timeout(Some(idle));
     }
     t.keep_alive_interval(Some(IDLE_TIMEOUT / 4));
+    let mut acks = quinn::AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(quinn::VarInt::from_u32(ACK_EVERY_PACKETS))
+        .max_ack_delay(Some(ACK_DELAY));
+    t.ack_frequency_config(Some(acks));
     Arc::new(t)
 }
 
