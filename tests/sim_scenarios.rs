@@ -618,3 +618,49 @@ fn a_crash_before_a_flush_reapplies_from_the_nodes_own_log() {
         "seed {seed}: the leader re-sent {carried} entries the follower had"
     );
 }
+
+#[test]
+fn the_catalog_groups_log_is_compacted_as_it_applies() {
+    let seed = 17;
+    let mut sim = Sim::new(SimConfig {
+        seed,
+        driver: flotilla::multiraft::DriverConfig {
+            balance_leaders: false,
+            log_keep: 16,
+            compact_slack: 8,
+            ..Default::default()
+        },
+        ..SimConfig::default()
+    })
+    .expect("sim");
+    assert!(sim.run_until(20_000, |s| s.all_have_leaders()).unwrap());
+    let leader = sim.leader(CATALOG_GROUP).unwrap();
+    let voters = sim.node_ids();
+    for i in 0..60u64 {
+        let cmd = flotilla::catalog::CatalogCommand::PreferLeader {
+            group: GroupId(1 + i % 32),
+            node: voters[(i % 3) as usize],
+        };
+        sim.submit(leader, CATALOG_GROUP, &Proposal::Catalog(cmd));
+    }
+    let first_index = |s: &Sim, n: NodeId| {
+        s.driver(n)
+            .and_then(|d| d.status(CATALOG_GROUP))
+            .map_or(0, |st| st.first_index)
+    };
+    let compacted = sim
+        .run_until(20_000, |s| {
+            voters
+                .iter()
+                .all(|n| first_index(s, *n) > flotilla::storage::INIT_INDEX + 1)
+        })
+        .unwrap();
+    assert!(
+        compacted,
+        "seed {seed}: group 0's log was never compacted: {:?}",
+        voters
+            .iter()
+            .map(|n| sim.driver(*n).and_then(|d| d.status(CATALOG_GROUP)))
+            .collect::<Vec<_>>()
+    );
+}

@@ -145,7 +145,10 @@ pub(super) fn apply_entries(
         }
     }
     if let Some(last) = entries.last() {
-        w.set_applied(gid, last.index)?;
+        if w.set_applied(gid, last.index)? {
+            // Written through (the catalog group): compaction may follow.
+            g.node.mut_store().flushed = last.index;
+        }
     }
     Ok(conf_changed)
 }

@@ -174,15 +174,17 @@ impl<'t> RoundWriter<'t> {
     }
 
     /// Records a group's apply index: in the overlay for a data group, in
-    /// this round for the catalog group.
-    pub fn set_applied(&mut self, group: GroupId, index: u64) -> Result<()> {
+    /// this round for the catalog group. Returns whether it went into this
+    /// round (so it is what a restart resumes from once the round commits).
+    pub fn set_applied(&mut self, group: GroupId, index: u64) -> Result<bool> {
         if group == CATALOG_GROUP {
             self.touch();
             self.applied.insert(group.0, index)?;
+            Ok(true)
         } else {
             self.overlay.lock().set_applied(group.0, index);
+            Ok(false)
         }
-        Ok(())
     }
 
     /// Writes the whole overlay into this round and empties it. Returns
