@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use flotilla::catalog::vshard_of;
 use flotilla::kv::{Command, Op, Response};
-use flotilla::multiraft::{Proposal, Reply};
+use flotilla::multiraft::{DriverConfig, Proposal, Reply};
 use flotilla::sim::{Sim, SimConfig};
 use flotilla::types::{GroupId, NodeId, CATALOG_GROUP};
 use raft::StateRole;
@@ -18,8 +18,14 @@ use raft::StateRole;
 const BATCH_STEPS: u64 = 40_000;
 
 fn cluster(seed: u64) -> Sim {
+    cluster_with(seed, SimConfig::default().driver)
+}
+
+/// A cluster whose drivers run with `driver`, every group with a leader.
+fn cluster_with(seed: u64, driver: DriverConfig) -> Sim {
     let mut sim = Sim::new(SimConfig {
         seed,
+        driver,
         ..SimConfig::default()
     })
     .expect("sim");
@@ -81,6 +87,15 @@ fn last_index(sim: &Sim, node: NodeId, group: GroupId) -> u64 {
     sim.driver(node)
         .and_then(|d| d.status(group))
         .map(|s| s.last_index)
+        .unwrap_or(0)
+}
+
+/// Entries of `group` the network has carried to `node` so far.
+fn carried(sim: &Sim, node: NodeId, group: GroupId) -> u64 {
+    sim.net
+        .entries_carried
+        .get(&(node, group))
+        .copied()
         .unwrap_or(0)
 }
 
@@ -236,22 +251,11 @@ fn a_lagging_follower_receives_only_the_entries_it_lacks() {
     assert_ne!(leader, follower);
     let lacking = last_index(&sim, leader, group) - before_cut;
     assert!(lacking >= 1000, "lacking {lacking}");
-    let carried_before = sim
-        .net
-        .entries_carried
-        .get(&(follower, group))
-        .copied()
-        .unwrap_or(0);
+    let carried_before = carried(&sim, follower, group);
     eprintln!("HEAL follower {follower} leader {leader} before_cut {before_cut}");
     sim.net.heal();
     assert!(sim.run_until_converged(3_000).unwrap());
-    let carried = sim
-        .net
-        .entries_carried
-        .get(&(follower, group))
-        .copied()
-        .unwrap_or(0)
-        - carried_before;
+    let carried = carried(&sim, follower, group) - carried_before;
     assert!(carried >= lacking, "carried {carried} < lacking {lacking}");
     // A few entries may travel twice while the leader probes the follower's
     // position; the log from the start (over 1,500 entries) never does.
@@ -282,12 +286,7 @@ fn a_restarted_follower_keeps_its_log_and_fetches_only_the_suffix() {
         .map(|k| (k.clone(), b"two".to_vec()))
         .collect();
     sim.write_many(&puts(4, 1_000, &kvs2), BATCH_STEPS).unwrap();
-    let carried_before = sim
-        .net
-        .entries_carried
-        .get(&(follower, group))
-        .copied()
-        .unwrap_or(0);
+    let carried_before = carried(&sim, follower, group);
     sim.restart(follower).unwrap();
     // Straight from its own disk, before any message arrives.
     assert_eq!(last_index(&sim, follower, group), held);
@@ -297,13 +296,7 @@ fn a_restarted_follower_keeps_its_log_and_fetches_only_the_suffix() {
 
     assert!(sim.run_until_converged(3_000).unwrap());
     let suffix = last_index(&sim, leader, group) - held;
-    let carried = sim
-        .net
-        .entries_carried
-        .get(&(follower, group))
-        .copied()
-        .unwrap_or(0)
-        - carried_before;
+    let carried = carried(&sim, follower, group) - carried_before;
     assert!(
         carried >= suffix && carried <= suffix + 64,
         "carried {carried}, suffix {suffix}"
@@ -524,20 +517,16 @@ fn a_crash_before_a_flush_reapplies_from_the_nodes_own_log() {
     // Applied state is never flushed here, and logs would be compacted
     // after 24 entries if compaction could pass the flushed apply index.
     let seed = 16;
-    let mut sim = Sim::new(SimConfig {
+    let mut sim = cluster_with(
         seed,
-        driver: flotilla::multiraft::DriverConfig {
-            balance_leaders: false,
+        DriverConfig {
             log_keep: 16,
             compact_slack: 8,
             flush_rounds: u64::MAX,
             flush_ticks: u64::MAX,
-            ..Default::default()
+            ..SimConfig::default().driver
         },
-        ..SimConfig::default()
-    })
-    .expect("sim");
-    assert!(sim.run_until(20_000, |s| s.all_have_leaders()).unwrap());
+    );
     let group = GroupId(9);
     let leader = sim.leader(group).unwrap();
     let follower = sim.node_ids().into_iter().find(|n| *n != leader).unwrap();
@@ -573,12 +562,7 @@ fn a_crash_before_a_flush_reapplies_from_the_nodes_own_log() {
         .unwrap();
 
     sim.crash(follower);
-    let carried_before = sim
-        .net
-        .entries_carried
-        .get(&(follower, group))
-        .copied()
-        .unwrap_or(0);
+    let carried_before = carried(&sim, follower, group);
     sim.restart(follower).unwrap();
     // The overlay died with the process: redb holds nothing applied, and
     // the log holds everything to apply again.
@@ -606,13 +590,7 @@ fn a_crash_before_a_flush_reapplies_from_the_nodes_own_log() {
         "seed {seed}: re-applying the log rebuilt another state"
     );
     assert_every_replica_holds(&sim, &kvs);
-    let carried = sim
-        .net
-        .entries_carried
-        .get(&(follower, group))
-        .copied()
-        .unwrap_or(0)
-        - carried_before;
+    let carried = carried(&sim, follower, group) - carried_before;
     assert!(
         carried <= 64,
         "seed {seed}: the leader re-sent {carried} entries the follower had"
@@ -622,18 +600,14 @@ fn a_crash_before_a_flush_reapplies_from_the_nodes_own_log() {
 #[test]
 fn the_catalog_groups_log_is_compacted_as_it_applies() {
     let seed = 17;
-    let mut sim = Sim::new(SimConfig {
+    let mut sim = cluster_with(
         seed,
-        driver: flotilla::multiraft::DriverConfig {
-            balance_leaders: false,
+        DriverConfig {
             log_keep: 16,
             compact_slack: 8,
-            ..Default::default()
+            ..SimConfig::default().driver
         },
-        ..SimConfig::default()
-    })
-    .expect("sim");
-    assert!(sim.run_until(20_000, |s| s.all_have_leaders()).unwrap());
+    );
     let leader = sim.leader(CATALOG_GROUP).unwrap();
     let voters = sim.node_ids();
     for i in 0..60u64 {

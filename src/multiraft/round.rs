@@ -226,11 +226,9 @@ impl Driver {
             return Ok(());
         }
         self.flush_requested = true;
-        let out = self.round()?;
-        // Whatever this round produced is dropped with the stopping node;
-        // its callers will time out or retry elsewhere.
-        drop(out);
-        Ok(())
+        // What else the round produces dies with the stopping node; its
+        // callers time out or retry elsewhere.
+        self.round().map(drop)
     }
 
     fn groups_contains(&self, id: GroupId) -> bool {

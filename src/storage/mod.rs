@@ -336,12 +336,7 @@ impl Engine {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(KV)?;
         let o = self.overlay.lock();
-        keys.iter()
-            .map(|(g, k)| match o.row(g.0, k) {
-                Some(v) => Ok(v.map(<[u8]>::to_vec)),
-                None => Ok(t.get((g.0, *k))?.map(|v| v.value().to_vec())),
-            })
-            .collect()
+        keys.iter().map(|(g, k)| row_value(&t, &o, *g, k)).collect()
     }
 
     /// A digest of a group's applied state (apply index, KV rows, sessions),
@@ -377,30 +372,11 @@ impl Engine {
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(KV)?;
-        let g = group.0;
-        if end.is_some_and(|end| end <= start) {
-            return Ok(Vec::new());
-        }
-        let rows = match end {
-            Some(end) => t.range((g, start)..(g, end))?,
-            None => t.range((g, start)..(g + 1, &[][..]))?,
-        };
-        let base = rows.map(|row| {
-            let (k, v) = row?;
-            Ok((k.value().1.to_vec(), v.value().to_vec()))
-        });
         let o = self.overlay.lock();
-        let bounds = (
-            Bound::Included(start),
-            end.map_or(Bound::Unbounded, Bound::Excluded),
-        );
-        let over = o
-            .groups
-            .get(&g)
-            .into_iter()
-            .flat_map(|go| go.rows.range::<[u8], _>(bounds))
-            .map(|(k, v)| (k.clone(), v.clone()));
-        Merged::new(base, over).take(limit).collect()
+        let rows = group_rows_in(&t, o.groups.get(&group.0), group, start, end)?
+            .take(limit)
+            .collect();
+        rows
     }
 
     /// The result of every group's last consistency check on this node:
@@ -446,16 +422,52 @@ pub(crate) fn group_rows<'a>(
     overlay: Option<&'a GroupOverlay>,
     group: GroupId,
 ) -> Result<impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a> {
+    group_rows_in(kv, overlay, group, &[], None)
+}
+
+/// The KV rows of a group with `start <= key < end` (no upper bound without
+/// `end`), redb and overlay merged, in key order.
+pub(crate) fn group_rows_in<'a>(
+    kv: &'a impl ReadableTable<(u64, &'static [u8]), &'static [u8]>,
+    overlay: Option<&'a GroupOverlay>,
+    group: GroupId,
+    start: &'a [u8],
+    end: Option<&'a [u8]>,
+) -> Result<impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a> {
     let g = group.0;
-    let base = kv.range((g, &[][..])..(g + 1, &[][..]))?.map(|row| {
+    // An empty range (redb refuses a range whose end precedes its start).
+    let end = end.map(|e| e.max(start));
+    let base = match end {
+        Some(end) => kv.range((g, start)..(g, end))?,
+        None => kv.range((g, start)..(g + 1, &[][..]))?,
+    }
+    .map(|row| {
         let (k, v) = row?;
         Ok((k.value().1.to_vec(), v.value().to_vec()))
     });
+    let bounds = (
+        Bound::Included(start),
+        end.map_or(Bound::Unbounded, Bound::Excluded),
+    );
     let over = overlay
         .into_iter()
-        .flat_map(|o| o.rows.iter())
+        .flat_map(move |o| o.rows.range::<[u8], _>(bounds))
         .map(|(k, v)| (k.clone(), v.clone()));
     Ok(Merged::new(base, over))
+}
+
+/// A group's current value for `key`: the overlay's if it has one (a
+/// deletion included), else redb's.
+pub(crate) fn row_value(
+    kv: &impl ReadableTable<(u64, &'static [u8]), &'static [u8]>,
+    overlay: &overlay::Overlay,
+    group: GroupId,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>> {
+    match overlay.row(group.0, key) {
+        Some(v) => Ok(v.map(<[u8]>::to_vec)),
+        None => Ok(kv.get((group.0, key))?.map(|v| v.value().to_vec())),
+    }
 }
 
 /// Every client session of a group, redb and overlay merged, by client.

@@ -296,10 +296,7 @@ pub struct GroupKv<'w, 't> {
 
 impl KvStore for GroupKv<'_, '_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(v) = self.w.overlay.lock().row(self.g, key) {
-            return Ok(v.map(<[u8]>::to_vec));
-        }
-        Ok(self.w.kv.get((self.g, key))?.map(|v| v.value().to_vec()))
+        super::row_value(&self.w.kv, &self.w.overlay.lock(), GroupId(self.g), key)
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {

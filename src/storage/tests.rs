@@ -361,6 +361,8 @@ fn applied_rows_wait_in_the_overlay_and_reads_see_them_merged() {
     ];
     assert_eq!(scan_all(&e), merged);
     assert_eq!(e.scan(GroupId(1), b"b", Some(b"d"), 10).unwrap().len(), 1);
+    assert!(e.scan(GroupId(1), b"c", Some(b"c"), 10).unwrap().is_empty());
+    assert!(e.scan(GroupId(1), b"d", Some(b"b"), 10).unwrap().is_empty());
     let before_flush = e.group_digest(GroupId(1)).unwrap();
     assert_eq!(before_flush.0, B + 2);
     assert_ne!(before_flush, flushed_digest);
