@@ -219,16 +219,16 @@ impl Driver {
         Ok(())
     }
 
-    /// Flushes the overlay now (before a clean stop, so a restart has
-    /// nothing to re-apply).
+    /// Flushes the overlay and checkpoints the round log now (before a
+    /// clean stop, so a restart has nothing to re-apply or replay).
     pub fn flush_now(&mut self) -> Result<()> {
-        if self.engine.overlay_bytes().is_none() {
-            return Ok(());
+        if self.engine.overlay_bytes().is_some() {
+            self.flush_requested = true;
+            // What else the round produces dies with the stopping node; its
+            // callers time out or retry elsewhere.
+            self.round()?;
         }
-        self.flush_requested = true;
-        // What else the round produces dies with the stopping node; its
-        // callers time out or retry elsewhere.
-        self.round().map(drop)
+        self.engine.checkpoint()
     }
 
     fn groups_contains(&self, id: GroupId) -> bool {

@@ -156,8 +156,7 @@ impl NodeServer {
                 }
                 tracing::warn!(ours = %format!("{ours:016x}"), theirs = %format!("{theirs:016x}"), "wiping this node's data to join the seeds' cluster");
                 drop(engine);
-                std::fs::remove_file(&db_path)
-                    .map_err(|e| Error::Invalid(format!("{}: {e}", db_path.display())))?;
+                Engine::remove(&db_path)?;
                 engine = Engine::open(&db_path)?;
                 transport.set_node(NodeId::default());
             }

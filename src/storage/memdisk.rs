@@ -1,19 +1,29 @@
-//! A redb backend kept in memory that outlives the `Database` using it.
+//! A node's disk kept in memory, outliving the `Engine` using it: two files,
+//! the redb database and the round log (see `wal`).
 //!
 //! The simulation harness "crashes" a node by taking the disk's crash image
-//! (every write since the last sync undone, as after a power cut) and
-//! restarting the node on it: what a synced commit wrote survives, and
-//! nothing else does, including commits made without a sync. Syncing only
-//! forgets the undo records, which keeps hundreds of simulated seeds fast.
+//! (every write since each file's last sync undone, as after a power cut)
+//! and restarting the node on it: what a synced commit or a synced log
+//! record wrote survives, and nothing else does, including redb commits
+//! made without a sync. Syncing only forgets the undo records, which keeps
+//! hundreds of simulated seeds fast.
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use redb::StorageBackend;
 
-/// A shareable in-memory disk. Clones see the same bytes.
+/// A shareable in-memory disk: a database file and a log file. Clones see
+/// the same bytes.
 #[derive(Clone, Debug, Default)]
 pub struct MemDisk {
+    db: MemFile,
+    log: MemFile,
+}
+
+/// One file of a [`MemDisk`]. Clones see the same bytes.
+#[derive(Clone, Debug, Default)]
+pub struct MemFile {
     state: Arc<Mutex<DiskState>>,
 }
 
@@ -33,14 +43,44 @@ impl MemDisk {
         Self::default()
     }
 
+    /// The database file.
+    pub fn db_file(&self) -> MemFile {
+        self.db.clone()
+    }
+
+    /// The round log file.
+    pub fn log_file(&self) -> MemFile {
+        self.log.clone()
+    }
+
+    /// What this disk would hold after a power cut now: every write since
+    /// each file's last sync undone. A separate disk; this one is left as
+    /// it is (the process about to "die" may still write to it).
+    pub fn crash_image(&self) -> MemDisk {
+        MemDisk {
+            db: self.db.crash_image(),
+            log: self.log.crash_image(),
+        }
+    }
+
+    /// Flips bits in `len` bytes of the database file from `offset`
+    /// (clamped to the file).
+    pub fn scribble(&self, offset: usize, len: usize) {
+        self.db.scribble(offset, len)
+    }
+
+    /// Bytes in the database file.
+    pub fn size(&self) -> usize {
+        self.db.lock().bytes.len()
+    }
+}
+
+impl MemFile {
     fn lock(&self) -> MutexGuard<'_, DiskState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// What this disk would hold after a power cut now: every write since
-    /// the last sync undone. A separate disk; this one is left as it is
-    /// (the process about to "die" may still write to it).
-    pub fn crash_image(&self) -> MemDisk {
+    fn crash_image(&self) -> MemFile {
         let st = self.lock();
         let mut bytes = st.bytes.clone();
         for (offset, old) in st.undo.iter().rev() {
@@ -51,7 +91,7 @@ impl MemDisk {
             bytes[*offset..end].copy_from_slice(old);
         }
         bytes.truncate(st.synced_len);
-        MemDisk {
+        MemFile {
             state: Arc::new(Mutex::new(DiskState {
                 synced_len: bytes.len(),
                 bytes,
@@ -60,22 +100,16 @@ impl MemDisk {
         }
     }
 
-    /// Flips bits in `len` bytes from `offset` (clamped to the disk).
-    pub fn scribble(&self, offset: usize, len: usize) {
+    fn scribble(&self, offset: usize, len: usize) {
         let mut st = self.lock();
         let end = (offset + len).min(st.bytes.len());
         for x in &mut st.bytes[offset.min(end)..end] {
             *x ^= 0x5a;
         }
     }
-
-    /// Bytes on the disk.
-    pub fn size(&self) -> usize {
-        self.lock().bytes.len()
-    }
 }
 
-impl StorageBackend for MemDisk {
+impl StorageBackend for MemFile {
     fn len(&self) -> Result<u64, io::Error> {
         Ok(self.lock().bytes.len() as u64)
     }
@@ -128,5 +162,23 @@ impl StorageBackend for MemDisk {
         }
         st.bytes[start..end].copy_from_slice(data);
         Ok(())
+    }
+}
+
+impl super::wal::LogFile for MemFile {
+    fn size(&self) -> io::Result<u64> {
+        StorageBackend::len(self)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        StorageBackend::read(self, offset, out)
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        StorageBackend::write(self, offset, data)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        StorageBackend::sync_data(self)
     }
 }

@@ -1,14 +1,18 @@
-//! The storage engine of a node: one redb database for every group.
+//! The storage engine of a node: one redb database for every group, and a
+//! round log beside it.
 //!
 //! Layout and records live in `schema`; `group` is the per-group log mirror
 //! that implements raft-rs's `Storage`; `round` is the write side of one
-//! driver round. The central rule: **one driver round is one redb write
-//! transaction**, for all groups together, so a node pays one fsync per round
-//! however many groups had work (group commit). [`Stats`] counts rounds and
-//! commits so tests and benchmarks can check that rule.
+//! driver round; `wal` the round log that makes rounds durable and `redo`
+//! the records it holds. The central rule: **one driver round is one redb
+//! write transaction**, for all groups together, made durable by one
+//! fsync however many groups had work (group commit). [`Stats`] counts
+//! rounds, commits and syncs so tests and benchmarks can check that rule.
 //!
-//! Opening: [`Engine::open`] on a file, or [`Engine::open_backend`] on any
-//! redb backend (the simulation uses [`MemDisk`]). [`Engine::bootstrap`]
+//! Opening: [`Engine::open`] on a file (the round log is the same path with
+//! the extension `wal`), or [`Engine::open_backend`] on a [`MemDisk`] (the
+//! simulation). Opening applies the round log's records that redb lacks
+//! before anything can read. [`Engine::bootstrap`]
 //! writes a node's identity, the cluster id and the catalog, and the initial
 //! Raft state of every group the catalog places on this node, in one
 //! transaction: a crash leaves either nothing or a node that restarts.
@@ -16,22 +20,25 @@
 mod group;
 mod memdisk;
 mod overlay;
+mod redo;
 mod round;
 mod schema;
+mod wal;
 
 pub use group::GroupStorage;
-pub use memdisk::MemDisk;
+pub use memdisk::{MemDisk, MemFile};
 pub use round::{GroupKv, Round, RoundWriter};
 pub use schema::{RaftStateRecord, SnapshotData};
+pub use wal::{LogFile, WalConfig, WAL_CHECKPOINT_BYTES};
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use raft::eraftpb::{ConfState, HardState};
-use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::catalog::{Catalog, GroupInfo};
@@ -40,10 +47,13 @@ use crate::types::{GroupId, NodeId, CATALOG_GROUP};
 use crate::wire;
 use group::RestoredLog;
 use overlay::{GroupOverlay, Merged, SharedOverlay};
+use redo::{decode_all, Tables};
+use round::io_error;
 use schema::{
     decode_log_record, APPLIED, CHECKSUMS, KV, LOG, META, META_CATALOG, META_CLUSTER_ID,
-    META_INCARNATION, META_NODE_ID, RAFT_STATE, SESSIONS,
+    META_INCARNATION, META_NODE_ID, META_WAL_APPLIED, RAFT_STATE, SESSIONS,
 };
+use wal::Wal;
 
 /// Counters of the storage engine, shared with whoever wants to read them.
 #[derive(Debug, Default)]
@@ -52,8 +62,12 @@ pub struct Stats {
     pub rounds: AtomicU64,
     /// Write transactions committed.
     pub commits: AtomicU64,
-    /// Of those, the ones synced to disk (one fsync each on a real disk).
+    /// Fsyncs: synced round log appends and synced redb commits (one each
+    /// on a real disk).
     pub syncs: AtomicU64,
+    /// Rounds committed to redb with a sync because the round log was due
+    /// to start again (counted in `syncs` too).
+    pub checkpoints: AtomicU64,
     /// Raft log entries written.
     pub entries_persisted: AtomicU64,
     /// Rounds that wrote the applied-state overlay out to redb.
@@ -81,6 +95,10 @@ impl Stats {
     pub fn flushes(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
     }
+    /// Checkpoints so far.
+    pub fn checkpoints(&self) -> u64 {
+        self.checkpoints.load(Ordering::Relaxed)
+    }
 }
 
 /// A node's database.
@@ -91,6 +109,9 @@ pub struct Engine {
     next_log_seq: Arc<AtomicU64>,
     /// Applied state of data groups not yet in redb.
     overlay: SharedOverlay,
+    /// The round log. A std lock: only the driver's rounds take it, never
+    /// across an await.
+    wal: Arc<Mutex<Wal>>,
 }
 
 fn u64_bytes(v: u64) -> [u8; 8] {
@@ -105,18 +126,46 @@ fn bytes_u64(what: &'static str, b: &[u8]) -> Result<u64> {
     Ok(u64::from_le_bytes(arr))
 }
 
+/// The round log that belongs to the database file at `db`.
+pub fn wal_path(db: &Path) -> std::path::PathBuf {
+    db.with_extension("wal")
+}
+
 impl Engine {
-    /// Opens (or creates) the database file at `path`.
+    /// Opens (or creates) the database file at `path` and its round log
+    /// beside it (see [`wal_path`]).
     pub fn open(path: &Path) -> Result<Engine> {
-        Self::init(Database::create(path)?)
+        let db = Database::create(path)?;
+        let log = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(wal_path(path))
+            .map_err(io_error)?;
+        Self::init(db, Box::new(log), WalConfig::FILE)
     }
 
-    /// Opens a database on any redb backend.
-    pub fn open_backend(backend: impl StorageBackend) -> Result<Engine> {
-        Self::init(Database::builder().create_with_backend(backend)?)
+    /// Opens a database and round log on an in-memory disk.
+    pub fn open_backend(disk: MemDisk) -> Result<Engine> {
+        let db = Database::builder().create_with_backend(disk.db_file())?;
+        Self::init(db, Box::new(disk.log_file()), WalConfig::MEMORY)
     }
 
-    fn init(db: Database) -> Result<Engine> {
+    /// Deletes the database file at `path` and its round log: a node's whole
+    /// state.
+    pub fn remove(path: &Path) -> Result<()> {
+        for p in [path.to_path_buf(), wal_path(path)] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::Invalid(format!("{}: {e}", p.display()))),
+            }
+        }
+        Ok(())
+    }
+
+    fn init(db: Database, log: Box<dyn LogFile>, cfg: WalConfig) -> Result<Engine> {
         // Create every table up front so readers never meet a missing one.
         let txn = db.begin_write()?;
         txn.open_table(LOG)?;
@@ -127,6 +176,7 @@ impl Engine {
         txn.open_table(META)?;
         txn.open_table(CHECKSUMS)?;
         txn.commit()?;
+        let wal = replay(&db, Wal::new(log, cfg))?;
         let next = {
             let txn = db.begin_read()?;
             let log = txn.open_table(LOG)?;
@@ -138,6 +188,7 @@ impl Engine {
             stats: Arc::default(),
             next_log_seq: Arc::new(AtomicU64::new(next)),
             overlay: SharedOverlay::default(),
+            wal: Arc::new(Mutex::new(wal)),
         })
     }
 
@@ -308,6 +359,22 @@ impl Engine {
         GroupStorage::fresh(self.db.clone(), self.overlay.clone(), info.id, &rec)
     }
 
+    /// Commits redb with a sync and starts the round log again, so the
+    /// database file alone holds everything (before a clean stop).
+    pub fn checkpoint(&self) -> Result<()> {
+        let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
+        let upto = wal.next_seq() - 1;
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?
+            .insert(META_WAL_APPLIED, u64_bytes(upto).as_slice())?;
+        txn.commit()?;
+        wal.restart(upto + 1).map_err(io_error)?;
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Starts a round.
     pub fn begin_round(&self) -> Result<Round> {
         self.overlay.lock().next_round();
@@ -316,6 +383,7 @@ impl Engine {
             self.stats.clone(),
             self.next_log_seq.clone(),
             self.overlay.clone(),
+            self.wal.clone(),
         ))
     }
 
@@ -390,6 +458,55 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// Brings redb up to date with the round log: applies, in one synced
+/// commit, every record after the last one redb holds, then starts the log
+/// again. Refuses a log that does not continue where redb stopped.
+fn replay(db: &Database, mut wal: Wal) -> Result<Wal> {
+    let applied = {
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let v = meta.get(META_WAL_APPLIED)?;
+        v.map(|v| bytes_u64("round log position", v.value()))
+            .transpose()?
+            .unwrap_or(0)
+    };
+    let records = wal.records().map_err(io_error)?;
+    let redo: Vec<_> = records.iter().filter(|(seq, _)| *seq > applied).collect();
+    if let Some((first, _)) = redo.first() {
+        if *first != applied + 1 {
+            return Err(Error::Corrupt {
+                what: "round log",
+                detail: format!(
+                    "the database holds records up to {applied} but the log resumes at {first}"
+                ),
+            });
+        }
+    }
+    let last = redo.last().map_or(applied, |(seq, _)| *seq);
+    if !redo.is_empty() {
+        let txn = db.begin_write()?;
+        {
+            let mut t = Tables::open(&txn)?;
+            for (_, body) in &redo {
+                for op in decode_all(body)? {
+                    op.apply(&mut t)?;
+                }
+            }
+            t.meta
+                .insert(META_WAL_APPLIED, u64_bytes(last).as_slice())?;
+        }
+        txn.commit()?;
+        tracing::info!(
+            records = redo.len(),
+            from = applied + 1,
+            to = last,
+            "round log replayed"
+        );
+    }
+    wal.restart(last + 1).map_err(io_error)?;
+    Ok(wal)
 }
 
 /// A digest of one group's KV rows and client sessions, in key order: the

@@ -3,26 +3,28 @@
 //!
 //! The driver stages everything a round produces (new log entries, hard
 //! states, catalog changes) through a [`RoundWriter`]; [`Round::commit`]
-//! then makes it durable with a single commit, which is a single fsync
-//! whatever the number of groups. Applied KV rows, sessions and apply
-//! indexes of data groups go to the overlay (see `overlay`) and reach redb
-//! in the rounds that flush it.
+//! then commits it to redb once, whatever the number of groups, and makes
+//! it durable with one append and one fdatasync of the round log (see
+//! `wal`), or, every few megabytes of log, with one synced redb commit (a
+//! checkpoint). Applied KV rows, sessions and apply indexes of data groups
+//! go to the overlay (see `overlay`) and reach redb in the rounds that
+//! flush it.
 
+use std::cell::{RefCell, RefMut};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use raft::eraftpb::Entry;
-use redb::{Durability, ReadableTable, Table, WriteTransaction};
+use redb::{Durability, ReadableTable, WriteTransaction};
 
 use super::overlay::{GroupOverlay, SharedOverlay};
-use super::schema::{
-    RaftStateRecord, SnapshotData, APPLIED, CHECKSUMS, KV, LOG, META, META_CATALOG, RAFT_STATE,
-    SESSIONS,
-};
+use super::redo::{Op, Tables};
+use super::schema::{RaftStateRecord, SnapshotData, META, META_WAL_APPLIED};
+use super::wal::Wal;
 use super::Stats;
 use crate::catalog::Catalog;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kv::{KvStore, Session};
 use crate::types::{GroupId, CATALOG_GROUP};
 use crate::wire;
@@ -38,6 +40,13 @@ pub struct Round {
     /// Whether anything was staged at all.
     touched: AtomicBool,
     overlay: SharedOverlay,
+    /// The encoded ops of this round, for the round log.
+    redo: RefCell<Vec<u8>>,
+    wal: Arc<Mutex<Wal>>,
+}
+
+pub(crate) fn io_error(e: std::io::Error) -> Error {
+    Error::Storage(redb::Error::Io(e))
 }
 
 impl Round {
@@ -46,27 +55,25 @@ impl Round {
         stats: Arc<Stats>,
         next_seq: Arc<AtomicU64>,
         overlay: SharedOverlay,
+        wal: Arc<Mutex<Wal>>,
     ) -> Self {
         Round {
             txn,
             stats,
             next_seq,
             overlay,
+            wal,
+            redo: RefCell::default(),
             durable: AtomicBool::new(false),
             touched: AtomicBool::new(false),
         }
     }
 
-    /// Opens the tables for staging writes.
+    /// Opens the tables for staging writes. One writer at a time.
     pub fn writer(&self) -> Result<RoundWriter<'_>> {
         Ok(RoundWriter {
-            log: self.txn.open_table(LOG)?,
-            raft: self.txn.open_table(RAFT_STATE)?,
-            applied: self.txn.open_table(APPLIED)?,
-            kv: self.txn.open_table(KV)?,
-            sessions: self.txn.open_table(SESSIONS)?,
-            meta: self.txn.open_table(META)?,
-            checksums: self.txn.open_table(CHECKSUMS)?,
+            t: Tables::open(&self.txn)?,
+            redo: self.redo.borrow_mut(),
             next_seq: &self.next_seq,
             durable: &self.durable,
             touched: &self.touched,
@@ -76,33 +83,57 @@ impl Round {
         })
     }
 
-    /// Commits the round: one commit for everything staged. It is synced
-    /// to disk (one fsync) when the round wrote anything Raft needs durable
-    /// before it may answer (log entries, a term or vote, a snapshot, or
-    /// messages that wait on persistence). A round that only applied
-    /// committed entries is committed without a sync: a crash loses at most
-    /// those applies, which the node replays from its durable log, and the
-    /// next synced round makes them durable too.
+    /// Commits the round: one redb commit for everything staged, made
+    /// durable, when the round wrote anything Raft needs durable before it
+    /// may answer (log entries, a term or vote, a snapshot, or messages
+    /// that wait on persistence), by one fdatasync of the round log. A
+    /// round that only applied committed entries is appended to the log
+    /// without a sync: a crash loses at most those applies, which the node
+    /// replays from its durable Raft log, and the next synced append makes
+    /// them durable too. Once the log is due for a checkpoint, the round
+    /// is instead committed to redb with a sync, and the log starts again.
     ///
     /// A round that staged nothing (heartbeats, read confirmations) is
     /// abandoned instead: no commit, no page written. Returns whether it
     /// committed.
-    pub fn commit(mut self, entries: u64) -> Result<bool> {
+    pub fn commit(self, entries: u64) -> Result<bool> {
         if !self.touched.load(Ordering::Relaxed) {
             self.txn.abort()?;
             return Ok(false);
         }
         let durable = self.durable.load(Ordering::Relaxed);
-        if !durable {
-            self.txn
-                .set_durability(Durability::None)
-                .map_err(|e| crate::error::Error::Invalid(format!("round durability: {e}")))?;
-        }
-        self.txn.commit()?;
-        self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        if durable {
+        let redo = self.redo.into_inner();
+        let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
+        let checkpoint = wal.checkpoint_due();
+        // redb includes the log up to this record once the round commits:
+        // this round's own record, or, at a checkpoint (which writes none),
+        // the last one appended.
+        let upto = if checkpoint {
+            wal.next_seq() - 1
+        } else {
+            wal.next_seq()
+        };
+        self.txn
+            .open_table(META)?
+            .insert(META_WAL_APPLIED, upto.to_le_bytes().as_slice())?;
+        if checkpoint {
+            self.txn.commit()?;
+            wal.restart(upto + 1).map_err(io_error)?;
+            self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let mut txn = self.txn;
+            txn.set_durability(Durability::None)
+                .map_err(|e| Error::Invalid(format!("round durability: {e}")))?;
+            txn.commit()?;
+            let seq = wal.append(&redo).map_err(io_error)?;
+            debug_assert_eq!(seq, upto);
+            if durable {
+                wal.sync().map_err(io_error)?;
+                self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+            }
         }
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats
             .entries_persisted
             .fetch_add(entries, Ordering::Relaxed);
@@ -112,13 +143,9 @@ impl Round {
 
 /// Staged writes of one round, for any number of groups.
 pub struct RoundWriter<'t> {
-    log: Table<'t, u64, &'static [u8]>,
-    raft: Table<'t, u64, &'static [u8]>,
-    applied: Table<'t, u64, u64>,
-    kv: Table<'t, (u64, &'static [u8]), &'static [u8]>,
-    sessions: Table<'t, (u64, u64), &'static [u8]>,
-    meta: Table<'t, &'static str, &'static [u8]>,
-    checksums: Table<'t, u64, (u64, u64)>,
+    t: Tables<'t>,
+    /// The round's redo record: every op staged so far, encoded.
+    redo: RefMut<'t, Vec<u8>>,
     next_seq: &'t AtomicU64,
     durable: &'t AtomicBool,
     touched: &'t AtomicBool,
@@ -129,6 +156,14 @@ pub struct RoundWriter<'t> {
 }
 
 impl<'t> RoundWriter<'t> {
+    /// Applies `op` to the round's transaction and records it for the
+    /// round log.
+    fn stage(&mut self, op: Op<'_>) -> Result<()> {
+        self.touch();
+        op.encode(&mut self.redo);
+        op.apply(&mut self.t)
+    }
+
     /// Stages new log entries of one group as one record, which replaces
     /// whatever the group's log held from the first new index on (a
     /// conflicting suffix an older leader wrote). Returns the record's
@@ -141,7 +176,10 @@ impl<'t> RoundWriter<'t> {
         self.require_sync();
         self.touch();
         let record = super::schema::encode_log_record(group.0, new)?;
-        self.log.insert(seq, record.as_slice())?;
+        self.stage(Op::LogPut {
+            seq,
+            record: &record,
+        })?;
         self.entries += new.len() as u64;
         Ok(Some(seq))
     }
@@ -160,17 +198,17 @@ impl<'t> RoundWriter<'t> {
     /// group's log).
     pub fn delete_log_records(&mut self, seqs: &[u64]) -> Result<()> {
         for seq in seqs {
-            self.touch();
-            self.log.remove(*seq)?;
+            self.stage(Op::LogDelete { seq: *seq })?;
         }
         Ok(())
     }
 
     /// Stages a group's raft state record.
     pub fn put_raft_state(&mut self, group: GroupId, rec: &RaftStateRecord) -> Result<()> {
-        self.touch();
-        self.raft.insert(group.0, wire::encode(rec).as_slice())?;
-        Ok(())
+        self.stage(Op::RaftState {
+            group: group.0,
+            record: &wire::encode(rec),
+        })
     }
 
     /// Records a group's apply index: in the overlay for a data group, in
@@ -178,8 +216,10 @@ impl<'t> RoundWriter<'t> {
     /// round (so it is what a restart resumes from once the round commits).
     pub fn set_applied(&mut self, group: GroupId, index: u64) -> Result<bool> {
         if group == CATALOG_GROUP {
-            self.touch();
-            self.applied.insert(group.0, index)?;
+            self.stage(Op::Applied {
+                group: group.0,
+                index,
+            })?;
             Ok(true)
         } else {
             self.overlay.lock().set_applied(group.0, index);
@@ -211,20 +251,24 @@ impl<'t> RoundWriter<'t> {
         let mut flushed = Vec::with_capacity(groups.len());
         for (g, o) in groups {
             for (key, value) in &o.rows {
-                match value {
-                    Some(v) => {
-                        self.kv.insert((g, key.as_slice()), v.as_slice())?;
-                    }
-                    None => {
-                        self.kv.remove((g, key.as_slice()))?;
-                    }
-                }
+                self.stage(match value {
+                    Some(value) => Op::KvPut {
+                        group: g,
+                        key,
+                        value,
+                    },
+                    None => Op::KvDelete { group: g, key },
+                })?;
             }
             for (client, session) in &o.sessions {
-                self.sessions.insert((g, *client), session.as_slice())?;
+                self.stage(Op::Session {
+                    group: g,
+                    client: *client,
+                    session,
+                })?;
             }
             if let Some(index) = o.applied {
-                self.applied.insert(g, index)?;
+                self.stage(Op::Applied { group: g, index })?;
                 flushed.push((GroupId(g), index));
             }
         }
@@ -233,10 +277,9 @@ impl<'t> RoundWriter<'t> {
 
     /// Stages the catalog.
     pub fn put_catalog(&mut self, catalog: &Catalog) -> Result<()> {
-        self.touch();
-        self.meta
-            .insert(META_CATALOG, wire::encode(catalog).as_slice())?;
-        Ok(())
+        self.stage(Op::Catalog {
+            bytes: &wire::encode(catalog),
+        })
     }
 
     /// Replaces a group's whole applied state with a snapshot's.
@@ -249,33 +292,41 @@ impl<'t> RoundWriter<'t> {
     ) -> Result<()> {
         let g = group.0;
         self.require_sync();
-        self.touch();
         self.overlay.lock().discard(g);
-        self.kv
-            .retain_in((g, &[][..])..(g + 1, &[][..]), |_, _| false)?;
-        self.sessions.retain_in((g, 0)..(g + 1, 0), |_, _| false)?;
+        self.stage(Op::ClearGroup { group: g })?;
         self.delete_log_records(old_records)?;
-        for (k, v) in &data.rows {
-            self.kv.insert((g, k.as_slice()), v.as_slice())?;
+        for (key, value) in &data.rows {
+            self.stage(Op::KvPut {
+                group: g,
+                key,
+                value,
+            })?;
         }
         for (client, session) in &data.sessions {
-            self.sessions.insert((g, *client), session.as_slice())?;
+            self.stage(Op::Session {
+                group: g,
+                client: *client,
+                session,
+            })?;
         }
-        if let Some(c) = &data.catalog {
-            self.meta.insert(META_CATALOG, c.as_slice())?;
+        if let Some(bytes) = &data.catalog {
+            self.stage(Op::Catalog { bytes })?;
         }
-        self.applied.insert(g, index)?;
-        Ok(())
+        self.stage(Op::Applied { group: g, index })
     }
 
     /// Records a consistency check of `group` at apply index `index`: the
     /// digest of its state as this round leaves it. Returns the digest.
     pub fn record_checksum(&mut self, group: GroupId, index: u64) -> Result<u64> {
-        self.touch();
         let o = self.overlay.lock();
-        let digest = super::state_digest(&self.kv, &self.sessions, o.groups.get(&group.0), group)?;
+        let digest =
+            super::state_digest(&self.t.kv, &self.t.sessions, o.groups.get(&group.0), group)?;
         drop(o);
-        self.checksums.insert(group.0, (index, digest))?;
+        self.stage(Op::Checksum {
+            group: group.0,
+            index,
+            digest,
+        })?;
         Ok(digest)
     }
 
@@ -296,7 +347,7 @@ pub struct GroupKv<'w, 't> {
 
 impl KvStore for GroupKv<'_, '_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        super::row_value(&self.w.kv, &self.w.overlay.lock(), GroupId(self.g), key)
+        super::row_value(&self.w.t.kv, &self.w.overlay.lock(), GroupId(self.g), key)
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
@@ -316,7 +367,7 @@ impl KvStore for GroupKv<'_, '_> {
         if let Some(v) = self.w.overlay.lock().session(self.g, client) {
             return Ok(Some(wire::decode("client session", v)?));
         }
-        match self.w.sessions.get((self.g, client))? {
+        match self.w.t.sessions.get((self.g, client))? {
             Some(v) => Ok(Some(wire::decode("client session", v.value())?)),
             None => Ok(None),
         }

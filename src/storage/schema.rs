@@ -127,6 +127,10 @@ pub(crate) const META_CATALOG: &str = "catalog";
 /// endian). Proposal ids carry it, so an entry proposed before a restart is
 /// never mistaken for one proposed after.
 pub(crate) const META_INCARNATION: &str = "incarnation";
+/// META key: the sequence number of the last round log record whose writes
+/// this database holds (u64, little endian; see `wal`). Written in every
+/// round's transaction, so it is durable exactly when those writes are.
+pub(crate) const META_WAL_APPLIED: &str = "round_log_applied";
 
 /// What a group's Raft state looks like on disk.
 #[derive(
