@@ -1,5 +1,5 @@
-//! A node's disk kept in memory, outliving the `Engine` using it: two files,
-//! the redb database and the round log (see `wal`).
+//! A node's disk kept in memory, outliving the `Engine` using it: the redb
+//! database file and the two files of the round log (see `wal`).
 //!
 //! The simulation harness "crashes" a node by taking the disk's crash image
 //! (every write since each file's last sync undone, as after a power cut)
@@ -13,12 +13,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use redb::StorageBackend;
 
-/// A shareable in-memory disk: a database file and a log file. Clones see
-/// the same bytes.
+/// A shareable in-memory disk: a database file and two log files. Clones
+/// see the same bytes.
 #[derive(Clone, Debug, Default)]
 pub struct MemDisk {
     db: MemFile,
-    log: MemFile,
+    log: [MemFile; 2],
 }
 
 /// One file of a [`MemDisk`]. Clones see the same bytes.
@@ -48,8 +48,8 @@ impl MemDisk {
         self.db.clone()
     }
 
-    /// The round log file.
-    pub fn log_file(&self) -> MemFile {
+    /// The round log's files.
+    pub fn log_files(&self) -> [MemFile; 2] {
         self.log.clone()
     }
 
@@ -59,7 +59,7 @@ impl MemDisk {
     pub fn crash_image(&self) -> MemDisk {
         MemDisk {
             db: self.db.crash_image(),
-            log: self.log.crash_image(),
+            log: [self.log[0].crash_image(), self.log[1].crash_image()],
         }
     }
 

@@ -23,6 +23,7 @@ mod overlay;
 mod redo;
 mod round;
 mod schema;
+mod syncfile;
 mod wal;
 
 pub use group::GroupStorage;
@@ -53,6 +54,7 @@ use schema::{
     decode_log_record, APPLIED, CHECKSUMS, KV, LOG, META, META_CATALOG, META_CLUSTER_ID,
     META_INCARNATION, META_NODE_ID, META_WAL_APPLIED, RAFT_STATE, SESSIONS,
 };
+use syncfile::{SyncControl, SyncFile};
 use wal::Wal;
 
 /// Counters of the storage engine, shared with whoever wants to read them.
@@ -112,6 +114,8 @@ pub struct Engine {
     /// The round log. A std lock: only the driver's rounds take it, never
     /// across an await.
     wal: Arc<Mutex<Wal>>,
+    /// Runs checkpoints' syncs behind the driver (real files only).
+    sync: Option<Arc<SyncControl>>,
 }
 
 fn u64_bytes(v: u64) -> [u8; 8] {
@@ -126,36 +130,50 @@ fn bytes_u64(what: &'static str, b: &[u8]) -> Result<u64> {
     Ok(u64::from_le_bytes(arr))
 }
 
-/// The round log that belongs to the database file at `db`.
-pub fn wal_path(db: &Path) -> std::path::PathBuf {
-    db.with_extension("wal")
+/// The two files of the round log that belongs to the database file at
+/// `db`: the same name with the extensions `wal.0` and `wal.1`.
+pub fn wal_paths(db: &Path) -> [std::path::PathBuf; 2] {
+    [db.with_extension("wal.0"), db.with_extension("wal.1")]
+}
+
+fn open_rw(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| {
+            Error::Storage(redb::Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", path.display()),
+            )))
+        })
 }
 
 impl Engine {
     /// Opens (or creates) the database file at `path` and its round log
-    /// beside it (see [`wal_path`]).
+    /// beside it (see [`wal_paths`]).
     pub fn open(path: &Path) -> Result<Engine> {
-        let db = Database::create(path)?;
-        let log = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(wal_path(path))
-            .map_err(io_error)?;
-        Self::init(db, Box::new(log), WalConfig::FILE)
+        let (file, sync) = SyncFile::new(open_rw(path)?).map_err(io_error)?;
+        let db = Database::builder().create_with_backend(file)?;
+        let [a, b] = wal_paths(path);
+        let log: [Box<dyn LogFile>; 2] = [Box::new(open_rw(&a)?), Box::new(open_rw(&b)?)];
+        Self::init(db, log, WalConfig::FILE, Some(sync))
     }
 
     /// Opens a database and round log on an in-memory disk.
     pub fn open_backend(disk: MemDisk) -> Result<Engine> {
         let db = Database::builder().create_with_backend(disk.db_file())?;
-        Self::init(db, Box::new(disk.log_file()), WalConfig::MEMORY)
+        let log = disk.log_files().map(|f| Box::new(f) as Box<dyn LogFile>);
+        Self::init(db, log, WalConfig::MEMORY, None)
     }
 
     /// Deletes the database file at `path` and its round log: a node's whole
     /// state.
     pub fn remove(path: &Path) -> Result<()> {
-        for p in [path.to_path_buf(), wal_path(path)] {
+        let [a, b] = wal_paths(path);
+        for p in [path.to_path_buf(), a, b] {
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -165,7 +183,12 @@ impl Engine {
         Ok(())
     }
 
-    fn init(db: Database, log: Box<dyn LogFile>, cfg: WalConfig) -> Result<Engine> {
+    fn init(
+        db: Database,
+        log: [Box<dyn LogFile>; 2],
+        cfg: WalConfig,
+        sync: Option<Arc<SyncControl>>,
+    ) -> Result<Engine> {
         // Create every table up front so readers never meet a missing one.
         let txn = db.begin_write()?;
         txn.open_table(LOG)?;
@@ -189,6 +212,7 @@ impl Engine {
             next_log_seq: Arc::new(AtomicU64::new(next)),
             overlay: SharedOverlay::default(),
             wal: Arc::new(Mutex::new(wal)),
+            sync,
         })
     }
 
@@ -364,6 +388,7 @@ impl Engine {
     pub fn checkpoint(&self) -> Result<()> {
         let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
         let upto = wal.next_seq() - 1;
+        wal.sync_if_dirty().map_err(io_error)?;
         let txn = self.db.begin_write()?;
         txn.open_table(META)?
             .insert(META_WAL_APPLIED, u64_bytes(upto).as_slice())?;
@@ -384,6 +409,7 @@ impl Engine {
             self.next_log_seq.clone(),
             self.overlay.clone(),
             self.wal.clone(),
+            self.sync.clone(),
         ))
     }
 
@@ -473,18 +499,21 @@ fn replay(db: &Database, mut wal: Wal) -> Result<Wal> {
             .unwrap_or(0)
     };
     let records = wal.records().map_err(io_error)?;
-    let redo: Vec<_> = records.iter().filter(|(seq, _)| *seq > applied).collect();
-    if let Some((first, _)) = redo.first() {
-        if *first != applied + 1 {
+    let redo: Vec<_> = records.range(applied + 1..).collect();
+    let mut expect = applied + 1;
+    for (seq, _) in &redo {
+        if **seq != expect {
             return Err(Error::Corrupt {
                 what: "round log",
                 detail: format!(
-                    "the database holds records up to {applied} but the log resumes at {first}"
+                    "the database and the log hold records up to {} but the log resumes at {seq}",
+                    expect - 1
                 ),
             });
         }
+        expect += 1;
     }
-    let last = redo.last().map_or(applied, |(seq, _)| *seq);
+    let last = expect - 1;
     if !redo.is_empty() {
         let txn = db.begin_write()?;
         {

@@ -21,6 +21,7 @@ use redb::{Durability, ReadableTable, WriteTransaction};
 use super::overlay::{GroupOverlay, SharedOverlay};
 use super::redo::{Op, Tables};
 use super::schema::{RaftStateRecord, SnapshotData, META, META_WAL_APPLIED};
+use super::syncfile::SyncControl;
 use super::wal::Wal;
 use super::Stats;
 use crate::catalog::Catalog;
@@ -43,6 +44,8 @@ pub struct Round {
     /// The encoded ops of this round, for the round log.
     redo: RefCell<Vec<u8>>,
     wal: Arc<Mutex<Wal>>,
+    /// Where a checkpoint's sync can run behind the driver, if anywhere.
+    sync: Option<Arc<SyncControl>>,
 }
 
 pub(crate) fn io_error(e: std::io::Error) -> Error {
@@ -56,6 +59,7 @@ impl Round {
         next_seq: Arc<AtomicU64>,
         overlay: SharedOverlay,
         wal: Arc<Mutex<Wal>>,
+        sync: Option<Arc<SyncControl>>,
     ) -> Self {
         Round {
             txn,
@@ -63,6 +67,7 @@ impl Round {
             next_seq,
             overlay,
             wal,
+            sync,
             redo: RefCell::default(),
             durable: AtomicBool::new(false),
             touched: AtomicBool::new(false),
@@ -117,8 +122,22 @@ impl Round {
             .open_table(META)?
             .insert(META_WAL_APPLIED, upto.to_le_bytes().as_slice())?;
         if checkpoint {
+            let start = std::time::Instant::now();
+            // The file appends move to next must no longer be needed: the
+            // checkpoint before this one is on disk. And none of the records
+            // of the file being left may be lost while later ones survive.
+            if let Some(sync) = &self.sync {
+                sync.wait().map_err(io_error)?;
+                sync.defer_next();
+            }
+            wal.sync_if_dirty().map_err(io_error)?;
             self.txn.commit()?;
             wal.restart(upto + 1).map_err(io_error)?;
+            tracing::debug!(
+                upto,
+                ms = start.elapsed().as_secs_f64() * 1e3,
+                "round log checkpointed"
+            );
             self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         } else {

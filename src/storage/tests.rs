@@ -483,14 +483,17 @@ fn a_round_log_that_does_not_continue_the_database_is_refused() {
     drop(e);
     // A log whose first record is far past what the database holds: some
     // records in between are missing.
-    let mut foreign = super::wal::Wal::new(Box::new(image.log_file()), WalConfig::MEMORY);
+    let files = image
+        .log_files()
+        .map(|f| Box::new(f) as Box<dyn super::wal::LogFile>);
+    let mut foreign = super::wal::Wal::new(files, WalConfig::MEMORY);
     foreign.restart(1000).unwrap();
     foreign.append(b"").unwrap();
     foreign.sync().unwrap();
     let err = Engine::open_backend(image).err().expect("refused");
     assert!(
         err.to_string()
-            .contains("the database holds records up to 0 but the log resumes at 1000"),
+            .contains("hold records up to 0 but the log resumes at 1000"),
         "{err}"
     );
 }
