@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flotilla::kv::{Command, Op};
+
+/// The allocator the `flotilla` binary runs with, so the figures match it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use flotilla::local::LocalCluster;
 
 /// Concurrent clients.

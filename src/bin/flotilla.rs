@@ -11,6 +11,12 @@ use flotilla::bench::command::BenchArgs;
 use flotilla::cli::{ClientCommand, Globals};
 use flotilla::node::config::FileConfig;
 use flotilla::node::ops::Caller;
+
+/// jemalloc rather than the system allocator: a node allocates for every
+/// message, entry and row, and glibc's malloc spent about a fifth of the
+/// CPU of the driver benchmark.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use flotilla::node::server::{NodeConfig, NodeServer};
 use flotilla::node::Lifecycle;
 use flotilla::transport::rpc::{RpcRequest, RpcResponse};

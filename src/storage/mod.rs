@@ -155,7 +155,7 @@ impl Engine {
     /// Opens (or creates) the database file at `path` and its round log
     /// beside it (see [`wal_paths`]).
     pub fn open(path: &Path) -> Result<Engine> {
-        let (file, sync) = SyncFile::new(open_rw(path)?).map_err(io_error)?;
+        let (file, sync) = SyncFile::open(open_rw(path)?).map_err(io_error)?;
         let db = Database::builder().create_with_backend(file)?;
         let [a, b] = wal_paths(path);
         let log: [Box<dyn LogFile>; 2] = [Box::new(open_rw(&a)?), Box::new(open_rw(&b)?)];
@@ -167,6 +167,19 @@ impl Engine {
         let db = Database::builder().create_with_backend(disk.db_file())?;
         let log = disk.log_files().map(|f| Box::new(f) as Box<dyn LogFile>);
         Self::init(db, log, WalConfig::MEMORY, None)
+    }
+
+    /// Like [`Self::open_backend`], with checkpoints' syncs run behind the
+    /// driver as on a real file; the control lets a test hold them.
+    #[cfg(test)]
+    pub(crate) fn open_backend_behind(disk: MemDisk) -> Result<(Engine, Arc<SyncControl>)> {
+        let (file, sync) = SyncFile::new(disk.db_file()).map_err(io_error)?;
+        let db = Database::builder().create_with_backend(file)?;
+        let log = disk.log_files().map(|f| Box::new(f) as Box<dyn LogFile>);
+        Ok((
+            Self::init(db, log, WalConfig::MEMORY, Some(sync.clone()))?,
+            sync,
+        ))
     }
 
     /// Deletes the database file at `path` and its round log: a node's whole

@@ -96,7 +96,8 @@ impl Round {
     /// without a sync: a crash loses at most those applies, which the node
     /// replays from its durable Raft log, and the next synced append makes
     /// them durable too. Once the log is due for a checkpoint, the round
-    /// is instead committed to redb with a sync, and the log starts again.
+    /// is appended and synced as well as committed to redb with a sync
+    /// (which runs behind the driver), and the log moves to its other file.
     ///
     /// A round that staged nothing (heartbeats, read confirmations) is
     /// abandoned instead: no commit, no page written. Returns whether it
@@ -110,43 +111,41 @@ impl Round {
         let redo = self.redo.into_inner();
         let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
         let checkpoint = wal.checkpoint_due();
-        // redb includes the log up to this record once the round commits:
-        // this round's own record, or, at a checkpoint (which writes none),
-        // the last one appended.
-        let upto = if checkpoint {
-            wal.next_seq() - 1
-        } else {
-            wal.next_seq()
-        };
+        // redb includes the log up to this round's record once it commits.
+        let seq = wal.next_seq();
         self.txn
             .open_table(META)?
-            .insert(META_WAL_APPLIED, upto.to_le_bytes().as_slice())?;
+            .insert(META_WAL_APPLIED, seq.to_le_bytes().as_slice())?;
         if checkpoint {
             let start = std::time::Instant::now();
             // The file appends move to next must no longer be needed: the
-            // checkpoint before this one is on disk. And none of the records
-            // of the file being left may be lost while later ones survive.
+            // checkpoint before this one must be on disk.
             if let Some(sync) = &self.sync {
                 sync.wait().map_err(io_error)?;
                 sync.defer_next();
             }
-            wal.sync_if_dirty().map_err(io_error)?;
+            // The file being left gets this round too, synced: until the
+            // checkpoint's own sync is confirmed, redb may still fall back to
+            // the checkpoint before, and this file must then hold every
+            // record since, this one included.
+            wal.append(&redo).map_err(io_error)?;
+            wal.sync().map_err(io_error)?;
             self.txn.commit()?;
-            wal.restart(upto + 1).map_err(io_error)?;
+            wal.restart(seq + 1).map_err(io_error)?;
+            self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+            // The log's sync and redb's.
+            self.stats.syncs.fetch_add(2, Ordering::Relaxed);
             tracing::debug!(
-                upto,
+                seq,
                 ms = start.elapsed().as_secs_f64() * 1e3,
                 "round log checkpointed"
             );
-            self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-            self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         } else {
             let mut txn = self.txn;
             txn.set_durability(Durability::None)
                 .map_err(|e| Error::Invalid(format!("round durability: {e}")))?;
             txn.commit()?;
-            let seq = wal.append(&redo).map_err(io_error)?;
-            debug_assert_eq!(seq, upto);
+            wal.append(&redo).map_err(io_error)?;
             if durable {
                 wal.sync().map_err(io_error)?;
                 self.stats.syncs.fetch_add(1, Ordering::Relaxed);

@@ -19,7 +19,6 @@
 //! knows.
 
 use std::fmt;
-use std::fs::File;
 use std::io;
 use std::ops::Bound;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -39,6 +38,9 @@ pub(crate) struct SyncControl {
 struct SyncState {
     /// Whether the next `sync_data` runs behind.
     defer_next: bool,
+    /// Tests only: background syncs wait while this is set.
+    #[cfg(test)]
+    held: bool,
     /// A sync is running on the helper thread.
     pending: bool,
     /// The helper thread should end.
@@ -79,14 +81,14 @@ impl SyncControl {
     }
 }
 
-/// A redb backend over a file whose syncs can run behind (see the module
-/// documentation).
-pub(crate) struct SyncFile {
-    inner: FileBackend,
+/// A redb backend whose syncs can run behind (see the module
+/// documentation): a file ([`FileBackend`]), or in tests the in-memory disk.
+pub(crate) struct SyncFile<B: StorageBackend = FileBackend> {
+    inner: Arc<B>,
     ctl: Arc<SyncControl>,
 }
 
-impl fmt::Debug for SyncFile {
+impl<B: StorageBackend> fmt::Debug for SyncFile<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SyncFile").finish_non_exhaustive()
     }
@@ -94,14 +96,21 @@ impl fmt::Debug for SyncFile {
 
 impl SyncFile {
     /// Wraps `file`; a helper thread syncs it when asked to.
-    pub(crate) fn new(file: File) -> io::Result<(SyncFile, Arc<SyncControl>)> {
+    pub(crate) fn open(file: std::fs::File) -> io::Result<(SyncFile, Arc<SyncControl>)> {
+        let inner = FileBackend::new(file).map_err(|e| io::Error::other(e.to_string()))?;
+        Self::new(inner)
+    }
+}
+
+impl<B: StorageBackend> SyncFile<B> {
+    /// Wraps `inner`; a helper thread syncs it when asked to.
+    pub(crate) fn new(inner: B) -> io::Result<(SyncFile<B>, Arc<SyncControl>)> {
         let ctl = Arc::new(SyncControl::default());
-        let syncer = file.try_clone()?;
-        let worker = ctl.clone();
+        let inner = Arc::new(inner);
+        let (syncer, worker) = (inner.clone(), ctl.clone());
         std::thread::Builder::new()
             .name("flotilla-sync".into())
-            .spawn(move || sync_behind(&syncer, &worker))?;
-        let inner = FileBackend::new(file).map_err(|e| io::Error::other(e.to_string()))?;
+            .spawn(move || sync_behind(syncer.as_ref(), &worker))?;
         Ok((
             SyncFile {
                 inner,
@@ -112,11 +121,35 @@ impl SyncFile {
     }
 }
 
-/// The helper thread: one fdatasync per request, until told to stop.
-fn sync_behind(file: &File, ctl: &SyncControl) {
+#[cfg(test)]
+impl SyncControl {
+    /// Holds (or releases) background syncs, to take a crash image while
+    /// one is still to run.
+    pub(crate) fn hold(&self, held: bool) {
+        self.lock().held = held;
+        self.changed.notify_all();
+    }
+
+    /// Whether a sync is waiting or running behind.
+    pub(crate) fn pending(&self) -> bool {
+        self.lock().pending
+    }
+}
+
+/// Whether the helper may start the pending sync.
+fn may_sync(st: &SyncState) -> bool {
+    #[cfg(test)]
+    if st.held {
+        return false;
+    }
+    st.pending
+}
+
+/// The helper thread: one sync per request, until told to stop.
+fn sync_behind(file: &impl StorageBackend, ctl: &SyncControl) {
     let mut st = ctl.lock();
     loop {
-        while !st.pending && !st.stop {
+        while !may_sync(&st) && !st.stop {
             st = ctl.changed.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         if st.stop && !st.pending {
@@ -134,7 +167,7 @@ fn sync_behind(file: &File, ctl: &SyncControl) {
     }
 }
 
-impl Drop for SyncFile {
+impl<B: StorageBackend> Drop for SyncFile<B> {
     fn drop(&mut self) {
         let mut st = self.ctl.lock();
         st.stop = true;
@@ -146,7 +179,7 @@ impl Drop for SyncFile {
     }
 }
 
-impl StorageBackend for SyncFile {
+impl<B: StorageBackend> StorageBackend for SyncFile<B> {
     fn len(&self) -> Result<u64, io::Error> {
         self.inner.len()
     }
@@ -224,7 +257,7 @@ mod tests {
             .truncate(true)
             .open(dir.path().join("db"))
             .unwrap();
-        let (f, ctl) = SyncFile::new(file).unwrap();
+        let (f, ctl) = SyncFile::open(file).unwrap();
         f.write(0, &[1; 4096]).unwrap();
         ctl.defer_next();
         f.sync_data().unwrap();
