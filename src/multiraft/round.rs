@@ -33,13 +33,17 @@ impl Driver {
         self.round_with(|_| {})
     }
 
-    /// Runs one round, handing `early` what may leave before the round's
-    /// commit: messages raft-rs allows to be sent before local persistence
-    /// (a leader's appends, so followers write in parallel with it) and
+    /// Runs one round, handing `send` what may leave before the round's
+    /// redb commit, twice. First, before anything is made durable:
+    /// messages raft-rs allows to be sent before local persistence (a
+    /// leader's appends, so followers write in parallel with it) and
     /// answers to proposals whose entries applied (they are committed on a
     /// quorum already; replaying the log re-applies them after a crash).
-    /// `early` takes what it sends out of the output; the rest is returned.
-    pub fn round_with(&mut self, early: impl FnOnce(&mut RoundOutput)) -> Result<RoundOutput> {
+    /// Then, once the round log holds the round durably: the messages that
+    /// wait on persistence (a follower's acknowledgements, votes), so they
+    /// do not also wait for redb's commit. `send` takes what it sends out of
+    /// the output; the rest is returned.
+    pub fn round_with(&mut self, mut send: impl FnMut(&mut RoundOutput)) -> Result<RoundOutput> {
         self.engine.count_round();
         let mut out = RoundOutput {
             completions: std::mem::take(&mut self.early),
@@ -79,16 +83,18 @@ impl Driver {
             }
             w.entries
         };
-        early(&mut out);
-        out.committed = round.commit(staged)?;
+        send(&mut out);
+        for (gid, _, msgs) in &mut persisted {
+            push_messages(&mut out.outbound, *gid, std::mem::take(msgs));
+        }
+        out.committed = round.commit_then(staged, || send(&mut out))?;
 
-        for (gid, number, msgs) in persisted {
+        for (gid, number, _) in persisted {
             let g = self.groups.get_mut(&gid).expect("busy group exists");
             g.node.on_persist_ready(number);
             let applied = g.node.store().applied;
             g.node.advance_apply_to(applied);
             out.more |= g.node.has_ready();
-            push_messages(&mut out.outbound, gid, msgs);
         }
         for e in effects {
             if let Effect::OpenGroup { info, fresh } = e {

@@ -103,7 +103,15 @@ impl Round {
     /// abandoned instead: no commit, no page written. Returns whether it
     /// committed.
     pub fn commit(self, entries: u64) -> Result<bool> {
+        self.commit_then(entries, || {})
+    }
+
+    /// [`Self::commit`], calling `durable` as soon as the round is durable
+    /// (its log record synced, or at once when it needs no sync), before
+    /// redb's commit.
+    pub fn commit_then(self, entries: u64, durable_now: impl FnOnce()) -> Result<bool> {
         if !self.touched.load(Ordering::Relaxed) {
+            durable_now();
             self.txn.abort()?;
             return Ok(false);
         }
@@ -130,6 +138,7 @@ impl Round {
             // record since, this one included.
             wal.append(&redo).map_err(io_error)?;
             wal.sync().map_err(io_error)?;
+            durable_now();
             self.txn.commit()?;
             wal.restart(seq + 1).map_err(io_error)?;
             self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -141,15 +150,18 @@ impl Round {
                 "round log checkpointed"
             );
         } else {
-            let mut txn = self.txn;
-            txn.set_durability(Durability::None)
-                .map_err(|e| Error::Invalid(format!("round durability: {e}")))?;
-            txn.commit()?;
+            // Log first: once the record is synced the round is durable, and
+            // what waits on that may leave while redb commits.
             wal.append(&redo).map_err(io_error)?;
             if durable {
                 wal.sync().map_err(io_error)?;
                 self.stats.syncs.fetch_add(1, Ordering::Relaxed);
             }
+            durable_now();
+            let mut txn = self.txn;
+            txn.set_durability(Durability::None)
+                .map_err(|e| Error::Invalid(format!("round durability: {e}")))?;
+            txn.commit()?;
         }
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats
