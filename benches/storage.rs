@@ -1,5 +1,6 @@
-//! Group commit in the storage engine: one redb write transaction (one
-//! fsync) carries the new log entries of every group in a round. Writes
+//! Group commit in the storage engine: one redb write transaction, made
+//! durable by one fsync of the round log, carries the new log entries of
+//! every group in a round. Writes
 //! the same 256-entry round spread over 1 group and over 64 groups, to a
 //! real file, and reports entries per second; fsyncs per 1,000 entries is
 //! 1000 / 256 = 3.9 in both cases by construction, which is the point: the
