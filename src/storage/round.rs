@@ -139,7 +139,11 @@ impl Round {
             wal.append(&redo).map_err(io_error)?;
             wal.sync().map_err(io_error)?;
             durable_now();
-            self.txn.commit()?;
+            let committed = self.txn.commit();
+            if let Some(sync) = &self.sync {
+                sync.clear_defer();
+            }
+            committed?;
             wal.restart(seq + 1).map_err(io_error)?;
             self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
             // The log's sync and redb's.

@@ -59,6 +59,13 @@ impl SyncControl {
         self.lock().defer_next = true;
     }
 
+    /// Withdraws a `defer_next` the commit it was meant for did not use (a
+    /// commit that had nothing to sync), so no later sync runs behind by
+    /// mistake.
+    pub(crate) fn clear_defer(&self) {
+        self.lock().defer_next = false;
+    }
+
     /// Waits until no sync runs behind; fails if one failed.
     pub(crate) fn wait(&self) -> io::Result<()> {
         drop(self.idle()?);
