@@ -9,9 +9,9 @@
 //! fsync however many groups had work (group commit). [`Stats`] counts
 //! rounds, commits and syncs so tests and benchmarks can check that rule.
 //!
-//! Opening: [`Engine::open`] on a file (the round log is the same path with
-//! the extension `wal`), or [`Engine::open_backend`] on a [`MemDisk`] (the
-//! simulation). Opening applies the round log's records that redb lacks
+//! Opening: [`Engine::open`] on a file (the round log's two files are the
+//! same path with the extensions `wal.0` and `wal.1`), or
+//! [`Engine::open_backend`] on a [`MemDisk`] (the simulation). Opening applies the round log's records that redb lacks
 //! before anything can read. [`Engine::bootstrap`]
 //! writes a node's identity, the cluster id and the catalog, and the initial
 //! Raft state of every group the catalog places on this node, in one

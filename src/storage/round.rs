@@ -106,9 +106,9 @@ impl Round {
         self.commit_then(entries, || {})
     }
 
-    /// [`Self::commit`], calling `durable` as soon as the round is durable
-    /// (its log record synced, or at once when it needs no sync), before
-    /// redb's commit.
+    /// [`Self::commit`], calling `durable_now` as soon as the round is
+    /// durable (its log record synced, or at once when it needs no sync),
+    /// before redb's commit.
     pub fn commit_then(self, entries: u64, durable_now: impl FnOnce()) -> Result<bool> {
         if !self.touched.load(Ordering::Relaxed) {
             durable_now();
@@ -208,7 +208,6 @@ impl<'t> RoundWriter<'t> {
         }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         self.require_sync();
-        self.touch();
         let record = super::schema::encode_log_record(group.0, new)?;
         self.stage(Op::LogPut {
             seq,

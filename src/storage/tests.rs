@@ -420,6 +420,25 @@ fn append_round(e: &Engine, s: &mut GroupStorage, index: u64, bytes: usize) {
     round.commit(1).unwrap();
 }
 
+/// Opens `disk` and checks that group 1 holds exactly the `rounds` entries
+/// [`append_round`] wrote, each of `bytes` bytes.
+fn assert_holds_rounds(disk: MemDisk, rounds: u64, bytes: usize) {
+    let e = Engine::open_backend(disk).unwrap();
+    let s = group_of(&e, 1);
+    assert_eq!(s.last_index().unwrap(), B + rounds);
+    let got = s
+        .entries(
+            B + 1,
+            B + rounds + 1,
+            None,
+            raft::GetEntriesContext::empty(false),
+        )
+        .unwrap();
+    assert!(got
+        .iter()
+        .all(|en| en.data.len() == bytes && en.data[0] == en.index as u8));
+}
+
 #[test]
 fn synced_rounds_reach_the_round_log_not_redb_and_survive_a_crash() {
     let disk = MemDisk::new();
@@ -461,15 +480,7 @@ fn the_log_checkpoints_into_redb_and_starts_again_losing_nothing() {
     assert!((2..=4).contains(&checkpoints), "{checkpoints} checkpoints");
     let image = disk.crash_image();
     drop(e);
-    let e = Engine::open_backend(image).unwrap();
-    let s = group_of(&e, 1);
-    assert_eq!(s.last_index().unwrap(), B + 100);
-    let got = s
-        .entries(B + 1, B + 101, None, raft::GetEntriesContext::empty(false))
-        .unwrap();
-    assert!(got
-        .iter()
-        .all(|en| en.data.len() == 2048 && en.data[0] == en.index as u8));
+    assert_holds_rounds(image, 100, 2048);
 }
 
 #[test]
@@ -516,11 +527,5 @@ fn a_crash_while_a_checkpoints_sync_still_runs_behind_loses_nothing() {
     let image = disk.crash_image();
     sync.hold(false);
     drop(e);
-    let e = Engine::open_backend(image).unwrap();
-    let s = group_of(&e, 1);
-    assert_eq!(s.last_index().unwrap(), B + 40);
-    let got = s
-        .entries(B + 1, B + 41, None, raft::GetEntriesContext::empty(false))
-        .unwrap();
-    assert!(got.iter().all(|en| en.data[0] == en.index as u8));
+    assert_holds_rounds(image, 40, 2048);
 }
