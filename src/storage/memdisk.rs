@@ -53,6 +53,12 @@ impl MemDisk {
         self.log.clone()
     }
 
+    /// The round log's files, as the round log opens them.
+    pub(crate) fn log_backends(&self) -> [Box<dyn super::wal::LogFile>; 2] {
+        self.log_files()
+            .map(|f| Box::new(f) as Box<dyn super::wal::LogFile>)
+    }
+
     /// What this disk would hold after a power cut now: every write since
     /// each file's last sync undone. A separate disk; this one is left as
     /// it is (the process about to "die" may still write to it).

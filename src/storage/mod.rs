@@ -165,8 +165,7 @@ impl Engine {
     /// Opens a database and round log on an in-memory disk.
     pub fn open_backend(disk: MemDisk) -> Result<Engine> {
         let db = Database::builder().create_with_backend(disk.db_file())?;
-        let log = disk.log_files().map(|f| Box::new(f) as Box<dyn LogFile>);
-        Self::init(db, log, WalConfig::MEMORY, None)
+        Self::init(db, disk.log_backends(), WalConfig::MEMORY, None)
     }
 
     /// Like [`Self::open_backend`], with checkpoints' syncs run behind the
@@ -175,9 +174,13 @@ impl Engine {
     pub(crate) fn open_backend_behind(disk: MemDisk) -> Result<(Engine, Arc<SyncControl>)> {
         let (file, sync) = SyncFile::new(disk.db_file()).map_err(io_error)?;
         let db = Database::builder().create_with_backend(file)?;
-        let log = disk.log_files().map(|f| Box::new(f) as Box<dyn LogFile>);
         Ok((
-            Self::init(db, log, WalConfig::MEMORY, Some(sync.clone()))?,
+            Self::init(
+                db,
+                disk.log_backends(),
+                WalConfig::MEMORY,
+                Some(sync.clone()),
+            )?,
             sync,
         ))
     }

@@ -21,6 +21,13 @@ fn entry(index: u64, term: u64) -> Entry {
     }
 }
 
+/// An engine on `disk`, bootstrapped as node 1 of [`catalog`].
+fn bootstrapped(disk: &MemDisk) -> Engine {
+    let e = Engine::open_backend(disk.clone()).unwrap();
+    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    e
+}
+
 fn group_of(engine: &Engine, g: u64) -> GroupStorage {
     engine
         .load_groups()
@@ -58,8 +65,7 @@ fn bootstrap_writes_identity_catalog_and_groups_once() {
 #[test]
 fn entries_of_many_groups_persist_in_one_commit_and_reload() {
     let disk = MemDisk::new();
-    let e = Engine::open_backend(disk.clone()).unwrap();
-    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    let e = bootstrapped(&disk);
     let before = e.stats().commits();
     let round = e.begin_round().unwrap();
     {
@@ -83,8 +89,7 @@ fn entries_of_many_groups_persist_in_one_commit_and_reload() {
 #[test]
 fn a_conflicting_append_replaces_the_old_suffix_on_disk() {
     let disk = MemDisk::new();
-    let e = Engine::open_backend(disk.clone()).unwrap();
-    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    let e = bootstrapped(&disk);
     let mut s = group_of(&e, 1);
     let write = |e: &Engine, s: &mut GroupStorage, es: Vec<Entry>| {
         let round = e.begin_round().unwrap();
@@ -145,8 +150,7 @@ fn compaction_keeps_the_term_of_the_compaction_point() {
 #[test]
 fn a_corrupt_database_is_an_error_not_a_panic() {
     let disk = MemDisk::new();
-    let e = Engine::open_backend(disk.clone()).unwrap();
-    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    let e = bootstrapped(&disk);
     drop(e);
     // Scribble over everything past the header region.
     let size = disk.size();
@@ -192,8 +196,7 @@ fn garbage_in_a_row_is_reported_as_corrupt() {
 #[test]
 fn compaction_deletes_only_records_it_no_longer_needs_and_the_log_reloads() {
     let disk = MemDisk::new();
-    let e = Engine::open_backend(disk.clone()).unwrap();
-    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    let e = bootstrapped(&disk);
     let mut s = group_of(&e, 1);
     // Three records: 1..=4, 5..=8, 9..=12.
     for chunk in 0..3u64 {
@@ -270,8 +273,7 @@ fn a_round_of_many_groups_appends_records_side_by_side() {
 #[test]
 fn a_round_that_only_applies_is_not_synced_and_a_crash_loses_only_it() {
     let disk = MemDisk::new();
-    let e = Engine::open_backend(disk.clone()).unwrap();
-    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    let e = bootstrapped(&disk);
     let stats = e.stats();
     let round = e.begin_round().unwrap();
     {
@@ -376,8 +378,7 @@ fn applied_rows_wait_in_the_overlay_and_reads_see_them_merged() {
 #[test]
 fn a_crash_loses_the_overlay_and_restarts_from_the_last_flush() {
     let disk = MemDisk::new();
-    let e = Engine::open_backend(disk.clone()).unwrap();
-    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    let e = bootstrapped(&disk);
     apply_round(&e, &[("a", Some("1"))], B + 1, true);
     apply_round(&e, &[("a", Some("2")), ("b", Some("3"))], B + 2, false);
     // A synced round that does not flush (new log entries) keeps the
@@ -442,8 +443,7 @@ fn assert_holds_rounds(disk: MemDisk, rounds: u64, bytes: usize) {
 #[test]
 fn synced_rounds_reach_the_round_log_not_redb_and_survive_a_crash() {
     let disk = MemDisk::new();
-    let e = Engine::open_backend(disk.clone()).unwrap();
-    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    let e = bootstrapped(&disk);
     let stats = e.stats();
     let (syncs, commits) = (stats.syncs(), stats.commits());
     let mut s = group_of(&e, 1);
@@ -468,8 +468,7 @@ fn synced_rounds_reach_the_round_log_not_redb_and_survive_a_crash() {
 #[test]
 fn the_log_checkpoints_into_redb_and_starts_again_losing_nothing() {
     let disk = MemDisk::new();
-    let e = Engine::open_backend(disk.clone()).unwrap();
-    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    let e = bootstrapped(&disk);
     let mut s = group_of(&e, 1);
     // 2 KiB a round: the 64 KiB log of the in-memory disk fills in about
     // 32 rounds, so 100 rounds pass several checkpoints.
@@ -486,18 +485,14 @@ fn the_log_checkpoints_into_redb_and_starts_again_losing_nothing() {
 #[test]
 fn a_round_log_that_does_not_continue_the_database_is_refused() {
     let disk = MemDisk::new();
-    let e = Engine::open_backend(disk.clone()).unwrap();
-    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    let e = bootstrapped(&disk);
     let mut s = group_of(&e, 1);
     append_round(&e, &mut s, B + 1, 10);
     let image = disk.crash_image();
     drop(e);
     // A log whose first record is far past what the database holds: some
     // records in between are missing.
-    let files = image
-        .log_files()
-        .map(|f| Box::new(f) as Box<dyn super::wal::LogFile>);
-    let mut foreign = super::wal::Wal::new(files, WalConfig::MEMORY);
+    let mut foreign = super::wal::Wal::new(image.log_backends(), WalConfig::MEMORY);
     foreign.restart(1000).unwrap();
     foreign.append(b"").unwrap();
     foreign.sync().unwrap();

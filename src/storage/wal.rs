@@ -281,12 +281,8 @@ mod tests {
     use super::*;
     use crate::storage::MemDisk;
 
-    fn files(disk: &MemDisk) -> [Box<dyn LogFile>; 2] {
-        disk.log_files().map(|f| Box::new(f) as Box<dyn LogFile>)
-    }
-
     fn wal(disk: &MemDisk) -> Wal {
-        Wal::new(files(disk), WalConfig::MEMORY)
+        Wal::new(disk.log_backends(), WalConfig::MEMORY)
     }
 
     fn seqs(disk: &MemDisk) -> Vec<u64> {
@@ -349,7 +345,7 @@ mod tests {
             checkpoint_bytes: 1 << 10,
             prealloc_bytes: 3 << 20,
         };
-        let mut w = Wal::new(files(&disk), cfg);
+        let mut w = Wal::new(disk.log_backends(), cfg);
         w.restart(1).unwrap();
         w.append(&[7; 2000]).unwrap();
         assert!(w.checkpoint_due());
