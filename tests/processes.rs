@@ -276,7 +276,7 @@ async fn an_isolated_node_finds_its_moved_peers_through_its_seeds() {
     // Node 0's seeds are where its peers will live after the move (as a DNS
     // name would follow them); the peers join through node 0.
     let quick = ["--isolation-timeout", "1s"];
-    let mut nodes = Nodes(BTreeMap::new());
+    let mut nodes = Nodes(BTreeMap::new(), dir.path().to_path_buf());
     nodes.0.insert(
         0,
         spawn_with(dir.path(), 0, a, Some(&seed_list(&moved)), &quick),

@@ -182,3 +182,48 @@ fn a_fourth_node_takes_its_share_under_writes_and_every_group_keeps_three_voters
     all.extend(second);
     check_all_replicas(&sim, &expected(&all));
 }
+
+/// Replicas created on joining nodes open before they know their group's
+/// voters. Once the original node is gone they are each group's only two
+/// voters, and every group must still elect a leader: two replicas whose
+/// election timeouts matched must not split the vote term after term.
+#[test]
+fn the_two_joined_voters_left_after_the_first_node_dies_elect_leaders() {
+    for seed in 30..36 {
+        let cfg = SimConfig {
+            nodes: 1,
+            data_groups: 16,
+            vshards: 64,
+            seed,
+            ..SimConfig::default()
+        };
+        let mut sim = Sim::new(cfg).unwrap();
+        assert!(sim.run_until(STEPS, |s| s.all_have_leaders()).unwrap());
+        sim.join(NodeId(2), STEPS).unwrap();
+        sim.join(NodeId(3), STEPS).unwrap();
+        assert!(
+            sim.run_until(STEPS, |s| settled(s, 3)).unwrap(),
+            "seed {seed}: not settled:\n{}",
+            sim.describe()
+        );
+        sim.crash(NodeId(1));
+        // Pre-vote, a few election timeouts, and the catalog's leader too.
+        let ticks = 40 * flotilla::multiraft::ELECTION_TICKS as u64;
+        let steps = ticks * sim.cfg.steps_per_tick;
+        assert!(
+            sim.run_until(steps, |s| s.all_have_leaders()).unwrap(),
+            "seed {seed}: groups without a leader {ticks} ticks after node 1 died:\n{}",
+            sim.describe()
+        );
+        let after = puts(3, 1, 50);
+        assert!(sim
+            .write_many(&after, STEPS)
+            .unwrap()
+            .iter()
+            .all(|r| *r == Response::Written));
+        assert!(sim
+            .run_until(STEPS, |s| s.converged().unwrap_or(false))
+            .unwrap());
+        check_all_replicas(&sim, &expected(&after));
+    }
+}

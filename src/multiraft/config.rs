@@ -3,10 +3,13 @@
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::kv::Limits;
+use raft::StateRole;
+
 use crate::types::{GroupId, NodeId};
 
 /// Ticks without a leader's word before a follower campaigns (the lower
-/// bound; each replica adds its own fixed offset below this much again).
+/// bound; each replica adds its own offset, below this much again, drawn
+/// anew at each term).
 /// Ten heartbeats: survives a lost heartbeat or two without an election.
 pub const ELECTION_TICKS: usize = 10;
 /// Ticks between a leader's heartbeats.
@@ -105,43 +108,17 @@ impl Default for DriverConfig {
 impl DriverConfig {
     /// The raft-rs configuration of one replica.
     ///
-    /// raft-rs draws each election timeout from the thread's RNG, which no
-    /// seed controls. To keep runs replayable, each replica instead gets a
-    /// fixed timeout in `[election, 2 * election)` (a range of width one
-    /// makes raft-rs's draw constant). Fixed timeouts must differ between
-    /// the replicas of a group, or equal ones split every vote forever: the
-    /// range is cut into one band per voter, a replica takes the band of its
-    /// rank among the voters (rotated per group), and the seed picks the spot inside the band.
-    pub fn raft_config(
-        &self,
-        node: NodeId,
-        group: GroupId,
-        voters: &[u64],
-        applied: u64,
-    ) -> raft::Config {
-        let mut key = [0u8; 24];
-        key[..8].copy_from_slice(&self.seed.to_le_bytes());
-        key[8..16].copy_from_slice(&node.0.to_le_bytes());
-        key[16..].copy_from_slice(&group.0.to_le_bytes());
-        let mut sorted = voters.to_vec();
-        sorted.sort_unstable();
-        // Rotating the rank by the group id spreads first leaderships over
-        // the nodes instead of handing every group to the lowest id.
-        let position = sorted
-            .iter()
-            .position(|v| *v == node.0)
-            .unwrap_or(sorted.len());
-        let rank = (position + group.0 as usize) % sorted.len().max(1);
-        let bands = (sorted.len() + 1).min(self.election_ticks).max(1);
-        let band = self.election_ticks / bands;
-        let within = (xxh3_64(&key) % band as u64) as usize;
-        let timeout = self.election_ticks + (rank % bands) * band + within;
+    /// raft-rs draws a fresh election timeout from the thread's RNG whenever
+    /// a replica changes term or role, and no seed controls that draw. The
+    /// driver therefore overrides it with [`DriverConfig::election_timeout`]
+    /// before every tick, so only seeded timeouts are ever counted.
+    pub fn raft_config(&self, node: NodeId, applied: u64) -> raft::Config {
         raft::Config {
             id: node.0,
             election_tick: self.election_ticks,
             heartbeat_tick: self.heartbeat_ticks,
-            min_election_tick: timeout,
-            max_election_tick: timeout + 1,
+            min_election_tick: self.election_ticks,
+            max_election_tick: 2 * self.election_ticks,
             applied,
             max_size_per_msg: self.max_msg_bytes,
             max_inflight_msgs: self.max_inflight_msgs,
@@ -149,6 +126,46 @@ impl DriverConfig {
             pre_vote: true,
             read_only_option: raft::ReadOnlyOption::Safe,
             ..Default::default()
+        }
+    }
+
+    /// The election timeout, in ticks, of `node`'s replica of `group` while
+    /// it is in `term` and `role`: a value in `[election, 2 * election)`.
+    ///
+    /// The range is cut into one band per voter and each voter takes the band
+    /// of its rank (rotated by group id, so first leaderships spread over the
+    /// nodes), so voters of a group never count down to the same tick. The
+    /// spot inside the band, and the whole timeout of a replica that is not a
+    /// voter (or of a group with more voters than ticks), is hashed from the
+    /// seed, the replica, the term and the role. Replicas whose elections
+    /// collided (ticks of different processes are not in step, so distinct
+    /// ticks can still fall close together) thus draw apart in the next term
+    /// instead of splitting every vote forever.
+    pub fn election_timeout(
+        &self,
+        node: NodeId,
+        group: GroupId,
+        voters: &[u64],
+        term: u64,
+        role: StateRole,
+    ) -> usize {
+        let election = self.election_ticks.max(1);
+        let mut key = [0u8; 33];
+        key[..8].copy_from_slice(&self.seed.to_le_bytes());
+        key[8..16].copy_from_slice(&node.0.to_le_bytes());
+        key[16..24].copy_from_slice(&group.0.to_le_bytes());
+        key[24..32].copy_from_slice(&term.to_le_bytes());
+        key[32] = role as u8;
+        let spot = xxh3_64(&key);
+        let mut sorted = voters.to_vec();
+        sorted.sort_unstable();
+        match sorted.iter().position(|v| *v == node.0) {
+            Some(position) if sorted.len() <= election => {
+                let rank = (position + group.0 as usize) % sorted.len();
+                let band = election / sorted.len();
+                election + rank * band + (spot % band as u64) as usize
+            }
+            _ => election + (spot % election as u64) as usize,
         }
     }
 }
@@ -160,4 +177,102 @@ pub fn preferred_leader(group: GroupId, voters: &[u64]) -> Option<u64> {
     let mut sorted = voters.to_vec();
     sorted.sort_unstable();
     (!sorted.is_empty()).then(|| sorted[group.0 as usize % sorted.len()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROLES: [StateRole; 4] = [
+        StateRole::Follower,
+        StateRole::PreCandidate,
+        StateRole::Candidate,
+        StateRole::Leader,
+    ];
+
+    fn cfg(seed: u64) -> DriverConfig {
+        DriverConfig {
+            seed,
+            ..DriverConfig::default()
+        }
+    }
+
+    #[test]
+    fn every_election_timeout_lies_in_the_range_raft_accepts() {
+        let cfg = cfg(7);
+        let many: Vec<u64> = (1..=25).collect();
+        let voter_sets: [&[u64]; 5] = [&[], &[1], &[1, 2, 3], &[2, 3, 4, 5, 6], &many];
+        for voters in voter_sets {
+            for node in 1..=7 {
+                for group in 0..40 {
+                    for term in 0..20 {
+                        for role in ROLES {
+                            let t = cfg.election_timeout(
+                                NodeId(node),
+                                GroupId(group),
+                                voters,
+                                term,
+                                role,
+                            );
+                            assert!(
+                                (ELECTION_TICKS..2 * ELECTION_TICKS).contains(&t),
+                                "timeout {t} for node {node} group {group} voters {voters:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_voters_of_a_group_never_time_out_on_the_same_tick() {
+        let cfg = cfg(11);
+        for voters in [vec![1, 2, 3], vec![4, 9, 2, 7, 5]] {
+            for group in 0..64 {
+                for term in 0..50 {
+                    let mut timeouts: Vec<usize> = voters
+                        .iter()
+                        .map(|v| {
+                            let role = StateRole::Follower;
+                            cfg.election_timeout(NodeId(*v), GroupId(group), &voters, term, role)
+                        })
+                        .collect();
+                    timeouts.sort_unstable();
+                    timeouts.dedup();
+                    assert_eq!(timeouts.len(), voters.len(), "group {group} term {term}");
+                }
+            }
+        }
+    }
+
+    /// Two replicas that opened before they knew the group's voters tie now
+    /// and then; a tie must not repeat term after term, or the pair splits
+    /// every vote forever once the third voter is gone.
+    #[test]
+    fn replicas_that_tie_in_one_term_draw_apart_in_later_terms() {
+        let cfg = cfg(3);
+        let mut ties = 0;
+        let mut draws = 0;
+        for group in 0..200 {
+            let mut run = 0;
+            for term in 0..100 {
+                let timeout = |node| {
+                    let role = StateRole::Candidate;
+                    cfg.election_timeout(NodeId(node), GroupId(group), &[], term, role)
+                };
+                draws += 1;
+                if timeout(3) == timeout(4) {
+                    ties += 1;
+                    run += 1;
+                    assert!(run < 6, "group {group} tied for {run} terms up to {term}");
+                } else {
+                    run = 0;
+                }
+            }
+        }
+        // About one draw in ELECTION_TICKS ties; far more would mean the
+        // term does not reach the hash.
+        assert!(ties * ELECTION_TICKS < 2 * draws, "{ties} ties in {draws}");
+    }
 }

@@ -159,6 +159,9 @@ struct Group {
     proposals: BTreeMap<u64, PendingProposal>,
     /// Reads queued since the last round.
     reads: Vec<PendingRead>,
+    /// The term and role the election timeout was last chosen for, and the
+    /// timeout chosen.
+    timeout_for: Option<(u64, StateRole, usize)>,
 }
 
 /// The state of one group on this node, for status displays.
@@ -365,6 +368,7 @@ impl Driver {
         }
         let now = self.now;
         for (gid, g) in &mut self.groups {
+            g.pin_election_timeout(self.id, *gid, &self.cfg);
             g.node.tick();
             g.fail_proposals(*gid, "timed out", &mut self.early, |p| p.deadline > now);
         }
@@ -630,13 +634,34 @@ impl Group {
     ) -> Result<Group> {
         // Applied entries were committed, whatever the last saved commit says.
         store.hard_state.commit = store.hard_state.commit.max(store.applied);
-        let rc = cfg.raft_config(id, store.group, &store.conf_state.voters, store.applied);
+        let rc = cfg.raft_config(id, store.applied);
         let logger = logger.new(slog::o!("group_id" => store.group.0, "node_id" => id.0));
         Ok(Group {
             node: RawNode::new(&rc, store, &logger)?,
             proposals: BTreeMap::new(),
             reads: Vec::new(),
+            timeout_for: None,
         })
+    }
+
+    /// Replaces the election timeout raft-rs drew from its own RNG with the
+    /// seeded one for the replica's current term and role (see
+    /// [`DriverConfig::election_timeout`]). Called before every tick, the
+    /// only place raft-rs compares against the timeout.
+    fn pin_election_timeout(&mut self, id: NodeId, gid: GroupId, cfg: &DriverConfig) {
+        let raft = &mut self.node.raft;
+        let timeout = match self.timeout_for {
+            Some((term, role, timeout)) if term == raft.term && role == raft.state => timeout,
+            _ => {
+                let voters: Vec<u64> = raft.prs().conf().voters().ids().iter().collect();
+                let timeout = cfg.election_timeout(id, gid, &voters, raft.term, raft.state);
+                self.timeout_for = Some((raft.term, raft.state, timeout));
+                timeout
+            }
+        };
+        if raft.randomized_election_timeout() != timeout {
+            raft.set_randomized_election_timeout(timeout);
+        }
     }
 }
 

@@ -355,11 +355,15 @@ impl Sim {
         token
     }
 
-    /// Per group, whether every live member has applied the same index with
-    /// the same state digest.
+    /// Per group, whether the group is settled: one live leader whose whole
+    /// log is committed, and every live member applied exactly that far
+    /// with the same state digest. Equal digests alone are not enough: a
+    /// leaderless group whose replicas all stopped at one index looks
+    /// identical while a committed entry still waits to be applied.
     pub fn converged(&self) -> Result<bool> {
         for g in self.group_ids() {
-            let mut seen = None;
+            let mut leader_commit = None;
+            let mut members = Vec::new();
             for n in self.nodes.values() {
                 let Some(d) = n.driver.as_ref() else { continue };
                 // A replica removed from the group keeps its last state
@@ -368,10 +372,20 @@ impl Sim {
                 if !st.voters.contains(&d.id()) && !st.learners.contains(&d.id()) {
                     continue;
                 }
-                let digest = d.engine().group_digest(g)?;
-                if *seen.get_or_insert(digest) != digest {
-                    return Ok(false);
+                if st.role == StateRole::Leader {
+                    if st.commit != st.last_index || leader_commit.is_some() {
+                        return Ok(false);
+                    }
+                    leader_commit = Some(st.commit);
                 }
+                members.push((st.applied, d.engine().group_digest(g)?));
+            }
+            let Some(commit) = leader_commit else {
+                return Ok(false);
+            };
+            let (_, digest) = members[0];
+            if members.iter().any(|&(a, d)| a != commit || d != digest) {
+                return Ok(false);
             }
         }
         Ok(true)

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,12 +17,32 @@ pub const EXE: &str = env!("CARGO_BIN_EXE_flotilla");
 pub const DEADLINE: Duration = Duration::from_secs(90);
 pub const POLL: Duration = Duration::from_millis(200);
 
-/// Kills every process it holds when dropped, so a failing test leaves none.
-pub struct Nodes(pub BTreeMap<usize, Child>);
+/// Log lines of each node a failing test prints.
+const LOG_TAIL_LINES: usize = 30;
+
+/// The node processes of a test, by index, and the directory their logs
+/// (`n{i}.log`) are in. Dropped, it kills every process, so a failing test
+/// leaves none; dropped by a failing test, it first prints whether each
+/// node had exited and the end of its log, so that a failure seen once in
+/// CI can be read without rerunning it.
+pub struct Nodes(pub BTreeMap<usize, Child>, pub PathBuf);
 
 impl Drop for Nodes {
     fn drop(&mut self) {
-        for c in self.0.values_mut() {
+        let failing = std::thread::panicking();
+        for (i, c) in &mut self.0 {
+            if failing {
+                let state = match c.try_wait() {
+                    Ok(Some(status)) => format!("had exited: {status}"),
+                    Ok(None) => "was running".to_string(),
+                    Err(e) => format!("state unknown: {e}"),
+                };
+                let log = std::fs::read_to_string(self.1.join(format!("n{i}.log")))
+                    .unwrap_or_else(|e| format!("(no log: {e})"));
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+                eprintln!("--- node n{i} {state}; last lines of its log:\n{tail}");
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -72,7 +92,7 @@ pub fn spawn_with(
 pub fn spawn_cluster(dir: &Path, n: usize) -> (Vec<SocketAddr>, Nodes) {
     let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
     let seeds = seed_list(&addrs);
-    let mut nodes = Nodes(BTreeMap::new());
+    let mut nodes = Nodes(BTreeMap::new(), dir.to_path_buf());
     for (i, a) in addrs.iter().enumerate() {
         nodes.0.insert(i, spawn(dir, i, *a, Some(&seeds)));
     }
@@ -140,13 +160,20 @@ pub async fn wait_for(
         if done(&rs) {
             return rs;
         }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{what}: {:?}",
-            rs.iter()
-                .map(|r| (r.node, r.lifecycle.clone(), r.groups.len()))
-                .collect::<Vec<_>>()
-        );
+        if start.elapsed() >= DEADLINE {
+            let mut silent = Vec::new();
+            for a in addrs {
+                if let Err(e) = caller.status(*a).await {
+                    silent.push(format!("{a}: {e}"));
+                }
+            }
+            panic!(
+                "{what}: {:?}; not answering: {silent:?}",
+                rs.iter()
+                    .map(|r| (r.node, r.lifecycle.clone(), r.groups.len()))
+                    .collect::<Vec<_>>()
+            );
+        }
         tokio::time::sleep(POLL).await;
     }
 }
