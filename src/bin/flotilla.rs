@@ -86,7 +86,7 @@ enum Command {
         /// the peers are [default: 30s].
         #[arg(long, value_parser = humantime::parse_duration)]
         isolation_timeout: Option<Duration>,
-        /// Whole passes over the seeds before joining gives up [default: 8].
+        /// Whole passes over the seeds before joining gives up [default: 12].
         #[arg(long)]
         join_attempts: Option<u32>,
         /// Longest wait between join passes [default: 32s].

@@ -13,7 +13,7 @@
 //! certs_dir = "/etc/flotilla/certs"
 //! isolation_timeout = "30s"
 //! tick = "100ms"
-//! join_attempts = 8
+//! join_attempts = 12
 //! join_max_backoff = "32s"
 //! ```
 

@@ -36,11 +36,12 @@ pub struct JoinPolicy {
 }
 
 impl Default for JoinPolicy {
-    /// 8 passes, waits from 500 ms doubling to a 32 s ceiling: about two
-    /// minutes of trying, long enough for a whole cluster to come up.
+    /// 12 passes, waits from 500 ms doubling to a 32 s ceiling (each
+    /// scaled by jitter): one and a half to three minutes of trying, time
+    /// for an operator to start every node and then run `flotilla init`.
     fn default() -> Self {
         JoinPolicy {
-            attempts: 8,
+            attempts: 12,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(32),
         }

@@ -76,7 +76,11 @@ pub fn spawn_with(
         .arg(dir.join(format!("n{i}")))
         .args(["--listen", &addr.to_string(), "--certs-dir"])
         .arg(dir.join("certs"))
-        .args(["--join-max-backoff", "500ms"])
+        // Passes every 500 ms at most, and enough of them to outlast
+        // DEADLINE: a node started before `init` must still be trying when
+        // `init` lands, however slowly a loaded machine gets there (eight
+        // passes, the default, end after about three seconds at this pace).
+        .args(["--join-max-backoff", "500ms", "--join-attempts", "400"])
         .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
