@@ -49,10 +49,10 @@ use crate::wire;
 use group::RestoredLog;
 use overlay::{GroupOverlay, Merged, SharedOverlay};
 use redo::{decode_all, Tables};
-use round::io_error;
+use round::{io_error, write_log_rows, LogRows};
 use schema::{
     decode_log_record, APPLIED, CHECKSUMS, KV, LOG, META, META_CATALOG, META_CLUSTER_ID,
-    META_INCARNATION, META_NODE_ID, META_WAL_APPLIED, RAFT_STATE, SESSIONS,
+    META_INCARNATION, META_LOG_ROWS_APPLIED, META_NODE_ID, META_WAL_APPLIED, RAFT_STATE, SESSIONS,
 };
 use syncfile::{SyncControl, SyncFile};
 use wal::Wal;
@@ -114,6 +114,8 @@ pub struct Engine {
     /// The round log. A std lock: only the driver's rounds take it, never
     /// across an await.
     wal: Arc<Mutex<Wal>>,
+    /// Raft log ops waiting for the next checkpoint (see `round`).
+    log_rows: LogRows,
     /// Runs checkpoints' syncs behind the driver (real files only).
     sync: Option<Arc<SyncControl>>,
 }
@@ -214,6 +216,14 @@ impl Engine {
         txn.open_table(SESSIONS)?;
         txn.open_table(META)?;
         txn.open_table(CHECKSUMS)?;
+        {
+            // A new database holds no log rows yet. One written before rows
+            // were deferred has no position for them: it held them all.
+            let mut meta = txn.open_table(META)?;
+            if meta.get(META_WAL_APPLIED)?.is_none() && meta.get(META_LOG_ROWS_APPLIED)?.is_none() {
+                meta.insert(META_LOG_ROWS_APPLIED, u64_bytes(0).as_slice())?;
+            }
+        }
         txn.commit()?;
         let wal = replay(&db, Wal::new(log, cfg))?;
         let next = {
@@ -228,6 +238,7 @@ impl Engine {
             next_log_seq: Arc::new(AtomicU64::new(next)),
             overlay: SharedOverlay::default(),
             wal: Arc::new(Mutex::new(wal)),
+            log_rows: LogRows::default(),
             sync,
         })
     }
@@ -402,13 +413,16 @@ impl Engine {
     /// Commits redb with a sync and starts the round log again, so the
     /// database file alone holds everything (before a clean stop).
     pub fn checkpoint(&self) -> Result<()> {
+        let mut log_rows = self.log_rows.lock().unwrap_or_else(|p| p.into_inner());
         let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
         let upto = wal.next_seq() - 1;
         wal.sync_if_dirty().map_err(io_error)?;
         let txn = self.db.begin_write()?;
+        write_log_rows(&txn, &log_rows, upto)?;
         txn.open_table(META)?
             .insert(META_WAL_APPLIED, u64_bytes(upto).as_slice())?;
         txn.commit()?;
+        log_rows.clear();
         wal.restart(upto + 1).map_err(io_error)?;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
@@ -425,6 +439,7 @@ impl Engine {
             self.next_log_seq.clone(),
             self.overlay.clone(),
             self.wal.clone(),
+            self.log_rows.clone(),
             self.sync.clone(),
         ))
     }
@@ -503,49 +518,75 @@ impl Engine {
 }
 
 /// Brings redb up to date with the round log: applies, in one synced
-/// commit, every record after the last one redb holds, then starts the log
-/// again. Refuses a log that does not continue where redb stopped.
+/// commit, every record after the last one redb holds, and the Raft log ops
+/// of the records before it that only a checkpoint would have written (see
+/// `round`), then starts the log again. Refuses a log that does not continue
+/// where redb stopped.
 fn replay(db: &Database, mut wal: Wal) -> Result<Wal> {
-    let applied = {
+    let (applied, rows_applied) = {
         let txn = db.begin_read()?;
         let meta = txn.open_table(META)?;
-        let v = meta.get(META_WAL_APPLIED)?;
-        v.map(|v| bytes_u64("round log position", v.value()))
-            .transpose()?
-            .unwrap_or(0)
+        let position = |key| -> Result<Option<u64>> {
+            meta.get(key)?
+                .map(|v| bytes_u64("round log position", v.value()))
+                .transpose()
+        };
+        let applied = position(META_WAL_APPLIED)?.unwrap_or(0);
+        (applied, position(META_LOG_ROWS_APPLIED)?.unwrap_or(applied))
     };
+    if rows_applied > applied {
+        return Err(Error::Corrupt {
+            what: "round log position",
+            detail: format!("log rows up to {rows_applied}, other writes only to {applied}"),
+        });
+    }
     let records = wal.records().map_err(io_error)?;
-    let redo: Vec<_> = records.range(applied + 1..).collect();
-    let mut expect = applied + 1;
+    let redo: Vec<_> = records.range(rows_applied + 1..).collect();
+    let mut expect = rows_applied + 1;
     for (seq, _) in &redo {
         if **seq != expect {
-            return Err(Error::Corrupt {
-                what: "round log",
-                detail: format!(
-                    "the database and the log hold records up to {} but the log resumes at {seq}",
-                    expect - 1
-                ),
-            });
+            break;
         }
         expect += 1;
     }
     let last = expect - 1;
+    // Every record redb lacks anything of must be there, in order; records
+    // after a gap past that point cannot be trusted either.
+    if last < applied || redo.len() as u64 != last - rows_applied {
+        let then = redo
+            .iter()
+            .map(|(s, _)| **s)
+            .find(|s| *s > last)
+            .map_or("ends".to_string(), |s| format!("resumes at {s}"));
+        return Err(Error::Corrupt {
+            what: "round log",
+            detail: format!(
+                "the database and the log hold records up to {last} but the log {then} \
+                 (the database holds Raft log rows up to record {rows_applied} and every \
+                 other write up to record {applied})"
+            ),
+        });
+    }
     if !redo.is_empty() {
         let txn = db.begin_write()?;
         {
             let mut t = Tables::open(&txn)?;
-            for (_, body) in &redo {
+            for (seq, body) in &redo {
                 for op in decode_all(body)? {
-                    op.apply(&mut t)?;
+                    if **seq > applied || op.is_log_row() {
+                        op.apply(&mut t)?;
+                    }
                 }
             }
             t.meta
                 .insert(META_WAL_APPLIED, u64_bytes(last).as_slice())?;
+            t.meta
+                .insert(META_LOG_ROWS_APPLIED, u64_bytes(last).as_slice())?;
         }
         txn.commit()?;
         tracing::info!(
             records = redo.len(),
-            from = applied + 1,
+            from = rows_applied + 1,
             to = last,
             "round log replayed"
         );

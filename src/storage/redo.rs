@@ -164,6 +164,13 @@ impl<'a> Op<'a> {
         }
     }
 
+    /// Whether this op writes the Raft log table, which nothing reads while
+    /// the node runs (the log is served from memory): rounds defer such ops
+    /// to the next checkpoint.
+    pub(crate) fn is_log_row(&self) -> bool {
+        matches!(self, Op::LogPut { .. } | Op::LogDelete { .. })
+    }
+
     /// Applies this op to the open tables.
     pub(crate) fn apply(&self, t: &mut Tables<'_>) -> Result<()> {
         match *self {

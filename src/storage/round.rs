@@ -9,6 +9,17 @@
 //! checkpoint). Applied KV rows, sessions and apply indexes of data groups
 //! go to the overlay (see `overlay`) and reach redb in the rounds that
 //! flush it.
+//!
+//! Raft log rows (new entries, compaction's deletions) reach redb only at
+//! checkpoints. Nothing reads them while the node runs (each group serves
+//! its log from memory, see `group`), the round log holds them durably
+//! already, and written every round they were most of what redb wrote: a
+//! fresh copy of the table's right-hand leaves for every round, since redb
+//! frees no page between synced commits. So a round records them in the
+//! round log only and keeps them in [`LogRows`]; the checkpoint writes
+//! their net effect in its one transaction, one row per group (see
+//! [`write_log_rows`]). Opening a database applies the rows of the records
+//! after [`META_LOG_ROWS_APPLIED`] again (see `replay`).
 
 use std::cell::{RefCell, RefMut};
 use std::collections::BTreeMap;
@@ -19,8 +30,12 @@ use raft::eraftpb::Entry;
 use redb::{Durability, ReadableTable, WriteTransaction};
 
 use super::overlay::{GroupOverlay, SharedOverlay};
+use super::redo::decode_all;
 use super::redo::{Op, Tables};
-use super::schema::{RaftStateRecord, SnapshotData, META, META_WAL_APPLIED};
+use super::schema::{
+    log_record_header, merge_log_records, RaftStateRecord, SnapshotData, META,
+    META_LOG_ROWS_APPLIED, META_WAL_APPLIED,
+};
 use super::syncfile::SyncControl;
 use super::wal::Wal;
 use super::Stats;
@@ -29,6 +44,10 @@ use crate::error::{Error, Result};
 use crate::kv::{KvStore, Session};
 use crate::types::{GroupId, CATALOG_GROUP};
 use crate::wire;
+
+/// The encoded Raft log ops of every round since the last checkpoint, in
+/// order: what the next checkpoint writes to redb.
+pub(crate) type LogRows = Arc<Mutex<Vec<u8>>>;
 
 /// An open round: one write transaction.
 pub struct Round {
@@ -43,6 +62,10 @@ pub struct Round {
     overlay: SharedOverlay,
     /// The encoded ops of this round, for the round log.
     redo: RefCell<Vec<u8>>,
+    /// This round's Raft log ops (also in `redo`), left out of `txn`.
+    log_ops: RefCell<Vec<u8>>,
+    /// Every earlier round's since the last checkpoint.
+    log_rows: LogRows,
     wal: Arc<Mutex<Wal>>,
     /// Where a checkpoint's sync can run behind the driver, if anywhere.
     sync: Option<Arc<SyncControl>>,
@@ -59,6 +82,7 @@ impl Round {
         next_seq: Arc<AtomicU64>,
         overlay: SharedOverlay,
         wal: Arc<Mutex<Wal>>,
+        log_rows: LogRows,
         sync: Option<Arc<SyncControl>>,
     ) -> Self {
         Round {
@@ -67,8 +91,10 @@ impl Round {
             next_seq,
             overlay,
             wal,
+            log_rows,
             sync,
             redo: RefCell::default(),
+            log_ops: RefCell::default(),
             durable: AtomicBool::new(false),
             touched: AtomicBool::new(false),
         }
@@ -79,6 +105,7 @@ impl Round {
         Ok(RoundWriter {
             t: Tables::open(&self.txn)?,
             redo: self.redo.borrow_mut(),
+            log_ops: self.log_ops.borrow_mut(),
             next_seq: &self.next_seq,
             durable: &self.durable,
             touched: &self.touched,
@@ -117,6 +144,8 @@ impl Round {
         }
         let durable = self.durable.load(Ordering::Relaxed);
         let redo = self.redo.into_inner();
+        let log_ops = self.log_ops.into_inner();
+        let mut log_rows = self.log_rows.lock().unwrap_or_else(|p| p.into_inner());
         let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
         let checkpoint = wal.checkpoint_due();
         // redb includes the log up to this round's record once it commits.
@@ -139,11 +168,14 @@ impl Round {
             wal.append(&redo).map_err(io_error)?;
             wal.sync().map_err(io_error)?;
             durable_now();
-            let committed = self.txn.commit();
+            log_rows.extend_from_slice(&log_ops);
+            let committed =
+                write_log_rows(&self.txn, &log_rows, seq).and_then(|()| Ok(self.txn.commit()?));
             if let Some(sync) = &self.sync {
                 sync.clear_defer();
             }
             committed?;
+            log_rows.clear();
             wal.restart(seq + 1).map_err(io_error)?;
             self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
             // The log's sync and redb's.
@@ -162,6 +194,7 @@ impl Round {
                 self.stats.syncs.fetch_add(1, Ordering::Relaxed);
             }
             durable_now();
+            log_rows.extend_from_slice(&log_ops);
             let mut txn = self.txn;
             txn.set_durability(Durability::None)
                 .map_err(|e| Error::Invalid(format!("round durability: {e}")))?;
@@ -175,11 +208,65 @@ impl Round {
     }
 }
 
+/// Writes the deferred Raft log ops `rows` into `txn`, which then holds the
+/// log as of round log record `upto`.
+///
+/// Only their net effect is written: a record deleted before the checkpoint
+/// is never written, and each group's remaining records become one row (see
+/// [`merge_log_records`]), keyed by the last of them. So a checkpoint adds
+/// one row per group that appended, not one per round. The group's log
+/// mirror still lists the original records; deleting the earlier ones is a
+/// no-op, and the merged row goes with the last one, which compaction only
+/// drops once every entry of the row is compacted.
+pub(crate) fn write_log_rows(txn: &WriteTransaction, rows: &[u8], upto: u64) -> Result<()> {
+    let mut t = Tables::open(txn)?;
+    let mut puts: BTreeMap<u64, &[u8]> = BTreeMap::new();
+    for op in decode_all(rows)? {
+        match op {
+            Op::LogPut { seq, record } => {
+                puts.insert(seq, record);
+            }
+            Op::LogDelete { seq } => {
+                if puts.remove(&seq).is_none() {
+                    t.log.remove(seq)?;
+                }
+            }
+            other => other.apply(&mut t)?,
+        }
+    }
+    let mut by_group: BTreeMap<u64, Vec<(u64, &[u8])>> = BTreeMap::new();
+    for (seq, record) in puts {
+        let (group, _, _) = log_record_header(record)?;
+        by_group.entry(group).or_default().push((seq, record));
+    }
+    for records in by_group.values() {
+        let merged = match records.as_slice() {
+            [_] => None,
+            many => merge_log_records(&many.iter().map(|(_, r)| *r).collect::<Vec<_>>())?,
+        };
+        match (merged, records.last()) {
+            (Some(row), Some((last, _))) => {
+                t.log.insert(*last, row.as_slice())?;
+            }
+            _ => {
+                for (seq, record) in records {
+                    t.log.insert(*seq, *record)?;
+                }
+            }
+        }
+    }
+    t.meta
+        .insert(META_LOG_ROWS_APPLIED, upto.to_le_bytes().as_slice())?;
+    Ok(())
+}
+
 /// Staged writes of one round, for any number of groups.
 pub struct RoundWriter<'t> {
     t: Tables<'t>,
     /// The round's redo record: every op staged so far, encoded.
     redo: RefMut<'t, Vec<u8>>,
+    /// The round's Raft log ops, kept for the checkpoint.
+    log_ops: RefMut<'t, Vec<u8>>,
     next_seq: &'t AtomicU64,
     durable: &'t AtomicBool,
     touched: &'t AtomicBool,
@@ -190,11 +277,15 @@ pub struct RoundWriter<'t> {
 }
 
 impl<'t> RoundWriter<'t> {
-    /// Applies `op` to the round's transaction and records it for the
-    /// round log.
+    /// Records `op` for the round log and applies it to the round's
+    /// transaction, or, for a Raft log op, keeps it for the checkpoint.
     fn stage(&mut self, op: Op<'_>) -> Result<()> {
         self.touch();
         op.encode(&mut self.redo);
+        if op.is_log_row() {
+            op.encode(&mut self.log_ops);
+            return Ok(());
+        }
         op.apply(&mut self.t)
     }
 

@@ -64,6 +64,63 @@ pub(crate) fn log_record_header(bytes: &[u8]) -> Result<(u64, u64, u64)> {
     Ok((word(0)?, word(1)?, word(2)?))
 }
 
+/// Merges the records one group appended since the last checkpoint, given
+/// in sequence order, into the one record a replay of them in that order
+/// leaves: a later record replaces the entries from its first index on.
+/// Works on the bytes (entries are length-prefixed), decoding no entry.
+/// `None` when the records leave a gap, which only a damaged log has: the
+/// caller then keeps them as they are, for the restore to report.
+pub(crate) fn merge_log_records(records: &[&[u8]]) -> Result<Option<Vec<u8>>> {
+    let Some((first_rec, rest)) = records.split_first() else {
+        return Ok(None);
+    };
+    let (group, mut first, mut last) = log_record_header(first_rec)?;
+    let mut body = first_rec[LOG_HEADER..].to_vec();
+    for rec in rest {
+        let (g, f, l) = log_record_header(rec)?;
+        if g != group || f > last + 1 {
+            return Ok(None);
+        }
+        if f < first {
+            body.clear();
+            first = f;
+        } else {
+            body.truncate(entry_offset(&body, f - first)?);
+        }
+        body.extend_from_slice(&rec[LOG_HEADER..]);
+        last = l;
+    }
+    let mut out = Vec::with_capacity(LOG_HEADER + body.len());
+    out.extend_from_slice(&group.to_le_bytes());
+    out.extend_from_slice(&first.to_le_bytes());
+    out.extend_from_slice(&last.to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(Some(out))
+}
+
+/// Where the `n`th entry (from 0) starts in a record's body.
+fn entry_offset(body: &[u8], n: u64) -> Result<usize> {
+    let mut at = 0usize;
+    for _ in 0..n {
+        let len = body
+            .get(at..at + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_le_bytes)
+            .ok_or_else(|| Error::Corrupt {
+                what: "raft log record",
+                detail: format!("entry length at byte {at} runs past the record"),
+            })?;
+        at += 4 + len as usize;
+    }
+    if at > body.len() {
+        return Err(Error::Corrupt {
+            what: "raft log record",
+            detail: format!("entries run {} bytes past the record", at - body.len()),
+        });
+    }
+    Ok(at)
+}
+
 /// Decodes a log record into its group and entries, checking that the
 /// entries are the consecutive indexes its header names.
 pub(crate) fn decode_log_record(bytes: &[u8]) -> Result<(u64, Vec<raft::eraftpb::Entry>)> {
@@ -128,9 +185,16 @@ pub(crate) const META_CATALOG: &str = "catalog";
 /// never mistaken for one proposed after.
 pub(crate) const META_INCARNATION: &str = "incarnation";
 /// META key: the sequence number of the last round log record whose writes
-/// this database holds (u64, little endian; see `wal`). Written in every
-/// round's transaction, so it is durable exactly when those writes are.
+/// this database holds, Raft log rows aside (u64, little endian; see `wal`).
+/// Written in every round's transaction, so it is durable exactly when
+/// those writes are.
 pub(crate) const META_WAL_APPLIED: &str = "round_log_applied";
+/// META key: the sequence number of the last round log record whose Raft
+/// log rows this database holds (u64, little endian). Rounds leave those
+/// rows in the round log and only checkpoints write them (see `round`), so
+/// this trails [`META_WAL_APPLIED`] between checkpoints. Absent in a
+/// database written before rows were deferred: then it equals that key.
+pub(crate) const META_LOG_ROWS_APPLIED: &str = "round_log_rows_applied";
 
 /// What a group's Raft state looks like on disk.
 #[derive(

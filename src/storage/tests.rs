@@ -245,6 +245,8 @@ fn a_gap_between_log_records_is_reported_as_corrupt() {
         w.append(GroupId(1), &[entry(B + 3, 1)]).unwrap();
     }
     round.commit(2).unwrap();
+    // Log rows reach redb at a checkpoint (or when a reopen replays them).
+    e.checkpoint().unwrap();
     assert!(matches!(
         e.load_groups(),
         Err(Error::Corrupt {
@@ -523,4 +525,167 @@ fn a_crash_while_a_checkpoints_sync_still_runs_behind_loses_nothing() {
     sync.hold(false);
     drop(e);
     assert_holds_rounds(image, 40, 2048);
+}
+
+fn log_rows_in_redb(e: &Engine) -> usize {
+    let txn = e.db.begin_read().unwrap();
+    let log = txn.open_table(LOG).unwrap();
+    log.iter().unwrap().count()
+}
+
+#[test]
+fn log_rows_reach_redb_only_at_a_checkpoint() {
+    let disk = MemDisk::new();
+    let e = bootstrapped(&disk);
+    let mut s = group_of(&e, 1);
+    let before = log_rows_in_redb(&e);
+    // 100 bytes a round stays far below the 64 KiB checkpoint size.
+    for i in 1..=10 {
+        append_round(&e, &mut s, B + i, 100);
+    }
+    assert_eq!(e.stats().checkpoints(), 0);
+    assert_eq!(
+        log_rows_in_redb(&e),
+        before,
+        "rows written before a checkpoint"
+    );
+    e.checkpoint().unwrap();
+    assert_eq!(
+        log_rows_in_redb(&e),
+        before + 1,
+        "one row for the group's ten records"
+    );
+    drop(e);
+    assert_holds_rounds(disk, 10, 100);
+}
+
+/// A process that is killed leaves redb's unsynced commits readable (the
+/// page cache outlives it), so the database is ahead of its log rows: the
+/// reopen applies the rows of those records and nothing else twice.
+#[test]
+fn a_reopen_without_a_checkpoint_restores_the_log_rows_from_the_round_log() {
+    let disk = MemDisk::new();
+    let e = bootstrapped(&disk);
+    let mut s = group_of(&e, 1);
+    for i in 1..=10 {
+        append_round(&e, &mut s, B + i, 100);
+    }
+    // A compaction in an unsynced round: its deletions are deferred too.
+    let round = e.begin_round().unwrap();
+    {
+        let mut w = round.writer().unwrap();
+        s.applied = B + 10;
+        let gone = s.compact(B + 4);
+        assert_eq!(gone.len(), 4);
+        w.delete_log_records(&gone).unwrap();
+        w.put_raft_state(GroupId(1), &s.record()).unwrap();
+    }
+    round.commit(0).unwrap();
+    drop(e);
+    let e = Engine::open_backend(disk.clone()).unwrap();
+    let back = group_of(&e, 1);
+    assert_eq!(back.first_index().unwrap(), B + 5);
+    assert_eq!(back.last_index().unwrap(), B + 10);
+    drop(e);
+    // The replay made its own checkpoint: a second open finds the same.
+    let e = Engine::open_backend(disk).unwrap();
+    assert_eq!(group_of(&e, 1).first_index().unwrap(), B + 5);
+}
+
+#[test]
+fn a_database_without_a_log_rows_position_is_taken_to_hold_every_row() {
+    let disk = MemDisk::new();
+    let e = bootstrapped(&disk);
+    let mut s = group_of(&e, 1);
+    for i in 1..=3 {
+        append_round(&e, &mut s, B + i, 100);
+    }
+    e.checkpoint().unwrap();
+    // As a database from before log rows were deferred: no such key.
+    let txn = e.db.begin_write().unwrap();
+    txn.open_table(META)
+        .unwrap()
+        .remove(META_LOG_ROWS_APPLIED)
+        .unwrap();
+    txn.commit().unwrap();
+    drop(e);
+    assert_holds_rounds(disk, 3, 100);
+}
+
+#[test]
+fn merged_log_records_replay_to_the_same_log_as_the_records_in_order() {
+    use super::schema::{decode_log_record, encode_log_record, merge_log_records};
+    let rec = |first: u64, last: u64, term: u64| {
+        let es: Vec<Entry> = (first..=last).map(|i| entry(i, term)).collect();
+        encode_log_record(7, &es).unwrap()
+    };
+    let terms = |bytes: &[u8]| -> Vec<(u64, u64)> {
+        let (g, es) = decode_log_record(bytes).unwrap();
+        assert_eq!(g, 7);
+        es.iter().map(|e| (e.index, e.term)).collect()
+    };
+    // Appends that follow on, one that replaces a suffix (a new leader's),
+    // and one that replaces everything from before the first record.
+    let a = rec(10, 13, 1);
+    let b = rec(14, 15, 1);
+    let c = rec(12, 16, 2);
+    let merged = merge_log_records(&[&a, &b, &c]).unwrap().unwrap();
+    let want: Vec<(u64, u64)> = [(10, 1), (11, 1)]
+        .into_iter()
+        .chain((12..=16).map(|i| (i, 2)))
+        .collect();
+    assert_eq!(terms(&merged), want);
+    let d = rec(8, 9, 3);
+    let merged = merge_log_records(&[&a, &b, &c, &d]).unwrap().unwrap();
+    assert_eq!(terms(&merged), vec![(8, 3), (9, 3)]);
+    // A gap is left for the restore to report, not papered over.
+    let gap = rec(18, 19, 2);
+    assert!(merge_log_records(&[&a, &gap]).unwrap().is_none());
+}
+
+/// After a checkpoint merged a group's records into one row, compacting
+/// part of them (which deletes the earlier records, no longer rows) and
+/// restarting gives the compacted log; compacting past the last deletes the
+/// row itself.
+#[test]
+fn compaction_after_a_checkpoint_merged_the_records_keeps_the_log_right() {
+    let disk = MemDisk::new();
+    let e = bootstrapped(&disk);
+    let mut s = group_of(&e, 1);
+    let rows_at_start = log_rows_in_redb(&e);
+    for i in 1..=10 {
+        append_round(&e, &mut s, B + i, 100);
+    }
+    e.checkpoint().unwrap();
+    let compact = |e: &Engine, s: &mut GroupStorage, upto: u64| {
+        s.applied = B + 10;
+        let round = e.begin_round().unwrap();
+        {
+            let mut w = round.writer().unwrap();
+            let gone = s.compact(upto);
+            w.delete_log_records(&gone).unwrap();
+            w.require_sync();
+            w.put_raft_state(GroupId(1), &s.record()).unwrap();
+        }
+        round.commit(0).unwrap();
+        e.checkpoint().unwrap();
+    };
+    compact(&e, &mut s, B + 6);
+    assert_eq!(
+        log_rows_in_redb(&e),
+        rows_at_start + 1,
+        "the merged row stays"
+    );
+    drop(e);
+    let e = Engine::open_backend(disk.clone()).unwrap();
+    let mut s = group_of(&e, 1);
+    assert_eq!(s.first_index().unwrap(), B + 7);
+    assert_eq!(s.last_index().unwrap(), B + 10);
+    assert_eq!(s.term(B + 8).unwrap(), 1);
+    compact(&e, &mut s, B + 10);
+    assert_eq!(
+        log_rows_in_redb(&e),
+        rows_at_start,
+        "the merged row is gone"
+    );
 }
