@@ -1,10 +1,9 @@
 //! Driver configuration and the raft-rs configuration derived from it.
 
+use raft::StateRole;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::kv::Limits;
-use raft::StateRole;
-
 use crate::types::{GroupId, NodeId};
 
 /// Ticks without a leader's word before a follower campaigns (the lower

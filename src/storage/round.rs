@@ -231,6 +231,7 @@ pub(crate) fn write_log_rows(txn: &WriteTransaction, rows: &[u8], upto: u64) -> 
                     t.log.remove(seq)?;
                 }
             }
+            // Only log ops are ever deferred.
             other => other.apply(&mut t)?,
         }
     }
