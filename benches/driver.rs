@@ -77,6 +77,7 @@ fn writes(c: &mut Criterion) {
         );
         let mut rounds = 0u64;
         let commits_before = cluster.commits();
+        let redb_before = cluster.redb_commits();
         let syncs_before = cluster.syncs();
         group.bench_function(format!("{data_groups}_groups"), |b| {
             b.iter_custom(|iters| {
@@ -90,9 +91,10 @@ fn writes(c: &mut Criterion) {
         });
         let writes = rounds * clients() * WRITES_PER_CLIENT;
         let commits = cluster.commits() - commits_before;
+        let redb = cluster.redb_commits() - redb_before;
         let fsyncs = cluster.syncs() - syncs_before;
         eprintln!(
-            "{data_groups} group(s): {writes} writes, {commits} redb commits over 3 nodes, {fsyncs} of them synced = {:.1} fsyncs per 1,000 writes",
+            "{data_groups} group(s): {writes} writes, {commits} round commits over 3 nodes ({redb} of them to redb), {fsyncs} fsyncs = {:.1} fsyncs per 1,000 writes",
             fsyncs as f64 * 1000.0 / writes as f64
         );
         Arc::into_inner(cluster)

@@ -127,8 +127,8 @@ pub fn run(out: &mut impl Write, keys: u64) -> Result<()> {
                 .count();
             let stats = d.engine().stats();
             say(out, format!(
-                "{id}: leads {leads} groups; {} redb commits since its last start, {} log entries persisted.",
-                stats.commits(), stats.entries()
+                "{id}: leads {leads} groups; {} round commits ({} of them also to redb) since its last start, {} log entries persisted.",
+                stats.commits(), stats.redb_commits(), stats.entries()
             ));
         }
     }

@@ -84,9 +84,14 @@ impl LocalCluster {
         self.runners.get(&node).map(Runner::handle)
     }
 
-    /// Redb commits of all nodes so far (synced or not).
+    /// Round commits of all nodes so far (synced or not).
     pub fn commits(&self) -> u64 {
         self.stats.values().map(|s| s.commits()).sum()
+    }
+
+    /// Round commits of all nodes so far that also committed to redb.
+    pub fn redb_commits(&self) -> u64 {
+        self.stats.values().map(|s| s.redb_commits()).sum()
     }
 
     /// Synced commits (fsyncs) of all nodes so far.

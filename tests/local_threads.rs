@@ -26,10 +26,10 @@ async fn three_driver_threads_elect_and_serve() {
             },
         })
         .collect();
-    let commits_before = c.commits();
+    let syncs_before = c.syncs();
     let answers = c.write_many(cmds, Duration::from_secs(30)).await.unwrap();
     assert!(answers.iter().all(|r| *r == Response::Written));
-    let fsyncs = c.commits() - commits_before;
+    let fsyncs = c.syncs() - syncs_before;
     // 200 writes in flight together share rounds: far fewer than one fsync
     // per write per replica.
     assert!(

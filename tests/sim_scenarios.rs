@@ -423,6 +423,7 @@ fn a_round_with_entries_for_32_groups_makes_exactly_one_commit() {
         .collect();
     let d = sim.driver_mut(node).unwrap();
     let (rounds, commits, entries) = (stats.rounds(), stats.commits(), stats.entries());
+    let redb = stats.redb_commits();
     for (i, g) in data.iter().enumerate() {
         let p = Proposal::Kv(Command {
             client: 0,
@@ -441,7 +442,11 @@ fn a_round_with_entries_for_32_groups_makes_exactly_one_commit() {
     assert_eq!(
         stats.commits() - commits,
         1,
-        "one redb commit for the whole round"
+        "one commit for the whole round"
+    );
+    assert!(
+        stats.redb_commits() - redb <= 1,
+        "at most one redb transaction for the whole round"
     );
     assert_eq!(stats.entries() - entries, 32, "one new entry per group");
     let messaged: usize = out

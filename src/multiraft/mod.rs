@@ -11,7 +11,9 @@
 //!    the outbox; a received snapshot is installed; committed entries are
 //!    applied; new entries and the hard state are staged; the ready is
 //!    released with `advance_append_async`;
-//! 3. **one** redb commit makes all of it durable (one fsync per round);
+//! 3. **one** commit makes all of it durable (one append and fsync of the
+//!    round log per round, and at most one redb transaction, see
+//!    `storage::round`);
 //! 4. each group learns its ready persisted (`on_persist_ready`), messages
 //!    that had to wait for persistence join the outbox, proposals and reads
 //!    whose entries applied are answered.

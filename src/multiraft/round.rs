@@ -1,4 +1,4 @@
-//! One driver round: the Ready of every busy group, one redb commit.
+//! One driver round: the Ready of every busy group, one commit.
 
 use std::collections::BTreeMap;
 
@@ -34,7 +34,7 @@ impl Driver {
     }
 
     /// Runs one round, handing `send` what may leave before the round's
-    /// redb commit, twice. First, before anything is made durable:
+    /// commit, twice. First, before anything is made durable:
     /// messages raft-rs allows to be sent before local persistence (a
     /// leader's appends, so followers write in parallel with it) and
     /// answers to proposals whose entries applied (they are committed on a

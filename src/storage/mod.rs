@@ -62,8 +62,12 @@ use wal::Wal;
 pub struct Stats {
     /// Driver rounds run, with or without work to persist.
     pub rounds: AtomicU64,
-    /// Write transactions committed.
+    /// Rounds committed: appended to the round log (and synced when they
+    /// must be durable), one per round that staged anything.
     pub commits: AtomicU64,
+    /// Rounds among `commits` that also committed a redb transaction (those
+    /// that changed anything but the Raft log, and checkpoints).
+    pub redb_commits: AtomicU64,
     /// Fsyncs: synced round log appends and synced redb commits (one each
     /// on a real disk).
     pub syncs: AtomicU64,
@@ -84,6 +88,10 @@ impl Stats {
     /// Commits so far.
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
+    }
+    /// Rounds that committed a redb transaction so far.
+    pub fn redb_commits(&self) -> u64 {
+        self.redb_commits.load(Ordering::Relaxed)
     }
     /// Synced commits (fsyncs) so far.
     pub fn syncs(&self) -> u64 {

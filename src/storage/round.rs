@@ -59,6 +59,8 @@ pub struct Round {
     durable: AtomicBool,
     /// Whether anything was staged at all.
     touched: AtomicBool,
+    /// Whether anything was staged into `txn` (anything but Raft log ops).
+    in_txn: AtomicBool,
     overlay: SharedOverlay,
     /// The encoded ops of this round, for the round log.
     redo: RefCell<Vec<u8>>,
@@ -97,6 +99,7 @@ impl Round {
             log_ops: RefCell::default(),
             durable: AtomicBool::new(false),
             touched: AtomicBool::new(false),
+            in_txn: AtomicBool::new(false),
         }
     }
 
@@ -109,6 +112,7 @@ impl Round {
             next_seq: &self.next_seq,
             durable: &self.durable,
             touched: &self.touched,
+            in_txn: &self.in_txn,
             overlay: &self.overlay,
             stats: &self.stats,
             entries: 0,
@@ -126,9 +130,16 @@ impl Round {
     /// is appended and synced as well as committed to redb with a sync
     /// (which runs behind the driver), and the log moves to its other file.
     ///
+    /// A round that staged only Raft log ops (the common round under load:
+    /// new entries, and nothing applied to redb) leaves redb alone: the
+    /// round log holds the ops, and redb gets them at the checkpoint like
+    /// every other log op. Its transaction is abandoned rather than
+    /// committed, which spares a redb commit (and the pages it would copy)
+    /// in most rounds.
+    ///
     /// A round that staged nothing (heartbeats, read confirmations) is
-    /// abandoned instead: no commit, no page written. Returns whether it
-    /// committed.
+    /// abandoned too, and not logged. Returns whether it committed (to the
+    /// round log, and to redb when it changed anything there).
     pub fn commit(self, entries: u64) -> Result<bool> {
         self.commit_then(entries, || {})
     }
@@ -148,11 +159,14 @@ impl Round {
         let mut log_rows = self.log_rows.lock().unwrap_or_else(|p| p.into_inner());
         let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
         let checkpoint = wal.checkpoint_due();
-        // redb includes the log up to this round's record once it commits.
         let seq = wal.next_seq();
-        self.txn
-            .open_table(META)?
-            .insert(META_WAL_APPLIED, seq.to_le_bytes().as_slice())?;
+        let in_txn = checkpoint || self.in_txn.load(Ordering::Relaxed);
+        if in_txn {
+            // redb includes the log up to this round's record once it commits.
+            self.txn
+                .open_table(META)?
+                .insert(META_WAL_APPLIED, seq.to_le_bytes().as_slice())?;
+        }
         if checkpoint {
             let start = std::time::Instant::now();
             // The file appends move to next must no longer be needed: the
@@ -195,10 +209,19 @@ impl Round {
             }
             durable_now();
             log_rows.extend_from_slice(&log_ops);
-            let mut txn = self.txn;
-            txn.set_durability(Durability::None)
-                .map_err(|e| Error::Invalid(format!("round durability: {e}")))?;
-            txn.commit()?;
+            if in_txn {
+                let mut txn = self.txn;
+                txn.set_durability(Durability::None)
+                    .map_err(|e| Error::Invalid(format!("round durability: {e}")))?;
+                txn.commit()?;
+            } else {
+                // Nothing for redb: a later commit's META_WAL_APPLIED covers
+                // this record, and replay restores its log ops either way.
+                self.txn.abort()?;
+            }
+        }
+        if in_txn {
+            self.stats.redb_commits.fetch_add(1, Ordering::Relaxed);
         }
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats
@@ -271,6 +294,7 @@ pub struct RoundWriter<'t> {
     next_seq: &'t AtomicU64,
     durable: &'t AtomicBool,
     touched: &'t AtomicBool,
+    in_txn: &'t AtomicBool,
     overlay: &'t SharedOverlay,
     stats: &'t Stats,
     /// Log entries staged so far.
@@ -287,6 +311,7 @@ impl<'t> RoundWriter<'t> {
             op.encode(&mut self.log_ops);
             return Ok(());
         }
+        self.in_txn.store(true, Ordering::Relaxed);
         op.apply(&mut self.t)
     }
 

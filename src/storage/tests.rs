@@ -423,6 +423,44 @@ fn append_round(e: &Engine, s: &mut GroupStorage, index: u64, bytes: usize) {
     round.commit(1).unwrap();
 }
 
+#[test]
+fn rounds_of_log_entries_alone_skip_redb_and_replay_between_those_that_do_not() {
+    let disk = MemDisk::new();
+    let e = bootstrapped(&disk);
+    let stats = e.stats();
+    let redb = stats.redb_commits();
+    let mut s = group_of(&e, 1);
+    append_round(&e, &mut s, B + 1, 100);
+    apply_round(&e, &[("a", Some("1"))], B + 1, true);
+    assert_eq!(
+        stats.redb_commits() - redb,
+        1,
+        "only the flush touched redb"
+    );
+    append_round(&e, &mut s, B + 2, 100);
+    append_round(&e, &mut s, B + 3, 100);
+    apply_round(&e, &[("b", Some("2"))], B + 2, true);
+    append_round(&e, &mut s, B + 4, 100);
+    assert_eq!(stats.redb_commits() - redb, 2);
+    assert_eq!(stats.checkpoints(), 0);
+    let both = vec![
+        ("a".to_string(), "1".to_string()),
+        ("b".to_string(), "2".to_string()),
+    ];
+    // A killed process (redb keeps its unsynced commits) and a power cut
+    // (redb falls back to the bootstrap) both come back with every entry
+    // and both flushes: the round log fills in what redb lacks.
+    let power_cut = disk.crash_image();
+    drop(e);
+    for image in [disk, power_cut] {
+        let e = Engine::open_backend(image).unwrap();
+        let s = group_of(&e, 1);
+        assert_eq!(s.last_index().unwrap(), B + 4);
+        assert_eq!(s.flushed, B + 2);
+        assert_eq!(scan_all(&e), both);
+    }
+}
+
 /// Opens `disk` and checks that group 1 holds exactly the `rounds` entries
 /// [`append_round`] wrote, each of `bytes` bytes.
 fn assert_holds_rounds(disk: MemDisk, rounds: u64, bytes: usize) {
@@ -447,12 +485,17 @@ fn synced_rounds_reach_the_round_log_not_redb_and_survive_a_crash() {
     let disk = MemDisk::new();
     let e = bootstrapped(&disk);
     let stats = e.stats();
-    let (syncs, commits) = (stats.syncs(), stats.commits());
+    let (syncs, commits, redb) = (stats.syncs(), stats.commits(), stats.redb_commits());
     let mut s = group_of(&e, 1);
     for i in 1..=10 {
         append_round(&e, &mut s, B + i, 100);
     }
-    assert_eq!(stats.commits() - commits, 10, "one redb commit per round");
+    assert_eq!(stats.commits() - commits, 10, "one commit per round");
+    assert_eq!(
+        stats.redb_commits(),
+        redb,
+        "rounds of log entries alone leave redb alone"
+    );
     assert_eq!(stats.syncs() - syncs, 10, "one fsync per round");
     assert_eq!(stats.checkpoints(), 0, "no redb commit was synced");
     // Power cut: redb rolls back to the bootstrap; the log brings it back.
