@@ -95,6 +95,10 @@ enum Command {
         /// Data groups to create if this node is the one `init` runs on.
         #[arg(long, default_value_t = flotilla::catalog::DEFAULT_DATA_GROUPS)]
         data_groups: u64,
+        /// Threads for networking and requests [default: one per core but
+        /// one, and at least one; the Raft driver has a thread of its own].
+        #[arg(long)]
+        io_threads: Option<usize>,
     },
     /// Bootstraps a new cluster on the node at ENDPOINT (once per cluster).
     Init {
@@ -141,6 +145,18 @@ enum CertsCommand {
     },
 }
 
+/// The async runtime of a command: `worker_threads` workers, or one per
+/// core.
+fn runtime(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        b.worker_threads(n);
+    }
+    b.enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -149,10 +165,10 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let cli = Cli::parse_from(flotilla::bench::command::rewrite_json_file(
         std::env::args().collect(),
     ));
+
     let certs = cli
         .certs_dir
         .clone()
@@ -177,62 +193,69 @@ fn main() -> anyhow::Result<()> {
             join_attempts,
             join_max_backoff,
             data_groups,
-        } => rt.block_on(async {
+            io_threads,
+        } => {
             let file = match &config {
                 Some(path) => FileConfig::load(path)?,
                 None => FileConfig::default(),
             };
-            let data_dir = data_dir
-                .or(file.data_dir)
-                .context("--data-dir (or data_dir in --config) is required")?;
-            let listen = listen
-                .or(file.listen)
-                .context("--listen (or listen in --config) is required")?;
-            let certs_dir = cli
-                .certs_dir
-                .or(file.certs_dir)
-                .unwrap_or_else(|| PathBuf::from("certs"));
-            let mut cfg = NodeConfig::new(data_dir, listen, certs_dir);
-            cfg.advertise = advertise.or(file.advertise);
-            cfg.join = if join.is_empty() {
-                file.join.unwrap_or_default()
-            } else {
-                join
-            };
-            cfg.wipe_and_join = wipe_and_join;
-            anyhow::ensure!(data_groups >= 1, "--data-groups must be at least 1");
-            cfg.data_groups = data_groups;
-            if let Some(t) = isolation_timeout.or(file.isolation_timeout) {
-                cfg.isolation_timeout = t;
-            }
-            if let Some(t) = file.tick {
-                cfg.tick = t;
-            }
-            if let Some(n) = join_attempts.or(file.join_attempts) {
-                anyhow::ensure!(n > 0, "--join-attempts must be at least 1");
-                cfg.join_policy.attempts = n;
-            }
-            if let Some(d) = join_max_backoff.or(file.join_max_backoff) {
-                cfg.join_policy.max_backoff = d;
-                cfg.join_policy.initial_backoff = cfg.join_policy.initial_backoff.min(d);
-            }
-            let node = NodeServer::start(cfg).await?;
-            eprintln!("flotilla node listening on {}", node.addr());
-            loop {
-                tokio::select! {
-                    _ = flotilla::node::ops::shutdown_signal() => break,
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
-                        if let Lifecycle::Failed { reason } = node.lifecycle() {
-                            node.stop();
-                            anyhow::bail!("node failed: {reason}");
+            let threads = io_threads
+                .or(file.io_threads)
+                .unwrap_or_else(flotilla::node::config::default_io_threads);
+            anyhow::ensure!(threads >= 1, "--io-threads must be at least 1");
+            runtime(Some(threads))?.block_on(async {
+                let data_dir = data_dir
+                    .or(file.data_dir)
+                    .context("--data-dir (or data_dir in --config) is required")?;
+                let listen = listen
+                    .or(file.listen)
+                    .context("--listen (or listen in --config) is required")?;
+                let certs_dir = cli
+                    .certs_dir
+                    .or(file.certs_dir)
+                    .unwrap_or_else(|| PathBuf::from("certs"));
+                let mut cfg = NodeConfig::new(data_dir, listen, certs_dir);
+                cfg.advertise = advertise.or(file.advertise);
+                cfg.join = if join.is_empty() {
+                    file.join.unwrap_or_default()
+                } else {
+                    join
+                };
+                cfg.wipe_and_join = wipe_and_join;
+                anyhow::ensure!(data_groups >= 1, "--data-groups must be at least 1");
+                cfg.data_groups = data_groups;
+                if let Some(t) = isolation_timeout.or(file.isolation_timeout) {
+                    cfg.isolation_timeout = t;
+                }
+                if let Some(t) = file.tick {
+                    cfg.tick = t;
+                }
+                if let Some(n) = join_attempts.or(file.join_attempts) {
+                    anyhow::ensure!(n > 0, "--join-attempts must be at least 1");
+                    cfg.join_policy.attempts = n;
+                }
+                if let Some(d) = join_max_backoff.or(file.join_max_backoff) {
+                    cfg.join_policy.max_backoff = d;
+                    cfg.join_policy.initial_backoff = cfg.join_policy.initial_backoff.min(d);
+                }
+                let node = NodeServer::start(cfg).await?;
+                eprintln!("flotilla node listening on {}", node.addr());
+                loop {
+                    tokio::select! {
+                        _ = flotilla::node::ops::shutdown_signal() => break,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
+                            if let Lifecycle::Failed { reason } = node.lifecycle() {
+                                node.stop();
+                                anyhow::bail!("node failed: {reason}");
+                            }
                         }
                     }
                 }
-            }
-            node.stop();
-            anyhow::Ok(())
-        })?,
-        Command::Init { endpoint } => rt.block_on(async {
+                node.stop();
+                anyhow::Ok(())
+            })?
+        }
+        Command::Init { endpoint } => runtime(None)?.block_on(async {
             let caller = Caller::new(&certs)?;
             match caller.call(endpoint, &RpcRequest::Init).await? {
                 RpcResponse::Inited { cluster_id } => {
@@ -242,20 +265,20 @@ fn main() -> anyhow::Result<()> {
             }
             anyhow::Ok(())
         })?,
-        Command::NodeStatus { endpoint } => rt.block_on(async {
+        Command::NodeStatus { endpoint } => runtime(None)?.block_on(async {
             let caller = Caller::new(&certs)?;
             let report = caller.status(endpoint).await?;
             print!("{}", flotilla::node::ops::render(endpoint, &report));
             anyhow::Ok(())
         })?,
-        Command::Dev { nodes, dir } => rt.block_on(async {
+        Command::Dev { nodes, dir } => runtime(None)?.block_on(async {
             let exe = std::env::current_exe().context("cannot find the flotilla binary")?;
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
             flotilla::node::ops::dev(&exe, nodes, &dir, &mut std::io::stdout()).await?;
             anyhow::Ok(())
         })?,
-        Command::Bench(args) => rt.block_on(async {
+        Command::Bench(args) => runtime(None)?.block_on(async {
             flotilla::bench::command::run(
                 args,
                 cli.endpoints,
@@ -274,7 +297,7 @@ fn main() -> anyhow::Result<()> {
                 timeout: cli.timeout,
                 json: cli.json,
             };
-            let code = rt.block_on(flotilla::cli::run(
+            let code = runtime(None)?.block_on(flotilla::cli::run(
                 &globals,
                 cmd,
                 &mut std::io::stdout(),
