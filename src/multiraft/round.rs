@@ -74,8 +74,14 @@ impl Driver {
             }
             // After the last call into raft-rs of this round: a snapshot
             // built between the flush and the commit would miss the rows.
-            self.flush(&mut w, flush_all || self.flush_requested)?;
-            self.compact(&mut w)?;
+            // Flushing and compacting write to redb, and while a checkpoint
+            // runs behind the driver that would wait for it; both can wait
+            // a few rounds instead, unless a membership change needs the
+            // flush now.
+            if self.flush_requested || !self.engine.checkpoint_running() {
+                self.flush(&mut w, flush_all || self.flush_requested)?;
+                self.compact(&mut w)?;
+            }
             for e in &effects {
                 if let Effect::OpenGroup { info, fresh } = e {
                     self.stage_new_group(&mut w, info, *fresh)?;

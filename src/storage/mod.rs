@@ -17,6 +17,7 @@
 //! Raft state of every group the catalog places on this node, in one
 //! transaction: a crash leaves either nothing or a node that restarts.
 
+mod checkpoint;
 mod group;
 mod memdisk;
 mod overlay;
@@ -46,6 +47,7 @@ use crate::catalog::{Catalog, GroupInfo};
 use crate::error::{Error, Result};
 use crate::types::{GroupId, NodeId, CATALOG_GROUP};
 use crate::wire;
+use checkpoint::Checkpointer;
 use group::RestoredLog;
 use overlay::{GroupOverlay, Merged, SharedOverlay};
 use redo::{decode_all, Tables};
@@ -112,6 +114,8 @@ impl Stats {
 }
 
 /// A node's database.
+///
+/// Dropping it finishes a checkpoint still running behind the driver.
 pub struct Engine {
     db: Arc<Database>,
     stats: Arc<Stats>,
@@ -124,8 +128,8 @@ pub struct Engine {
     wal: Arc<Mutex<Wal>>,
     /// Raft log ops waiting for the next checkpoint (see `round`).
     log_rows: LogRows,
-    /// Runs checkpoints' syncs behind the driver (real files only).
-    sync: Option<Arc<SyncControl>>,
+    /// Runs checkpoints behind the driver (real files only).
+    checkpointer: Option<Arc<Checkpointer>>,
 }
 
 fn u64_bytes(v: u64) -> [u8; 8] {
@@ -240,15 +244,35 @@ impl Engine {
             let last = log.last()?.map_or(0, |(k, _)| k.value() + 1);
             last
         };
+        let db = Arc::new(db);
+        let checkpointer = match sync {
+            Some(sync) => Some(Arc::new(Checkpointer::start(db.clone(), sync)?)),
+            None => None,
+        };
         Ok(Engine {
-            db: Arc::new(db),
+            db,
             stats: Arc::default(),
             next_log_seq: Arc::new(AtomicU64::new(next)),
             overlay: SharedOverlay::default(),
             wal: Arc::new(Mutex::new(wal)),
             log_rows: LogRows::default(),
-            sync,
+            checkpointer,
         })
+    }
+
+    /// Waits until no checkpoint runs behind the driver and the last one
+    /// is on disk; fails if one failed.
+    pub fn wait_for_checkpoint(&self) -> Result<()> {
+        match &self.checkpointer {
+            Some(cp) => cp.wait(),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a checkpoint is still being written or synced behind the
+    /// driver, so that a round writing to redb now would wait for it.
+    pub fn checkpoint_running(&self) -> bool {
+        self.checkpointer.as_ref().is_some_and(|cp| cp.busy())
     }
 
     /// The engine's counters.
@@ -421,6 +445,9 @@ impl Engine {
     /// Commits redb with a sync and starts the round log again, so the
     /// database file alone holds everything (before a clean stop).
     pub fn checkpoint(&self) -> Result<()> {
+        if let Some(cp) = &self.checkpointer {
+            cp.wait()?;
+        }
         let mut log_rows = self.log_rows.lock().unwrap_or_else(|p| p.into_inner());
         let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
         let upto = wal.next_seq() - 1;
@@ -442,13 +469,13 @@ impl Engine {
     pub fn begin_round(&self) -> Result<Round> {
         self.overlay.lock().next_round();
         Ok(Round::new(
-            self.db.begin_write()?,
+            self.db.clone(),
             self.stats.clone(),
             self.next_log_seq.clone(),
             self.overlay.clone(),
             self.wal.clone(),
             self.log_rows.clone(),
-            self.sync.clone(),
+            self.checkpointer.clone(),
         ))
     }
 

@@ -1,14 +1,15 @@
-//! The write side of one driver round: every table open in one redb write
-//! transaction, shared by all groups that have work.
+//! The write side of one driver round: at most one redb write transaction,
+//! shared by all groups that have work.
 //!
 //! The driver stages everything a round produces (new log entries, hard
 //! states, catalog changes) through a [`RoundWriter`]; [`Round::commit`]
-//! then commits it to redb once, whatever the number of groups, and makes
-//! it durable with one append and one fdatasync of the round log (see
-//! `wal`), or, every few megabytes of log, with one synced redb commit (a
-//! checkpoint). Applied KV rows, sessions and apply indexes of data groups
-//! go to the overlay (see `overlay`) and reach redb in the rounds that
-//! flush it.
+//! makes it durable with one append and one fdatasync of the round log
+//! (see `wal`), whatever the number of groups, then commits to redb once
+//! what the round staged for it. Every few megabytes of log a checkpoint
+//! writes the log rows into redb with a sync (on a real file on the
+//! checkpoint thread, see `checkpoint`). Applied KV rows, sessions and
+//! apply indexes of data groups go to the overlay (see `overlay`) and
+//! reach redb in the rounds that flush it.
 //!
 //! Raft log rows (new entries, compaction's deletions) reach redb only at
 //! checkpoints. Nothing reads them while the node runs (each group serves
@@ -21,14 +22,17 @@
 //! [`write_log_rows`]). Opening a database applies the rows of the records
 //! after [`META_LOG_ROWS_APPLIED`] again (see `replay`).
 
-use std::cell::{RefCell, RefMut};
+use std::cell::{OnceCell, RefCell, RefMut};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use raft::eraftpb::Entry;
-use redb::{Durability, ReadableTable, WriteTransaction};
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, WriteTransaction,
+};
 
+use super::checkpoint::Checkpointer;
 use super::overlay::{GroupOverlay, SharedOverlay};
 use super::redo::decode_all;
 use super::redo::{Op, Tables};
@@ -36,7 +40,7 @@ use super::schema::{
     log_record_header, merge_log_records, RaftStateRecord, SnapshotData, META,
     META_LOG_ROWS_APPLIED, META_WAL_APPLIED,
 };
-use super::syncfile::SyncControl;
+use super::schema::{KV, SESSIONS};
 use super::wal::Wal;
 use super::Stats;
 use crate::catalog::Catalog;
@@ -49,9 +53,13 @@ use crate::wire;
 /// order: what the next checkpoint writes to redb.
 pub(crate) type LogRows = Arc<Mutex<Vec<u8>>>;
 
-/// An open round: one write transaction.
+/// An open round. It begins a redb write transaction only once it stages
+/// something for redb besides the Raft log, and reads through a read
+/// transaction until then, so a round of log entries alone never waits
+/// for redb's write lock (which a checkpoint may hold, see `checkpoint`).
 pub struct Round {
-    txn: WriteTransaction,
+    db: Arc<Database>,
+    txn: OnceCell<WriteTransaction>,
     stats: Arc<Stats>,
     /// The next log record's sequence number (node-wide).
     next_seq: Arc<AtomicU64>,
@@ -59,8 +67,6 @@ pub struct Round {
     durable: AtomicBool,
     /// Whether anything was staged at all.
     touched: AtomicBool,
-    /// Whether anything was staged into `txn` (anything but Raft log ops).
-    in_txn: AtomicBool,
     overlay: SharedOverlay,
     /// The encoded ops of this round, for the round log.
     redo: RefCell<Vec<u8>>,
@@ -69,8 +75,9 @@ pub struct Round {
     /// Every earlier round's since the last checkpoint.
     log_rows: LogRows,
     wal: Arc<Mutex<Wal>>,
-    /// Where a checkpoint's sync can run behind the driver, if anywhere.
-    sync: Option<Arc<SyncControl>>,
+    /// Where checkpoints run behind the driver (real files); without one
+    /// a checkpoint runs inside the round.
+    checkpointer: Option<Arc<Checkpointer>>,
 }
 
 pub(crate) fn io_error(e: std::io::Error) -> Error {
@@ -79,40 +86,53 @@ pub(crate) fn io_error(e: std::io::Error) -> Error {
 
 impl Round {
     pub(crate) fn new(
-        txn: WriteTransaction,
+        db: Arc<Database>,
         stats: Arc<Stats>,
         next_seq: Arc<AtomicU64>,
         overlay: SharedOverlay,
         wal: Arc<Mutex<Wal>>,
         log_rows: LogRows,
-        sync: Option<Arc<SyncControl>>,
+        checkpointer: Option<Arc<Checkpointer>>,
     ) -> Self {
         Round {
-            txn,
+            db,
+            txn: OnceCell::new(),
             stats,
             next_seq,
             overlay,
             wal,
             log_rows,
-            sync,
+            checkpointer,
             redo: RefCell::default(),
             log_ops: RefCell::default(),
             durable: AtomicBool::new(false),
             touched: AtomicBool::new(false),
-            in_txn: AtomicBool::new(false),
         }
     }
 
-    /// Opens the tables for staging writes. One writer at a time.
+    /// The round's write transaction, begun on first use.
+    fn txn(&self) -> Result<&WriteTransaction> {
+        if self.txn.get().is_none() {
+            let txn = self.db.begin_write()?;
+            // Only this round's single writer gets here, so the cell is empty.
+            let _ = self.txn.set(txn);
+        }
+        self.txn
+            .get()
+            .ok_or_else(|| Error::Invalid("the round's write transaction did not open".into()))
+    }
+
+    /// Opens the round for staging writes. One writer at a time.
     pub fn writer(&self) -> Result<RoundWriter<'_>> {
         Ok(RoundWriter {
-            t: Tables::open(&self.txn)?,
+            round: self,
+            t: None,
+            reads: OnceCell::new(),
             redo: self.redo.borrow_mut(),
             log_ops: self.log_ops.borrow_mut(),
             next_seq: &self.next_seq,
             durable: &self.durable,
             touched: &self.touched,
-            in_txn: &self.in_txn,
             overlay: &self.overlay,
             stats: &self.stats,
             entries: 0,
@@ -126,9 +146,11 @@ impl Round {
     /// round that only applied committed entries is appended to the log
     /// without a sync: a crash loses at most those applies, which the node
     /// replays from its durable Raft log, and the next synced append makes
-    /// them durable too. Once the log is due for a checkpoint, the round
-    /// is appended and synced as well as committed to redb with a sync
-    /// (which runs behind the driver), and the log moves to its other file.
+    /// them durable too. Once the log is due for a checkpoint, the round is
+    /// appended and synced, the log moves to its other file, and the log
+    /// rows of the file just left are written to redb and committed with
+    /// a sync: by the checkpoint thread while the driver goes on, or, on
+    /// an engine without one (the simulation's), in the round itself.
     ///
     /// A round that staged only Raft log ops (the common round under load:
     /// new entries, and nothing applied to redb) leaves redb alone: the
@@ -148,9 +170,12 @@ impl Round {
     /// durable (its log record synced, or at once when it needs no sync),
     /// before redb's commit.
     pub fn commit_then(self, entries: u64, durable_now: impl FnOnce()) -> Result<bool> {
+        let txn = self.txn.into_inner();
         if !self.touched.load(Ordering::Relaxed) {
             durable_now();
-            self.txn.abort()?;
+            if let Some(txn) = txn {
+                txn.abort()?;
+            }
             return Ok(false);
         }
         let durable = self.durable.load(Ordering::Relaxed);
@@ -160,37 +185,49 @@ impl Round {
         let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
         let checkpoint = wal.checkpoint_due();
         let seq = wal.next_seq();
-        let in_txn = checkpoint || self.in_txn.load(Ordering::Relaxed);
-        if in_txn {
+        if let Some(txn) = &txn {
             // redb includes the log up to this round's record once it commits.
-            self.txn
-                .open_table(META)?
-                .insert(META_WAL_APPLIED, seq.to_le_bytes().as_slice())?;
+            set_wal_applied(txn, seq)?;
         }
+        let to_redb = txn.is_some() || checkpoint;
         if checkpoint {
             let start = std::time::Instant::now();
             // The file appends move to next must no longer be needed: the
             // checkpoint before this one must be on disk.
-            if let Some(sync) = &self.sync {
-                sync.wait().map_err(io_error)?;
-                sync.defer_next();
+            if let Some(cp) = &self.checkpointer {
+                cp.wait()?;
             }
-            // The file being left gets this round too, synced: until the
-            // checkpoint's own sync is confirmed, redb may still fall back to
-            // the checkpoint before, and this file must then hold every
-            // record since, this one included.
+            // The file being left gets this round too, synced: until this
+            // checkpoint is on disk, redb may still fall back to the one
+            // before, and this file must then hold every record since, this
+            // one included.
             wal.append(&redo).map_err(io_error)?;
             wal.sync().map_err(io_error)?;
             durable_now();
             log_rows.extend_from_slice(&log_ops);
-            let committed =
-                write_log_rows(&self.txn, &log_rows, seq).and_then(|()| Ok(self.txn.commit()?));
-            if let Some(sync) = &self.sync {
-                sync.clear_defer();
+            let rows = std::mem::take(&mut *log_rows);
+            match &self.checkpointer {
+                Some(cp) => {
+                    if let Some(txn) = txn {
+                        commit_unsynced(txn)?;
+                    }
+                    wal.restart(seq + 1).map_err(io_error)?;
+                    cp.submit(rows, seq);
+                }
+                None => {
+                    let txn = match txn {
+                        Some(txn) => txn,
+                        None => {
+                            let txn = self.db.begin_write()?;
+                            set_wal_applied(&txn, seq)?;
+                            txn
+                        }
+                    };
+                    write_log_rows(&txn, &rows, seq)?;
+                    txn.commit()?;
+                    wal.restart(seq + 1).map_err(io_error)?;
+                }
             }
-            committed?;
-            log_rows.clear();
-            wal.restart(seq + 1).map_err(io_error)?;
             self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
             // The log's sync and redb's.
             self.stats.syncs.fetch_add(2, Ordering::Relaxed);
@@ -209,18 +246,14 @@ impl Round {
             }
             durable_now();
             log_rows.extend_from_slice(&log_ops);
-            if in_txn {
-                let mut txn = self.txn;
-                txn.set_durability(Durability::None)
-                    .map_err(|e| Error::Invalid(format!("round durability: {e}")))?;
-                txn.commit()?;
-            } else {
-                // Nothing for redb: a later commit's META_WAL_APPLIED covers
-                // this record, and replay restores its log ops either way.
-                self.txn.abort()?;
+            // Without a transaction there was nothing for redb: a later
+            // commit's META_WAL_APPLIED covers this record, and replay
+            // restores its log ops either way.
+            if let Some(txn) = txn {
+                commit_unsynced(txn)?;
             }
         }
-        if in_txn {
+        if to_redb {
             self.stats.redb_commits.fetch_add(1, Ordering::Relaxed);
         }
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -229,6 +262,22 @@ impl Round {
             .fetch_add(entries, Ordering::Relaxed);
         Ok(true)
     }
+}
+
+/// Records in `txn` that redb holds every write of the round log up to
+/// record `seq` but its Raft log rows (see [`META_WAL_APPLIED`]).
+fn set_wal_applied(txn: &WriteTransaction, seq: u64) -> Result<()> {
+    txn.open_table(META)?
+        .insert(META_WAL_APPLIED, seq.to_le_bytes().as_slice())?;
+    Ok(())
+}
+
+/// Commits a round's transaction without a sync: the round log holds it.
+fn commit_unsynced(mut txn: WriteTransaction) -> Result<()> {
+    txn.set_durability(Durability::None)
+        .map_err(|e| Error::Invalid(format!("round durability: {e}")))?;
+    txn.commit()?;
+    Ok(())
 }
 
 /// Writes the deferred Raft log ops `rows` into `txn`, which then holds the
@@ -281,12 +330,33 @@ pub(crate) fn write_log_rows(txn: &WriteTransaction, rows: &[u8], upto: u64) -> 
     }
     t.meta
         .insert(META_LOG_ROWS_APPLIED, upto.to_le_bytes().as_slice())?;
+    // Every other write up to `upto` is in redb already (the rounds before
+    // committed theirs, and one without a transaction had none), but the
+    // rounds since the last one that committed did not say so.
+    let applied = match t.meta.get(META_WAL_APPLIED)? {
+        Some(v) => super::bytes_u64("round log position", v.value())?,
+        None => 0,
+    };
+    if applied < upto {
+        t.meta
+            .insert(META_WAL_APPLIED, upto.to_le_bytes().as_slice())?;
+    }
     Ok(())
+}
+
+/// The tables a round reads before it has a write transaction.
+struct ReadTables {
+    kv: ReadOnlyTable<(u64, &'static [u8]), &'static [u8]>,
+    sessions: ReadOnlyTable<(u64, u64), &'static [u8]>,
 }
 
 /// Staged writes of one round, for any number of groups.
 pub struct RoundWriter<'t> {
-    t: Tables<'t>,
+    round: &'t Round,
+    /// The write transaction's tables, once something was staged for redb.
+    t: Option<Tables<'t>>,
+    /// A read transaction's, for reads until then.
+    reads: OnceCell<ReadTables>,
     /// The round's redo record: every op staged so far, encoded.
     redo: RefMut<'t, Vec<u8>>,
     /// The round's Raft log ops, kept for the checkpoint.
@@ -294,7 +364,6 @@ pub struct RoundWriter<'t> {
     next_seq: &'t AtomicU64,
     durable: &'t AtomicBool,
     touched: &'t AtomicBool,
-    in_txn: &'t AtomicBool,
     overlay: &'t SharedOverlay,
     stats: &'t Stats,
     /// Log entries staged so far.
@@ -311,8 +380,63 @@ impl<'t> RoundWriter<'t> {
             op.encode(&mut self.log_ops);
             return Ok(());
         }
-        self.in_txn.store(true, Ordering::Relaxed);
-        op.apply(&mut self.t)
+        op.apply(self.tables()?)
+    }
+
+    /// The round's write tables, beginning its write transaction if it has
+    /// none yet.
+    fn tables(&mut self) -> Result<&mut Tables<'t>> {
+        if self.t.is_none() {
+            let round: &'t Round = self.round;
+            self.t = Some(Tables::open(round.txn()?)?);
+        }
+        self.t
+            .as_mut()
+            .ok_or_else(|| Error::Invalid("the round's tables did not open".into()))
+    }
+
+    /// The tables to read before the round has a write transaction.
+    fn reads(&self) -> Result<&ReadTables> {
+        if let Some(r) = self.reads.get() {
+            return Ok(r);
+        }
+        let txn = self.round.db.begin_read()?;
+        let r = ReadTables {
+            kv: txn.open_table(KV)?,
+            sessions: txn.open_table(SESSIONS)?,
+        };
+        Ok(self.reads.get_or_init(|| r))
+    }
+
+    /// A KV row as redb holds it in this round (the overlay aside).
+    fn stored_row(&self, group: u64, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let v = match &self.t {
+            Some(t) => t.kv.get((group, key))?.map(|v| v.value().to_vec()),
+            None => self
+                .reads()?
+                .kv
+                .get((group, key))?
+                .map(|v| v.value().to_vec()),
+        };
+        Ok(v)
+    }
+
+    /// A client session as redb holds it in this round (the overlay aside).
+    fn stored_session(&self, group: u64, client: u64) -> Result<Option<Session>> {
+        let decode = |v: &[u8]| wire::decode("client session", v);
+        match &self.t {
+            Some(t) => t
+                .sessions
+                .get((group, client))?
+                .map(|v| decode(v.value()))
+                .transpose(),
+            None => self
+                .reads()?
+                .sessions
+                .get((group, client))?
+                .map(|v| decode(v.value()))
+                .transpose(),
+        }
     }
 
     /// Stages new log entries of one group as one record, which replaces
@@ -468,9 +592,10 @@ impl<'t> RoundWriter<'t> {
     /// Records a consistency check of `group` at apply index `index`: the
     /// digest of its state as this round leaves it. Returns the digest.
     pub fn record_checksum(&mut self, group: GroupId, index: u64) -> Result<u64> {
-        let o = self.overlay.lock();
-        let digest =
-            super::state_digest(&self.t.kv, &self.t.sessions, o.groups.get(&group.0), group)?;
+        let overlay = self.overlay;
+        let t = self.tables()?;
+        let o = overlay.lock();
+        let digest = super::state_digest(&t.kv, &t.sessions, o.groups.get(&group.0), group)?;
         drop(o);
         self.stage(Op::Checksum {
             group: group.0,
@@ -497,7 +622,10 @@ pub struct GroupKv<'w, 't> {
 
 impl KvStore for GroupKv<'_, '_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        super::row_value(&self.w.t.kv, &self.w.overlay.lock(), GroupId(self.g), key)
+        if let Some(v) = self.w.overlay.lock().row(self.g, key) {
+            return Ok(v.map(<[u8]>::to_vec));
+        }
+        self.w.stored_row(self.g, key)
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
@@ -517,10 +645,7 @@ impl KvStore for GroupKv<'_, '_> {
         if let Some(v) = self.w.overlay.lock().session(self.g, client) {
             return Ok(Some(wire::decode("client session", v)?));
         }
-        match self.w.t.sessions.get((self.g, client))? {
-            Some(v) => Ok(Some(wire::decode("client session", v.value())?)),
-            None => Ok(None),
-        }
+        self.w.stored_session(self.g, client)
     }
 
     fn put_session(&mut self, client: u64, session: &Session) -> Result<()> {

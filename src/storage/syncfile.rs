@@ -1,10 +1,11 @@
-//! The database file under redb, with a checkpoint's fsync moved off the
-//! driver thread.
+//! The database file under redb, with a checkpoint's fsync run behind its
+//! commit.
 //!
-//! A checkpoint (see `wal`) commits redb with a sync. Its writes are a
-//! memory copy into the page cache; its fdatasync then waits for the disk
-//! to take several megabytes, 20 to 40 ms on the test machine, and the
-//! driver would stall for all of it. [`SyncFile`] lets the caller mark the
+//! A checkpoint (see `wal` and `checkpoint`) commits redb with a sync. Its
+//! writes are a memory copy into the page cache; its fdatasync then waits
+//! for the disk to take several megabytes, 20 to 40 ms on the test
+//! machine, and redb's write lock (which rounds that flush need) would be
+//! held for all of it. [`SyncFile`] lets the caller mark the
 //! next sync as one to run *behind*: `sync_data` starts it on a helper
 //! thread and returns at once, and every later write or resize of the file
 //! waits until it has finished. So the disk never holds more than the last
@@ -64,6 +65,11 @@ impl SyncControl {
     /// mistake.
     pub(crate) fn clear_defer(&self) {
         self.lock().defer_next = false;
+    }
+
+    /// Whether a sync is waiting or running behind.
+    pub(crate) fn pending(&self) -> bool {
+        self.lock().pending
     }
 
     /// Waits until no sync runs behind; fails if one failed.
@@ -135,11 +141,6 @@ impl SyncControl {
     pub(crate) fn hold(&self, held: bool) {
         self.lock().held = held;
         self.changed.notify_all();
-    }
-
-    /// Whether a sync is waiting or running behind.
-    pub(crate) fn pending(&self) -> bool {
-        self.lock().pending
     }
 }
 

@@ -1,0 +1,174 @@
+//! Checkpoints committed to redb behind the driver.
+//!
+//! A checkpoint writes the Raft log rows of a whole round log file into
+//! redb (see `round::write_log_rows`) and commits with a sync. On the test
+//! machine that took 5 to 15 ms of the driver thread every 2 MiB of log,
+//! and every group of the node waited for it: most of a 64-client write
+//! run's p99. Nothing the driver does next needs those rows in redb (each
+//! group serves its log from memory, and the round log holds the rows
+//! until the checkpoint is durable), so the [`Checkpointer`] thread writes
+//! and commits them while the driver goes on. Rounds take redb's write lock
+//! only when they change something there besides the log (see `round`), so
+//! most of them never wait for it; the few that do wait until the
+//! checkpoint's commit returns.
+//!
+//! One checkpoint at a time: the driver waits for the one before (its
+//! commit and its sync) before it moves the round log to the file that one
+//! made free, so the disk always holds every record since the last durable
+//! checkpoint. A failed checkpoint fails that wait, and the node stops.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use redb::Database;
+
+use super::round::{io_error, write_log_rows};
+use super::syncfile::SyncControl;
+use crate::error::{Error, Result};
+
+/// The checkpoint thread of an engine on a real file.
+pub(crate) struct Checkpointer {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled whenever `state` changes.
+    changed: Condvar,
+    sync: Arc<SyncControl>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The log ops to write and the round log record they reach.
+    job: Option<(Vec<u8>, u64)>,
+    /// The thread is writing or committing a job.
+    busy: bool,
+    /// Why a checkpoint failed; kept for every later wait.
+    failed: Option<String>,
+    stop: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Checkpointer {
+    /// Starts the thread that checkpoints `db`, whose file's syncs `sync`
+    /// controls.
+    pub(crate) fn start(db: Arc<Database>, sync: Arc<SyncControl>) -> Result<Checkpointer> {
+        let shared = Arc::new(Shared {
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            sync,
+        });
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("flotilla-checkpoint".into())
+            .spawn(move || run(&db, &worker))
+            .map_err(io_error)?;
+        Ok(Checkpointer {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Waits until no checkpoint is running and the last one is on disk;
+    /// fails if any checkpoint failed.
+    pub(crate) fn wait(&self) -> Result<()> {
+        let mut st = self.shared.lock();
+        while st.job.is_some() || st.busy {
+            st = self
+                .shared
+                .changed
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        if let Some(why) = &st.failed {
+            return Err(Error::Invalid(format!("a checkpoint failed: {why}")));
+        }
+        drop(st);
+        self.shared.sync.wait().map_err(io_error)
+    }
+
+    /// Whether a checkpoint is being written, committed or synced: a redb
+    /// write now would wait for it.
+    pub(crate) fn busy(&self) -> bool {
+        let st = self.shared.lock();
+        st.job.is_some() || st.busy || self.shared.sync.pending()
+    }
+
+    /// Hands the thread the log ops `rows`, which bring redb's log rows up
+    /// to round log record `upto`. Call [`Self::wait`] first.
+    pub(crate) fn submit(&self, rows: Vec<u8>, upto: u64) {
+        let mut st = self.shared.lock();
+        st.job = Some((rows, upto));
+        self.shared.changed.notify_all();
+    }
+
+    /// Finishes the checkpoint under way and ends the thread.
+    pub(crate) fn stop(&self) {
+        self.shared.lock().stop = true;
+        self.shared.changed.notify_all();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            if t.join().is_err() {
+                tracing::error!("the checkpoint thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(db: &Database, shared: &Shared) {
+    loop {
+        let (rows, upto) = {
+            let mut st = shared.lock();
+            loop {
+                if let Some(job) = st.job.take() {
+                    st.busy = true;
+                    break job;
+                }
+                if st.stop {
+                    return;
+                }
+                st = shared.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let start = std::time::Instant::now();
+        let result = checkpoint(db, &shared.sync, &rows, upto);
+        let mut st = shared.lock();
+        st.busy = false;
+        match result {
+            Ok(()) => tracing::debug!(
+                upto,
+                ms = start.elapsed().as_secs_f64() * 1e3,
+                "checkpoint committed"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, upto, "checkpoint failed");
+                st.failed = Some(e.to_string());
+            }
+        }
+        shared.changed.notify_all();
+    }
+}
+
+/// Writes `rows` into redb and commits with a sync that runs behind.
+fn checkpoint(db: &Database, sync: &SyncControl, rows: &[u8], upto: u64) -> Result<()> {
+    let txn = db.begin_write()?;
+    write_log_rows(&txn, rows, upto)?;
+    sync.defer_next();
+    let committed = txn.commit();
+    sync.clear_defer();
+    committed?;
+    Ok(())
+}
