@@ -79,3 +79,25 @@ fn bad_bench_options_are_refused_clearly() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A comparison this build cannot run is refused before any cluster
+/// starts, not after Flotilla's whole run.
+#[cfg(not(feature = "etcd"))]
+#[test]
+fn a_comparison_without_the_etcd_client_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster");
+    let out = Command::new(EXE)
+        .args(["bench", "write", "--spawn", "3", "--duration", "30s"])
+        .args(["--compare", "etcd", "--dir"])
+        .arg(&cluster)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("built without the etcd client"), "{err}");
+    assert!(
+        !cluster.join("flotilla").exists(),
+        "nodes were started before the refusal"
+    );
+}

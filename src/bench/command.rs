@@ -190,6 +190,11 @@ pub async fn run(
     out: &mut (dyn Write + Send),
 ) -> Result<()> {
     let w = args.workload()?;
+    // Before any cluster starts: a comparison that cannot run would
+    // otherwise fail only after Flotilla's whole run.
+    if let Some(other) = args.compare {
+        comparison_ready(other)?;
+    }
     let exe = std::env::current_exe()
         .map_err(|e| Error::Invalid(format!("cannot find the flotilla binary: {e}")))?;
     std::fs::create_dir_all(&args.dir)
@@ -267,14 +272,31 @@ pub async fn run(
     Ok(())
 }
 
+/// Whether this binary and machine can run the comparison with `other`.
 #[cfg(feature = "etcd")]
-async fn run_etcd(args: &BenchArgs, w: &Workload, out: &mut (dyn Write + Send)) -> Result<Report> {
-    if !super::etcd::available() {
-        return Err(Error::Invalid(
+fn comparison_ready(other: Other) -> Result<()> {
+    match other {
+        Other::Etcd if super::etcd::available() => Ok(()),
+        Other::Etcd => Err(Error::Invalid(
             "--compare etcd needs an `etcd` binary on PATH (Debian: apt install etcd-server)"
                 .into(),
-        ));
+        )),
     }
+}
+
+/// Whether this binary and machine can run the comparison with `other`.
+#[cfg(not(feature = "etcd"))]
+fn comparison_ready(other: Other) -> Result<()> {
+    match other {
+        Other::Etcd => Err(Error::Invalid(
+            "this flotilla was built without the etcd client: build with `--features etcd` (needs protoc), or run `make bench-compare`".into(),
+        )),
+    }
+}
+
+#[cfg(feature = "etcd")]
+async fn run_etcd(args: &BenchArgs, w: &Workload, out: &mut (dyn Write + Send)) -> Result<Report> {
+    comparison_ready(Other::Etcd)?;
     let dir = args.dir.join("etcd");
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::Invalid(format!("cannot create {}: {e}", dir.display())))?;
@@ -301,9 +323,8 @@ async fn run_etcd(args: &BenchArgs, w: &Workload, out: &mut (dyn Write + Send)) 
 
 #[cfg(not(feature = "etcd"))]
 async fn run_etcd(_: &BenchArgs, _: &Workload, _: &mut (dyn Write + Send)) -> Result<Report> {
-    Err(Error::Invalid(
-        "this flotilla was built without the etcd client: build with `--features etcd` (needs protoc), or run `make bench-compare`".into(),
-    ))
+    comparison_ready(Other::Etcd)?;
+    Err(Error::Invalid("no etcd client in this build".into()))
 }
 
 #[cfg(test)]
