@@ -168,7 +168,6 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse_from(flotilla::bench::command::rewrite_json_file(
         std::env::args().collect(),
     ));
-
     let certs = cli
         .certs_dir
         .clone()

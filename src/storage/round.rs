@@ -215,13 +215,10 @@ impl Round {
                     cp.submit(rows, seq);
                 }
                 None => {
+                    // `write_log_rows` records that redb holds up to `seq`.
                     let txn = match txn {
                         Some(txn) => txn,
-                        None => {
-                            let txn = self.db.begin_write()?;
-                            set_wal_applied(&txn, seq)?;
-                            txn
-                        }
+                        None => self.db.begin_write()?,
                     };
                     write_log_rows(&txn, &rows, seq)?;
                     txn.commit()?;
