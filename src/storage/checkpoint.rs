@@ -48,6 +48,12 @@ struct State {
     /// Why a checkpoint failed; kept for every later wait.
     failed: Option<String>,
     stop: bool,
+    /// Tests only: the thread leaves jobs waiting while this is set.
+    #[cfg(test)]
+    held: bool,
+    /// Tests only: callers inside `wait`.
+    #[cfg(test)]
+    waiting: usize,
 }
 
 impl Shared {
@@ -80,12 +86,20 @@ impl Checkpointer {
     /// fails if any checkpoint failed.
     pub(crate) fn wait(&self) -> Result<()> {
         let mut st = self.shared.lock();
+        #[cfg(test)]
+        {
+            st.waiting += 1;
+        }
         while st.job.is_some() || st.busy {
             st = self
                 .shared
                 .changed
                 .wait(st)
                 .unwrap_or_else(|p| p.into_inner());
+        }
+        #[cfg(test)]
+        {
+            st.waiting -= 1;
         }
         if let Some(why) = &st.failed {
             return Err(Error::Invalid(format!("a checkpoint failed: {why}")));
@@ -122,6 +136,20 @@ impl Checkpointer {
     }
 }
 
+#[cfg(test)]
+impl Checkpointer {
+    /// Holds (or releases) the jobs handed to the thread.
+    pub(crate) fn hold(&self, held: bool) {
+        self.shared.lock().held = held;
+        self.shared.changed.notify_all();
+    }
+
+    /// How many callers wait for a checkpoint now.
+    pub(crate) fn waiting(&self) -> usize {
+        self.shared.lock().waiting
+    }
+}
+
 impl Drop for Checkpointer {
     fn drop(&mut self) {
         self.stop();
@@ -133,6 +161,11 @@ fn run(db: &Database, shared: &Shared) {
         let (rows, upto) = {
             let mut st = shared.lock();
             loop {
+                #[cfg(test)]
+                if st.held && !st.stop {
+                    st = shared.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+                    continue;
+                }
                 if let Some(job) = st.job.take() {
                     st.busy = true;
                     break job;

@@ -467,6 +467,19 @@ impl Engine {
 
     /// Starts a round.
     pub fn begin_round(&self) -> Result<Round> {
+        // A round that will checkpoint first waits for the checkpoint before
+        // (see `Round::commit`), and must do so before it can hold redb's
+        // write lock, which that checkpoint may still need.
+        if let Some(cp) = &self.checkpointer {
+            if self
+                .wal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .checkpoint_due()
+            {
+                cp.wait()?;
+            }
+        }
         self.overlay.lock().next_round();
         Ok(Round::new(
             self.db.clone(),

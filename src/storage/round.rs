@@ -193,7 +193,9 @@ impl Round {
         if checkpoint {
             let start = std::time::Instant::now();
             // The file appends move to next must no longer be needed: the
-            // checkpoint before this one must be on disk.
+            // checkpoint before this one must be on disk. `begin_round`
+            // waited for it already, before this round could take redb's
+            // write lock, so this returns at once.
             if let Some(cp) = &self.checkpointer {
                 cp.wait()?;
             }

@@ -603,6 +603,100 @@ fn a_crash_while_a_checkpoints_sync_still_runs_behind_loses_nothing() {
     assert_holds_rounds(image, 40, 2048);
 }
 
+#[test]
+fn power_cuts_anywhere_around_background_checkpoints_lose_no_synced_round() {
+    // A round that waited for a checkpoint while holding redb's write
+    // lock, which the checkpoint needed, once hung here: fail instead.
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        power_cut_trials();
+        let _ = done.send(());
+    });
+    assert!(
+        finished
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .is_ok(),
+        "the trials failed or did not finish within 2 minutes"
+    );
+}
+
+/// Runs of different lengths stop at different points of the last
+/// checkpoint (being written, committed, synced, or done), as the thread's
+/// timing falls; each must come back whole.
+fn power_cut_trials() {
+    for trial in 0..24u64 {
+        let disk = MemDisk::new();
+        let (e, _sync) = Engine::open_backend_behind(disk.clone()).unwrap();
+        e.bootstrap(NodeId(1), &catalog()).unwrap();
+        let mut s = group_of(&e, 1);
+        // 2 KiB a round: the 64 KiB log checkpoints about every 32 rounds.
+        let rounds = 40 + trial * 5;
+        let mut rows = Vec::new();
+        for i in 1..=rounds {
+            append_round(&e, &mut s, B + i, 2048);
+            if i % 7 == 0 {
+                let key = format!("k{i:03}");
+                apply_round(&e, &[(key.as_str(), Some("v"))], B + i, true);
+                rows.push((key, "v".to_string()));
+            }
+        }
+        assert!(e.stats().checkpoints() >= 1, "trial {trial}");
+        let power_cut = disk.crash_image();
+        drop(e);
+        // The dropped engine finished its checkpoint; the power cut did not.
+        for image in [disk, power_cut] {
+            assert_holds_rounds(image.clone(), rounds, 2048);
+            let e = Engine::open_backend(image).unwrap();
+            assert_eq!(scan_all(&e), rows, "trial {trial}");
+        }
+    }
+}
+
+#[test]
+fn a_round_due_to_checkpoint_waits_for_the_one_before_without_holding_redb() {
+    let disk = MemDisk::new();
+    let (e, _sync) = Engine::open_backend_behind(disk).unwrap();
+    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    let cp = e.checkpointer.clone().unwrap();
+    cp.hold(true);
+    let mut s = group_of(&e, 1);
+    // Rounds of entries go on while a checkpoint waits, up to the next one.
+    let mut i = 0;
+    while e.stats().checkpoints() == 0 || !e.wal.lock().unwrap().checkpoint_due() {
+        i += 1;
+        assert!(i < 200, "no second checkpoint came due");
+        append_round(&e, &mut s, B + i, 2048);
+    }
+    // The round due to checkpoint next also writes to redb (a flush).
+    let e = Arc::new(e);
+    let (done, finished) = std::sync::mpsc::channel();
+    let round = {
+        let e = e.clone();
+        std::thread::spawn(move || {
+            apply_round(&e, &[("a", Some("1"))], B + i, true);
+            let _ = done.send(());
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while cp.waiting() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the round never waited"
+        );
+        std::thread::yield_now();
+    }
+    cp.hold(false);
+    assert!(
+        finished
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .is_ok(),
+        "the round and the checkpoint before it wait for each other"
+    );
+    round.join().unwrap();
+    assert_eq!(e.stats().checkpoints(), 2);
+    assert_eq!(scan_all(&e), vec![("a".to_string(), "1".to_string())]);
+}
+
 fn log_rows_in_redb(e: &Engine) -> usize {
     let txn = e.db.begin_read().unwrap();
     let log = txn.open_table(LOG).unwrap();
