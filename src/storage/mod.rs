@@ -260,15 +260,6 @@ impl Engine {
         })
     }
 
-    /// Waits until no checkpoint runs behind the driver and the last one
-    /// is on disk; fails if one failed.
-    pub fn wait_for_checkpoint(&self) -> Result<()> {
-        match &self.checkpointer {
-            Some(cp) => cp.wait(),
-            None => Ok(()),
-        }
-    }
-
     /// Whether a checkpoint is still being written or synced behind the
     /// driver, so that a round writing to redb now would wait for it.
     pub fn checkpoint_running(&self) -> bool {
