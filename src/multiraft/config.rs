@@ -111,7 +111,7 @@ impl DriverConfig {
     /// a replica changes term or role, and no seed controls that draw. The
     /// driver therefore overrides it with [`DriverConfig::election_timeout`]
     /// before every tick, so only seeded timeouts are ever counted.
-    pub fn raft_config(&self, node: NodeId, applied: u64) -> raft::Config {
+    pub fn raft_config(&self, node: NodeId, group: GroupId, applied: u64) -> raft::Config {
         raft::Config {
             id: node.0,
             election_tick: self.election_ticks,
@@ -124,6 +124,15 @@ impl DriverConfig {
             check_quorum: true,
             pre_vote: true,
             read_only_option: raft::ReadOnlyOption::Safe,
+            // A data group's leader does not send an empty append to every
+            // follower each time its commit index moves: followers learn it
+            // from the next append or heartbeat. Their applying lags by up to
+            // a heartbeat when writes stop; reads go through the leader, so
+            // no client sees the lag. raft-rs still broadcasts while a
+            // membership change is pending. Group 0 keeps broadcasting: any
+            // node answers catalog requests from its own applied copy, which
+            // should not lag.
+            skip_bcast_commit: group != crate::types::CATALOG_GROUP,
             ..Default::default()
         }
     }

@@ -636,7 +636,7 @@ impl Group {
     ) -> Result<Group> {
         // Applied entries were committed, whatever the last saved commit says.
         store.hard_state.commit = store.hard_state.commit.max(store.applied);
-        let rc = cfg.raft_config(id, store.applied);
+        let rc = cfg.raft_config(id, store.group, store.applied);
         let logger = logger.new(slog::o!("group_id" => store.group.0, "node_id" => id.0));
         Ok(Group {
             node: RawNode::new(&rc, store, &logger)?,

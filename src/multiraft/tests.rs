@@ -229,3 +229,70 @@ fn reads_are_batched_into_one_read_index_per_group_per_round() {
         );
     }
 }
+
+/// Appends of group `g` in a round's output, per follower: (messages,
+/// entries they carry).
+fn appends_of(out: &RoundOutput, g: GroupId) -> BTreeMap<NodeId, (usize, usize)> {
+    let mut per = BTreeMap::new();
+    for (to, msgs) in &out.outbound {
+        for m in msgs.iter().filter(|m| m.group == g) {
+            if m.msg.get_msg_type() == raft::eraftpb::MessageType::MsgAppend {
+                let e: &mut (usize, usize) = per.entry(*to).or_default();
+                e.0 += 1;
+                e.1 += m.msg.entries.len();
+            }
+        }
+    }
+    per
+}
+
+#[test]
+fn a_data_groups_commit_sends_no_append_of_its_own() {
+    let mut sim = cluster(7);
+    let g = GroupId(3);
+    let leader = sim.leader(g).unwrap();
+    let followers: Vec<NodeId> = sim
+        .node_ids()
+        .into_iter()
+        .filter(|n| *n != leader)
+        .collect();
+    // Let every replica settle, so what follows is only the new writes.
+    sim.run_ticks(50).unwrap();
+
+    let d = sim.driver_mut(leader).unwrap();
+    let keys: Vec<Vec<u8>> = (0..10_000u64)
+        .map(|i| format!("k{i}").into_bytes())
+        .filter(|k| d.catalog().group_of(k) == g)
+        .take(20)
+        .collect();
+    assert_eq!(keys.len(), 20);
+    for (i, k) in keys.iter().enumerate() {
+        d.propose(100 + i as u64, g, &put(k, vec![7; 64])).unwrap();
+    }
+    let out = d.round().unwrap();
+    let appends = appends_of(&out, g);
+    for f in &followers {
+        assert_eq!(
+            appends.get(f).map(|a| a.1),
+            Some(20),
+            "to {f:?}: {appends:?}"
+        );
+    }
+
+    // The followers persist the entries and acknowledge them; the
+    // acknowledgements move the leader's commit index, which must not send
+    // another (empty) append to anyone.
+    let mut acks = Vec::new();
+    for f in &followers {
+        let fd = sim.driver_mut(*f).unwrap();
+        fd.step(out.outbound.get(f).cloned().unwrap_or_default());
+        let fo = fd.round().unwrap();
+        acks.extend(fo.outbound.get(&leader).cloned().unwrap_or_default());
+    }
+    let d = sim.driver_mut(leader).unwrap();
+    let before = d.status(g).unwrap().commit;
+    d.step(acks);
+    let out = d.round().unwrap();
+    assert!(d.status(g).unwrap().commit >= before + 20);
+    assert!(appends_of(&out, g).is_empty(), "{:?}", appends_of(&out, g));
+}
