@@ -30,10 +30,10 @@ bench-compare:
 	command -v protoc >/dev/null || sudo -n apt-get install -y protobuf-compiler || apt-get install -y protobuf-compiler
 	$(CARGO) build --release --features etcd
 	mkdir -p data/bench
-	./target/release/flotilla bench write --spawn 3 --compare etcd --duration 15s --json data/bench/write.json --plot data/bench/write.svg
-	./target/release/flotilla bench read --spawn 3 --compare etcd --duration 15s --json data/bench/read.json --plot data/bench/read.svg
-	./target/release/flotilla bench write --spawn 3 --compare etcd --duration 15s --clients 1 --json data/bench/write-1.json
-	./target/release/flotilla bench mixed --spawn 3 --compare etcd --duration 15s --json data/bench/mixed.json
+	./target/release/flotilla bench write --spawn 3 --compare etcd --duration 20s --turns 4 --json data/bench/write.json --plot data/bench/write.svg
+	./target/release/flotilla bench read --spawn 3 --compare etcd --duration 20s --turns 4 --json data/bench/read.json --plot data/bench/read.svg
+	./target/release/flotilla bench write --spawn 3 --compare etcd --duration 20s --turns 4 --clients 1 --json data/bench/write-1.json
+	./target/release/flotilla bench mixed --spawn 3 --compare etcd --duration 20s --turns 4 --json data/bench/mixed.json
 
 build:
 	$(CARGO) build --release

@@ -75,6 +75,12 @@ pub struct BenchArgs {
     /// Run the same workload against another system and print both.
     #[arg(long, value_enum)]
     pub compare: Option<Other>,
+    /// With --compare: split the run into this many turns per system,
+    /// taken in alternation (Flotilla first, then etcd first, and so on)
+    /// with both clusters up throughout, so that a slow spell of a shared
+    /// machine falls on both. The figures cover all turns.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub turns: u32,
     /// Where spawned clusters keep their data and logs.
     #[arg(long, default_value = "data/bench")]
     pub dir: PathBuf,
@@ -149,13 +155,21 @@ fn progress_bar(w: &Workload, label: &str) -> ProgressBar {
     bar
 }
 
-/// Runs `w` against `target` with a progress bar on stderr.
-async fn measured<T: Target>(target: &T, w: &Workload, label: &str) -> Result<Report> {
+/// Runs `w` against `target` with a progress bar on stderr, after loading
+/// its keys when `preload` (the first turn).
+async fn measured<T: Target>(
+    target: &T,
+    w: &Workload,
+    label: &str,
+    preload: bool,
+) -> Result<Report> {
     let bar = progress_bar(w, label);
-    bar.set_message("preloading keys");
-    super::preload(target, w)
-        .await
-        .map_err(|e| Error::Unreachable(format!("{label}: preloading keys failed: {e}")))?;
+    if preload {
+        bar.set_message("preloading keys");
+        super::preload(target, w)
+            .await
+            .map_err(|e| Error::Unreachable(format!("{label}: preloading keys failed: {e}")))?;
+    }
     let progress = Arc::new(Progress::default());
     let ticker = {
         let (bar, progress, stop) = (bar.clone(), progress.clone(), w.stop);
@@ -230,19 +244,55 @@ pub async fn run(
     let mut config = ClientConfig::from_certs_dir(endpoints, &certs_dir);
     config.timeout = timeout;
     let client = Client::connect(config).await?;
-    let ours = measured(&client, &w, "flotilla").await?;
-    drop(procs);
-    let theirs = match args.compare {
-        Some(Other::Etcd) => Some(run_etcd(&args, &w, out).await?),
-        None => None,
+    let (ours, theirs) = match args.compare {
+        None => (measured(&client, &w, "flotilla", true).await?, None),
+        Some(Other::Etcd) => {
+            let etcd = Etcd::start(&args, out).await?;
+            let turn = w.turn(args.turns);
+            let mut ours: Option<Report> = None;
+            let mut theirs: Option<Report> = None;
+            for i in 0..args.turns {
+                let first = i == 0;
+                let label = |name: &str| match args.turns {
+                    1 => name.to_string(),
+                    n => format!("{name} {}/{n}", i + 1),
+                };
+                // Every other turn etcd goes first, so a machine that
+                // speeds up or slows down over the run favours neither.
+                let (a, b) = if i % 2 == 0 {
+                    let a = measured(&client, &turn, &label("flotilla"), first).await?;
+                    (a, etcd.measured(&turn, &label("etcd"), first).await?)
+                } else {
+                    let b = etcd.measured(&turn, &label("etcd"), first).await?;
+                    (
+                        measured(&client, &turn, &label("flotilla"), first).await?,
+                        b,
+                    )
+                };
+                for (sum, r) in [(&mut ours, a), (&mut theirs, b)] {
+                    match sum {
+                        Some(s) => s.absorb(r),
+                        None => *sum = Some(r),
+                    }
+                }
+            }
+            match ours {
+                Some(o) => (o, theirs),
+                None => return Err(Error::Invalid("no turn ran".into())),
+            }
+        }
     };
+    drop(procs);
     let title = format!(
         "{} workload, {} clients, {}-byte values",
         w.kind.name(),
         w.clients,
         w.value_size
     );
-    let doc = super::document(&w, &ours, theirs.as_ref());
+    let mut doc = super::document(&w, &ours, theirs.as_ref());
+    if theirs.is_some() {
+        doc["workload"]["turns"] = args.turns.into();
+    }
     if json_stdout {
         let _ = writeln!(out, "{doc}");
     } else {
@@ -294,37 +344,65 @@ fn comparison_ready(other: Other) -> Result<()> {
     }
 }
 
+/// The etcd cluster of a comparison, up until dropped.
 #[cfg(feature = "etcd")]
-async fn run_etcd(args: &BenchArgs, w: &Workload, out: &mut (dyn Write + Send)) -> Result<Report> {
-    comparison_ready(Other::Etcd)?;
-    let dir = args.dir.join("etcd");
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::Invalid(format!("cannot create {}: {e}", dir.display())))?;
-    let _ = writeln!(out, "starting 3 etcd members under {}", dir.display());
-    let cluster = super::etcd::spawn(&dir, 3)?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let target = loop {
-        match super::etcd::EtcdTarget::connect(&cluster.endpoints).await {
-            Ok(t) if t.put(b"bench/ready".to_vec(), b"1".to_vec()).await.is_ok() => break t,
-            _ if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-            _ => {
-                return Err(Error::Unreachable(
-                    "etcd did not accept writes within 30 s".into(),
-                ))
-            }
-        }
-    };
-    let report = measured(&target, w, "etcd").await?;
-    drop(cluster);
-    Ok(report)
+struct Etcd {
+    target: super::etcd::EtcdTarget,
+    _cluster: super::etcd::EtcdCluster,
 }
 
+#[cfg(feature = "etcd")]
+impl Etcd {
+    /// Starts 3 members under the bench directory and waits until they
+    /// accept a write.
+    async fn start(args: &BenchArgs, out: &mut (dyn Write + Send)) -> Result<Etcd> {
+        comparison_ready(Other::Etcd)?;
+        let dir = args.dir.join("etcd");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::Invalid(format!("cannot create {}: {e}", dir.display())))?;
+        let _ = writeln!(out, "starting 3 etcd members under {}", dir.display());
+        let cluster = super::etcd::spawn(&dir, 3)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match super::etcd::EtcdTarget::connect(&cluster.endpoints).await {
+                Ok(t) if t.put(b"bench/ready".to_vec(), b"1".to_vec()).await.is_ok() => {
+                    return Ok(Etcd {
+                        target: t,
+                        _cluster: cluster,
+                    })
+                }
+                _ if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                _ => {
+                    return Err(Error::Unreachable(
+                        "etcd did not accept writes within 30 s".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    async fn measured(&self, w: &Workload, label: &str, preload: bool) -> Result<Report> {
+        measured(&self.target, w, label, preload).await
+    }
+}
+
+/// Stands in for the etcd cluster in a build without its client; never
+/// built, since `comparison_ready` refuses first.
 #[cfg(not(feature = "etcd"))]
-async fn run_etcd(_: &BenchArgs, _: &Workload, _: &mut (dyn Write + Send)) -> Result<Report> {
-    comparison_ready(Other::Etcd)?;
-    Err(Error::Invalid("no etcd client in this build".into()))
+struct Etcd;
+
+#[cfg(not(feature = "etcd"))]
+impl Etcd {
+    async fn start(_: &BenchArgs, _: &mut (dyn Write + Send)) -> Result<Etcd> {
+        comparison_ready(Other::Etcd)?;
+        Err(Error::Invalid("no etcd client in this build".into()))
+    }
+
+    async fn measured(&self, _: &Workload, _: &str, _: bool) -> Result<Report> {
+        Err(Error::Invalid("no etcd client in this build".into()))
+    }
 }
 
 #[cfg(test)]

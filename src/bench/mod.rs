@@ -77,6 +77,20 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// One of `turns` equal parts of the workload: its duration or its
+    /// operation count divided (at least one second or one operation).
+    pub fn turn(&self, turns: u32) -> Workload {
+        let turns = turns.max(1);
+        let stop = match self.stop {
+            Stop::After(d) => Stop::After((d / turns).max(Duration::from_secs(1))),
+            Stop::Ops(n) => Stop::Ops((n / u64::from(turns)).max(1)),
+        };
+        Workload {
+            stop,
+            ..self.clone()
+        }
+    }
+
     /// The workload as JSON.
     pub fn to_json(&self) -> Value {
         let (duration, ops) = match self.stop {
@@ -173,6 +187,19 @@ pub struct Report {
 }
 
 impl Report {
+    /// Adds a later turn of the same workload: counts, time and latencies
+    /// add up, and its seconds follow this one's.
+    pub fn absorb(&mut self, later: Report) {
+        self.ops += later.ops;
+        self.elapsed += later.elapsed;
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.latency_us.add(&later.latency_us);
+        for (kind, n) in later.errors {
+            *self.errors.entry(kind).or_default() += n;
+        }
+        self.per_second.extend(later.per_second);
+    }
+
     /// Successful operations per second.
     pub fn ops_per_sec(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -459,5 +486,56 @@ mod tests {
         assert_eq!(v.len(), 256);
         assert_eq!(counter_of(&v), 42);
         assert_eq!(counter_of(&counter_value(7, 4)), 7);
+    }
+
+    fn report(ops: &[u64], latencies_us: &[u64], errors: &[(&str, u64)]) -> Report {
+        let mut h = new_histogram();
+        for l in latencies_us {
+            h.record(*l).unwrap();
+        }
+        Report {
+            ops: latencies_us.len() as u64,
+            elapsed: Duration::from_secs(ops.len() as u64),
+            latency_us: h,
+            errors: errors.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+            per_second: ops.to_vec(),
+        }
+    }
+
+    #[test]
+    fn turns_add_up_to_one_report() {
+        let mut a = report(&[2, 1], &[100, 300, 200], &[("timeout", 1)]);
+        a.absorb(report(
+            &[4],
+            &[5_000, 400, 600, 700],
+            &[("timeout", 2), ("other", 1)],
+        ));
+        assert_eq!(a.ops, 7);
+        assert_eq!(a.elapsed, Duration::from_secs(3));
+        assert_eq!(a.per_second, vec![2, 1, 4]);
+        assert_eq!(a.errors["timeout"], 3);
+        assert_eq!(a.errors["other"], 1);
+        assert_eq!(a.latency_us.len(), 7);
+        assert!((a.max_ms() - 5.0).abs() < 0.01, "{}", a.max_ms());
+        assert!((a.ops_per_sec() - 7.0 / 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_turn_is_an_equal_part_of_the_run() {
+        let w = Workload {
+            kind: Kind::Write,
+            keys: 10,
+            value_size: 8,
+            clients: 2,
+            stop: Stop::After(Duration::from_secs(20)),
+        };
+        assert_eq!(w.turn(4).stop, Stop::After(Duration::from_secs(5)));
+        assert_eq!(w.turn(100).stop, Stop::After(Duration::from_secs(1)));
+        let w = Workload {
+            stop: Stop::Ops(10),
+            ..w
+        };
+        assert_eq!(w.turn(3).stop, Stop::Ops(3));
+        assert_eq!(w.turn(0).stop, Stop::Ops(10));
     }
 }
