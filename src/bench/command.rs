@@ -79,7 +79,7 @@ pub struct BenchArgs {
     /// taken in alternation (Flotilla first, then etcd first, and so on)
     /// with both clusters up throughout, so that a slow spell of a shared
     /// machine falls on both. The figures cover all turns.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[arg(long, default_value_t = 1, requires = "compare", value_parser = clap::value_parser!(u32).range(1..=100))]
     pub turns: u32,
     /// Where spawned clusters keep their data and logs.
     #[arg(long, default_value = "data/bench")]
@@ -407,7 +407,27 @@ impl Etcd {
 
 #[cfg(test)]
 mod tests {
-    use super::rewrite_json_file;
+    use super::{rewrite_json_file, BenchArgs};
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    #[test]
+    fn turns_need_a_comparison_and_at_least_one() {
+        let parse = |args: &str| Cli::try_parse_from(args.split(' ')).map(|c| c.bench.turns);
+        assert_eq!(parse("bench write").unwrap(), 1);
+        assert_eq!(parse("bench write --compare etcd --turns 4").unwrap(), 4);
+        let err = parse("bench write --turns 4").unwrap_err().to_string();
+        assert!(err.contains("--compare"), "{err}");
+        let err = parse("bench write --compare etcd --turns 0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--turns"), "{err}");
+    }
 
     fn words(s: &str) -> Vec<String> {
         s.split(' ').map(String::from).collect()
