@@ -387,7 +387,9 @@ pub async fn run<T: Target>(target: &T, w: &Workload, progress: Arc<Progress>) -
         }
     }
     let elapsed = start.elapsed();
-    let secs = (elapsed.as_secs_f64().ceil() as usize).min(timeline.len());
+    // Whole seconds only: a last, partial second would plot as a dip
+    // (at every turn's end, when a comparison takes turns).
+    let secs = (elapsed.as_secs() as usize).clamp(1, timeline.len());
     let per_second = timeline[..secs]
         .iter()
         .map(|c| c.load(Ordering::Relaxed))
