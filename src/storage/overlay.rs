@@ -28,6 +28,10 @@ use crate::error::Result;
 /// Bytes a row costs beyond its key and value (map node, lengths).
 const ROW_OVERHEAD: usize = 64;
 
+/// Memory the copies of flushed sessions may take (see
+/// [`Overlay::remember_flushed`]); past it they are all dropped.
+pub(crate) const CLEAN_SESSION_BYTES: usize = 32 * 1024 * 1024;
+
 /// One group's unflushed applied state.
 #[derive(Debug, Default)]
 pub(crate) struct GroupOverlay {
@@ -51,6 +55,13 @@ pub(crate) struct Overlay {
     pub(crate) bytes: usize,
     /// Rounds counted so far (see [`Overlay::next_round`]); ages groups.
     pub(crate) round: u64,
+    /// Sessions as their group's last flush wrote them to redb, by (group,
+    /// client): redb holds the same bytes, so the client's next command
+    /// need not read them back from there. Not part of the unflushed
+    /// state (`groups`, `bytes`): dropping them loses nothing.
+    clean_sessions: BTreeMap<(u64, u64), Vec<u8>>,
+    /// Approximate memory held by `clean_sessions`.
+    clean_bytes: usize,
 }
 
 impl Overlay {
@@ -64,12 +75,33 @@ impl Overlay {
         self.groups.get(&group)?.rows.get(key).map(|v| v.as_deref())
     }
 
+    /// A session changed since the last flush, or else as the last flush
+    /// wrote it; `None`: ask redb.
     pub(crate) fn session(&self, group: u64, client: u64) -> Option<&[u8]> {
         self.groups
-            .get(&group)?
-            .sessions
-            .get(&client)
+            .get(&group)
+            .and_then(|o| o.sessions.get(&client))
+            .or_else(|| self.clean_sessions.get(&(group, client)))
             .map(Vec::as_slice)
+    }
+
+    /// Keeps the sessions a flush of `group` just staged for redb, so that
+    /// the next command of each client finds its session here rather than
+    /// reading and decoding it from redb. With many clients writing to many
+    /// groups that read was most of what a session cost. Bounded: past
+    /// [`CLEAN_SESSION_BYTES`] every kept copy is dropped.
+    pub(crate) fn remember_flushed(&mut self, group: u64, sessions: BTreeMap<u64, Vec<u8>>) {
+        for (client, session) in sessions {
+            let bytes = ROW_OVERHEAD + session.len();
+            if self.clean_bytes + bytes > CLEAN_SESSION_BYTES {
+                self.clean_sessions.clear();
+                self.clean_bytes = 0;
+            }
+            self.clean_bytes += bytes;
+            if let Some(old) = self.clean_sessions.insert((group, client), session) {
+                self.clean_bytes -= ROW_OVERHEAD + old.len();
+            }
+        }
     }
 
     pub(crate) fn applied(&self, group: u64) -> Option<u64> {
@@ -120,10 +152,21 @@ impl Overlay {
         self.group_mut(group, 0).applied = Some(index);
     }
 
-    /// Forgets a group's changes (a snapshot replaced its whole state).
+    /// Forgets a group's changes and its kept sessions (a snapshot replaced
+    /// its whole state).
     pub(crate) fn discard(&mut self, group: u64) {
         if let Some(o) = self.groups.remove(&group) {
             self.bytes -= o.bytes;
+        }
+        let gone: Vec<(u64, u64)> = self
+            .clean_sessions
+            .range((group, 0)..=(group, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in gone {
+            if let Some(old) = self.clean_sessions.remove(&k) {
+                self.clean_bytes -= ROW_OVERHEAD + old.len();
+            }
         }
     }
 
@@ -239,6 +282,37 @@ mod tests {
         Merged::new(base.iter().map(|r| Ok(*r)), over.iter().copied())
             .collect::<Result<Vec<_>>>()
             .unwrap()
+    }
+
+    #[test]
+    fn flushed_sessions_are_kept_until_a_snapshot_or_the_bound() {
+        let mut o = Overlay::default();
+        o.put_session(1, 7, vec![1]);
+        o.put_session(2, 7, vec![2]);
+        let mut taken = o.take();
+        assert!(o.is_empty());
+        assert_eq!(o.session(1, 7), None, "not kept until the flush says so");
+        for (g, go) in std::mem::take(&mut taken) {
+            o.remember_flushed(g, go.sessions);
+        }
+        assert!(o.is_empty(), "kept copies are not unflushed state");
+        assert_eq!(o.bytes, 0);
+        assert_eq!(o.session(1, 7), Some(&[1u8][..]));
+        assert_eq!(o.session(2, 7), Some(&[2u8][..]));
+        // A newer, unflushed session wins over the kept copy.
+        o.put_session(1, 7, vec![9]);
+        assert_eq!(o.session(1, 7), Some(&[9u8][..]));
+        // A snapshot replaces group 1's state: nothing of it is kept.
+        o.discard(1);
+        assert_eq!(o.session(1, 7), None);
+        assert_eq!(o.session(2, 7), Some(&[2u8][..]));
+        // Past the bound every kept copy goes, then filling starts again.
+        let big = CLEAN_SESSION_BYTES / 2;
+        o.remember_flushed(3, BTreeMap::from([(1, vec![0; big]), (2, vec![0; big])]));
+        assert_eq!(o.session(2, 7), None, "dropped at the bound");
+        assert_eq!(o.session(3, 1), None, "dropped at the bound");
+        assert_eq!(o.session(3, 2).map(<[u8]>::len), Some(big));
+        assert!(o.clean_bytes <= CLEAN_SESSION_BYTES);
     }
 
     #[test]

@@ -540,6 +540,7 @@ impl<'t> RoundWriter<'t> {
                     session,
                 })?;
             }
+            self.overlay.lock().remember_flushed(g, o.sessions);
             if let Some(index) = o.applied {
                 self.stage(Op::Applied { group: g, index })?;
                 flushed.push((GroupId(g), index));
