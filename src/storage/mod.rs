@@ -51,7 +51,7 @@ use checkpoint::Checkpointer;
 use group::RestoredLog;
 use overlay::{GroupOverlay, Merged, SharedOverlay};
 use redo::{decode_all, Tables};
-use round::{io_error, write_log_rows, LogRows};
+use round::{io_error, write_log_rows, LogRows, RoundBuffers};
 use schema::{
     decode_log_record, APPLIED, CHECKSUMS, KV, LOG, META, META_CATALOG, META_CLUSTER_ID,
     META_INCARNATION, META_LOG_ROWS_APPLIED, META_NODE_ID, META_WAL_APPLIED, RAFT_STATE, SESSIONS,
@@ -130,6 +130,8 @@ pub struct Engine {
     log_rows: LogRows,
     /// Runs checkpoints behind the driver (real files only).
     checkpointer: Option<Arc<Checkpointer>>,
+    /// The encoding buffers rounds pass on to each other.
+    buffers: RoundBuffers,
 }
 
 fn u64_bytes(v: u64) -> [u8; 8] {
@@ -257,6 +259,7 @@ impl Engine {
             wal: Arc::new(Mutex::new(wal)),
             log_rows: LogRows::default(),
             checkpointer,
+            buffers: RoundBuffers::default(),
         })
     }
 
@@ -472,15 +475,7 @@ impl Engine {
             }
         }
         self.overlay.lock().next_round();
-        Ok(Round::new(
-            self.db.clone(),
-            self.stats.clone(),
-            self.next_log_seq.clone(),
-            self.overlay.clone(),
-            self.wal.clone(),
-            self.log_rows.clone(),
-            self.checkpointer.clone(),
-        ))
+        Ok(Round::new(self))
     }
 
     /// Approximate bytes of applied state waiting in the overlay, or `None`

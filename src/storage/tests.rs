@@ -423,6 +423,40 @@ fn append_round(e: &Engine, s: &mut GroupStorage, index: u64, bytes: usize) {
     round.commit(1).unwrap();
 }
 
+/// Rounds pass their encoding buffers on to the next round: what a round
+/// logs must still be its own ops alone, never a leftover of the round
+/// before (replay would apply that twice), also after a round that staged
+/// nothing.
+#[test]
+fn each_round_logs_only_its_own_ops_though_rounds_share_buffers() {
+    use super::redo::Op;
+    let e = bootstrapped(&MemDisk::new());
+    let mut s = group_of(&e, 1);
+    let first = e.wal.lock().unwrap().next_seq();
+    let rows_before = e.log_rows.lock().unwrap().len();
+    for i in 1..=3 {
+        append_round(&e, &mut s, B + i, 100 * i as usize);
+        assert!(!e.begin_round().unwrap().commit(0).unwrap());
+    }
+    let records = e.wal.lock().unwrap().records().unwrap();
+    let ours: Vec<_> = records.range(first..).map(|(_, body)| body).collect();
+    assert_eq!(ours.len(), 3, "one record per round that staged something");
+    for (i, body) in ours.iter().enumerate() {
+        let ops = decode_all(body).unwrap();
+        assert_eq!(ops.len(), 1, "record {i} holds {} ops", ops.len());
+        let Op::LogPut { record, .. } = &ops[0] else {
+            panic!("record {i} is not the round's log put");
+        };
+        let (_, first_index, last_index) = schema::log_record_header(record).unwrap();
+        assert_eq!(
+            (first_index, last_index),
+            (B + 1 + i as u64, B + 1 + i as u64)
+        );
+    }
+    let rows = e.log_rows.lock().unwrap();
+    assert_eq!(decode_all(&rows[rows_before..]).unwrap().len(), 3);
+}
+
 #[test]
 fn rounds_of_log_entries_alone_skip_redb_and_replay_between_those_that_do_not() {
     let disk = MemDisk::new();
