@@ -78,10 +78,17 @@ enum Command {
         /// node waits for `flotilla init`.
         #[arg(long, value_delimiter = ',')]
         join: Vec<String>,
-        /// If the seeds belong to another cluster than this data directory,
-        /// discard this node's data and join them instead of refusing.
+        /// Discard this node's data and join the seeds' cluster as a new
+        /// node, instead of refusing to start, when the data directory
+        /// cannot rejoin: its seeds belong to another cluster, the cluster
+        /// removed this node, or the directory is damaged or of another
+        /// on-disk format.
         #[arg(long)]
         wipe_and_join: bool,
+        /// How long a node may stay silent before the cluster declares it
+        /// dead and moves its replicas to live nodes [default: 5m].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        dead_after: Option<Duration>,
         /// After this long without reaching any peer, ask the seeds where
         /// the peers are [default: 30s].
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -188,6 +195,7 @@ fn main() -> anyhow::Result<()> {
             advertise,
             join,
             wipe_and_join,
+            dead_after,
             isolation_timeout,
             join_attempts,
             join_max_backoff,
@@ -228,6 +236,14 @@ fn main() -> anyhow::Result<()> {
                 }
                 if let Some(t) = file.tick {
                     cfg.tick = t;
+                }
+                if let Some(d) = dead_after.or(file.dead_after) {
+                    anyhow::ensure!(
+                        d >= cfg.tick * 50,
+                        "--dead-after must be at least 50 ticks ({:?}), or nodes would be declared dead between heartbeats",
+                        cfg.tick * 50
+                    );
+                    cfg.dead_after = d;
                 }
                 if let Some(n) = join_attempts.or(file.join_attempts) {
                     anyhow::ensure!(n > 0, "--join-attempts must be at least 1");

@@ -38,8 +38,15 @@ pub enum NodeState {
     Active,
     /// Replicas are being moved away.
     Decommissioning,
-    /// Gone for good.
+    /// Gone for good: its id never comes back, and a data directory that
+    /// holds it refuses to start.
     Removed,
+    /// Not heard from for the cluster's `--dead-after`, or its address was
+    /// taken by a new data directory. It gets no new replicas, and its
+    /// replicas move to live nodes when there are enough of them. A dead
+    /// node that is heard from again becomes active (and empty: its old
+    /// replicas were replaced or are destroyed on return).
+    Dead,
 }
 
 /// A node as the catalog knows it.
@@ -51,6 +58,10 @@ pub struct NodeInfo {
     pub addr: String,
     /// SHA-256 of its certificate's SubjectPublicKeyInfo (empty when unknown).
     pub spki_sha256: Vec<u8>,
+    /// The random id of the data directory this node id belongs to, drawn
+    /// when the directory was created. A new directory (a wiped or replaced
+    /// disk) is a new store and so gets a new node id, never an old one.
+    pub store_id: u64,
     /// Its state.
     pub state: NodeState,
 }
@@ -99,13 +110,18 @@ pub struct Catalog {
 pub enum CatalogCommand {
     /// Adds a node or updates its address and pin.
     UpsertNode(NodeInfo),
-    /// Admits a joining node: it gets the next free id, or the id already
-    /// registered for its address (so a retried join is admitted once).
+    /// Admits a joining node: it gets the id already registered for its
+    /// store (so a retried join is admitted once), else the next id never
+    /// used. A member at the same address with another store is a node
+    /// whose disk was replaced: it is marked [`NodeState::Dead`]. A store
+    /// whose id was removed is refused.
     AddNode {
         /// Where peers and clients reach it.
         addr: String,
         /// SHA-256 of its certificate's SubjectPublicKeyInfo.
         spki_sha256: Vec<u8>,
+        /// The random id of its data directory.
+        store_id: u64,
     },
     /// Changes a node's state.
     SetNodeState {
@@ -113,6 +129,16 @@ pub enum CatalogCommand {
         node: NodeId,
         /// Its new state.
         state: NodeState,
+    },
+    /// Records what group 0's leader observed of a node's liveness: `dead`
+    /// turns an active node dead, `!dead` a dead node active. Any other
+    /// state is left alone, so an observation that raced with an
+    /// operator's decision never overrides it.
+    SetLiveness {
+        /// The node.
+        node: NodeId,
+        /// Whether it is dead.
+        dead: bool,
     },
     /// Creates a data group with the given members.
     CreateGroup(GroupInfo),
@@ -151,6 +177,9 @@ pub enum Effect {
     /// A node was admitted with this id (reported on every replica; only
     /// the proposer uses it, to answer the joiner).
     NodeAdmitted(NodeId),
+    /// This node no longer belongs in the group: once Raft agrees (see
+    /// `multiraft::membership`), its replica is destroyed.
+    LeaveGroup(GroupId),
 }
 
 impl Catalog {
@@ -208,6 +237,7 @@ impl Catalog {
                     id: *id,
                     addr: addr.clone(),
                     spki_sha256: vec![],
+                    store_id: 0,
                     state: NodeState::Active,
                 };
                 (*id, info)
@@ -245,16 +275,38 @@ impl Catalog {
             CatalogCommand::UpsertNode(info) => {
                 self.nodes.insert(info.id, info.clone());
             }
-            CatalogCommand::AddNode { addr, spki_sha256 } => {
-                let id = match self.nodes.values().find(|n| n.addr == *addr) {
+            CatalogCommand::AddNode {
+                addr,
+                spki_sha256,
+                store_id,
+            } => {
+                let known = (*store_id != 0)
+                    .then(|| self.nodes.values().find(|n| n.store_id == *store_id))
+                    .flatten();
+                let id = match known {
+                    Some(n) if n.state == NodeState::Removed => {
+                        return Err(Error::Invalid(format!(
+                            "node {} was removed from the cluster; its data directory cannot rejoin \
+                             (start it with --wipe-and-join to join as a new node)",
+                            n.id.0
+                        )))
+                    }
                     Some(n) => n.id,
-                    None => NodeId(self.nodes.keys().next_back().map_or(1, |n| n.0 + 1)),
+                    None => self.next_node_id(),
                 };
+                // Another store at this address: that member's disk is gone.
+                for n in self.nodes.values_mut() {
+                    if n.id != id && n.addr == *addr && n.state == NodeState::Active {
+                        n.state = NodeState::Dead;
+                    }
+                }
+                let state = self.nodes.get(&id).map_or(NodeState::Active, |n| n.state);
                 let info = NodeInfo {
                     id,
                     addr: addr.clone(),
                     spki_sha256: spki_sha256.clone(),
-                    state: NodeState::Active,
+                    store_id: *store_id,
+                    state,
                 };
                 self.nodes.insert(id, info);
                 effects.push(Effect::NodeAdmitted(id));
@@ -264,7 +316,24 @@ impl Catalog {
                     .nodes
                     .get_mut(node)
                     .ok_or_else(|| Error::Invalid(format!("unknown node {node}")))?;
+                if info.state == NodeState::Removed && *state != NodeState::Removed {
+                    return Err(Error::Invalid(format!(
+                        "node {} was removed; a removed node never comes back",
+                        node.0
+                    )));
+                }
                 info.state = *state;
+            }
+            CatalogCommand::SetLiveness { node, dead } => {
+                let info = self
+                    .nodes
+                    .get_mut(node)
+                    .ok_or_else(|| Error::Invalid(format!("unknown node {node}")))?;
+                info.state = match (info.state, dead) {
+                    (NodeState::Active, true) => NodeState::Dead,
+                    (NodeState::Dead, false) => NodeState::Active,
+                    (s, _) => s,
+                };
             }
             CatalogCommand::CreateGroup(info) => {
                 if self.groups.contains_key(&info.id) {
@@ -290,6 +359,9 @@ impl Catalog {
                         info: info.clone(),
                         fresh: false,
                     });
+                }
+                if old.has_replica(local) && !info.has_replica(local) {
+                    effects.push(Effect::LeaveGroup(info.id));
                 }
             }
             CatalogCommand::PreferLeader { group, node } => {
@@ -319,6 +391,20 @@ impl Catalog {
         }
         self.epoch += 1;
         Ok(effects)
+    }
+
+    /// The id the next admitted node gets: above every id ever given, so an
+    /// id is never reused (nodes are never deleted from the catalog, only
+    /// marked removed).
+    fn next_node_id(&self) -> NodeId {
+        NodeId(self.nodes.keys().next_back().map_or(1, |n| n.0 + 1))
+    }
+
+    /// Nodes that may take new replicas.
+    pub fn is_eligible(&self, node: NodeId) -> bool {
+        self.nodes
+            .get(&node)
+            .is_some_and(|n| n.state == NodeState::Active)
     }
 
     fn check_members(&self, info: &GroupInfo) -> Result<()> {

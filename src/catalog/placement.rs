@@ -5,8 +5,14 @@
 //! prefers the members a group already has (moving data is expensive),
 //! fills gaps from the least-loaded nodes, and then evens out load: while
 //! one node holds two or more replicas more than another, one replica moves.
-//! Group 0 additionally lists every other active node as a learner, so that
-//! every node follows the catalog.
+//! Group 0 additionally lists every other active or dead node as a learner,
+//! so that every node follows the catalog, and a dead node that comes back
+//! answers group 0's leader and is seen alive again.
+//!
+//! A dead node's voters are replaced by live ones when enough active nodes
+//! exist; when they do not (three nodes, one dead), the dead voter stays:
+//! taking it out would not make the group any safer, and when the node
+//! returns it catches up from its own log instead of a snapshot.
 //!
 //! The plan only states the goal in the catalog; each group's leader walks
 //! its Raft membership there one safe step at a time (learner, catch up,
@@ -20,16 +26,20 @@ use crate::types::{GroupId, NodeId, CATALOG_GROUP};
 /// The catalog changes that bring placement to its goal (empty when it is
 /// there already).
 pub fn plan(catalog: &Catalog, replicas: usize) -> Vec<CatalogCommand> {
-    let active: Vec<NodeId> = catalog
-        .nodes
-        .values()
-        .filter(|n| n.state == NodeState::Active)
-        .map(|n| n.id)
-        .collect();
+    let with_state = |s: NodeState| -> Vec<NodeId> {
+        catalog
+            .nodes
+            .values()
+            .filter(|n| n.state == s)
+            .map(|n| n.id)
+            .collect()
+    };
+    let active = with_state(NodeState::Active);
+    let dead = with_state(NodeState::Dead);
     if active.is_empty() {
         return Vec::new();
     }
-    let target = replicas.clamp(1, active.len());
+    let target = replicas.clamp(1, active.len() + dead.len());
     let mut load: BTreeMap<NodeId, usize> = active.iter().map(|n| (*n, 0)).collect();
     let mut goal: BTreeMap<GroupId, Vec<NodeId>> = BTreeMap::new();
     for g in catalog.groups.values() {
@@ -44,7 +54,7 @@ pub fn plan(catalog: &Catalog, replicas: usize) -> Vec<CatalogCommand> {
         }
         goal.insert(g.id, keep);
     }
-    for voters in goal.values_mut() {
+    for (gid, voters) in goal.iter_mut() {
         while voters.len() > target {
             let (i, _) = voters
                 .iter()
@@ -55,9 +65,20 @@ pub fn plan(catalog: &Catalog, replicas: usize) -> Vec<CatalogCommand> {
             *load.get_mut(&v).expect("active") -= 1;
         }
         while voters.len() < target {
-            let pick = least_loaded(&load, voters);
-            voters.push(pick);
-            *load.get_mut(&pick).expect("active") += 1;
+            if let Some(pick) = least_loaded(&load, voters) {
+                voters.push(pick);
+                *load.get_mut(&pick).expect("active") += 1;
+                continue;
+            }
+            // No live node left to take the replica: a dead voter keeps it.
+            let current = &catalog.groups[gid].voters;
+            match current
+                .iter()
+                .find(|v| dead.contains(v) && !voters.contains(v))
+            {
+                Some(v) => voters.push(*v),
+                None => break,
+            }
         }
     }
     // Even out: move one replica from the most to the least loaded node
@@ -89,8 +110,11 @@ pub fn plan(catalog: &Catalog, replicas: usize) -> Vec<CatalogCommand> {
         let learners: Vec<NodeId> = if id == CATALOG_GROUP {
             active
                 .iter()
+                .chain(&dead)
                 .copied()
                 .filter(|n| !voters.contains(n))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
                 .collect()
         } else {
             Vec::new()
@@ -111,13 +135,11 @@ pub fn plan(catalog: &Catalog, replicas: usize) -> Vec<CatalogCommand> {
     cmds
 }
 
-fn least_loaded(load: &BTreeMap<NodeId, usize>, exclude: &[NodeId]) -> NodeId {
-    *load
-        .iter()
+fn least_loaded(load: &BTreeMap<NodeId, usize>, exclude: &[NodeId]) -> Option<NodeId> {
+    load.iter()
         .filter(|(n, _)| !exclude.contains(n))
         .min_by_key(|(n, l)| (**l, **n))
-        .map(|(n, _)| n)
-        .expect("fewer voters than active nodes")
+        .map(|(n, _)| *n)
 }
 
 #[cfg(test)]
@@ -151,6 +173,7 @@ mod tests {
             id: NodeId(id),
             addr: format!("n{id}"),
             spki_sha256: vec![],
+            store_id: id,
             state: NodeState::Active,
         };
         c.apply(&CatalogCommand::UpsertNode(info), NodeId(1))
@@ -216,5 +239,69 @@ mod tests {
             assert_eq!(g.voters.len(), 3, "{g:?}");
             assert!(!g.has_replica(NodeId(2)), "{g:?}");
         }
+    }
+
+    fn set_dead(c: &mut Catalog, id: u64) {
+        let cmd = CatalogCommand::SetLiveness {
+            node: NodeId(id),
+            dead: true,
+        };
+        c.apply(&cmd, NodeId(1)).unwrap();
+    }
+
+    #[test]
+    fn a_dead_nodes_replicas_move_to_live_nodes_when_there_are_enough() {
+        let mut c = catalog(4, 16);
+        let cmds = plan(&c, 3);
+        apply_all(&mut c, &cmds);
+        assert!(c.groups.values().any(|g| g.voters.contains(&NodeId(2))));
+        set_dead(&mut c, 2);
+        let cmds = plan(&c, 3);
+        apply_all(&mut c, &cmds);
+        for g in c.groups.values().filter(|g| g.id != CATALOG_GROUP) {
+            assert_eq!(g.voters.len(), 3, "{g:?}");
+            assert!(!g.voters.contains(&NodeId(2)), "{g:?}");
+        }
+        let g0 = &c.groups[&CATALOG_GROUP];
+        assert!(
+            g0.learners.contains(&NodeId(2)),
+            "a dead node still follows the catalog, so its return is seen: {g0:?}"
+        );
+        assert!(plan(&c, 3).is_empty(), "stable once applied");
+    }
+
+    #[test]
+    fn a_dead_voter_stays_when_no_live_node_can_take_its_place() {
+        let mut c = catalog(3, 8);
+        set_dead(&mut c, 3);
+        assert!(
+            plan(&c, 3).is_empty(),
+            "three nodes, one dead: every group keeps its three voters"
+        );
+    }
+
+    #[test]
+    fn a_dead_node_gets_no_new_replicas_until_it_is_active_again() {
+        let mut c = catalog(3, 8);
+        set_dead(&mut c, 3);
+        add_node(&mut c, 4);
+        let cmds = plan(&c, 3);
+        apply_all(&mut c, &cmds);
+        assert!(c.groups_of(NodeId(3)).all(|g| g.id == CATALOG_GROUP));
+        c.apply(
+            &CatalogCommand::SetLiveness {
+                node: NodeId(3),
+                dead: false,
+            },
+            NodeId(1),
+        )
+        .unwrap();
+        let cmds = plan(&c, 3);
+        apply_all(&mut c, &cmds);
+        let l = loads(&c);
+        assert!(
+            l[&NodeId(3)] >= 2,
+            "back in service, it takes a share: {l:?}"
+        );
     }
 }

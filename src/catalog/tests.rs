@@ -96,26 +96,121 @@ fn invalid_commands_change_nothing() {
     }
 }
 
-#[test]
-fn admitting_a_node_assigns_the_next_id_once_per_address() {
-    let mut c = Catalog::bootstrap(1, 64, &three(), 4, 3).unwrap();
-    let add = |addr: &str| CatalogCommand::AddNode {
+fn add(addr: &str, store_id: u64) -> CatalogCommand {
+    CatalogCommand::AddNode {
         addr: addr.into(),
         spki_sha256: vec![7],
-    };
+        store_id,
+    }
+}
+
+#[test]
+fn admitting_a_node_assigns_the_next_id_once_per_store() {
+    let mut c = Catalog::bootstrap(1, 64, &three(), 4, 3).unwrap();
     assert_eq!(
-        c.apply(&add("127.0.0.4:7000"), NodeId(1)).unwrap(),
+        c.apply(&add("127.0.0.4:7000", 44), NodeId(1)).unwrap(),
         vec![Effect::NodeAdmitted(NodeId(4))]
     );
     assert_eq!(
-        c.apply(&add("127.0.0.4:7000"), NodeId(1)).unwrap(),
-        vec![Effect::NodeAdmitted(NodeId(4))]
+        c.apply(&add("127.0.0.4:7000", 44), NodeId(1)).unwrap(),
+        vec![Effect::NodeAdmitted(NodeId(4))],
+        "a retried join of the same store is admitted once"
     );
     assert_eq!(
-        c.apply(&add("127.0.0.5:7000"), NodeId(1)).unwrap(),
+        c.apply(&add("127.0.0.5:7000", 55), NodeId(1)).unwrap(),
         vec![Effect::NodeAdmitted(NodeId(5))]
     );
     assert_eq!(c.nodes.len(), 5);
+    assert_eq!(c.nodes[&NodeId(4)].store_id, 44);
+}
+
+#[test]
+fn a_new_store_at_an_old_members_address_is_a_new_node_and_the_old_one_is_dead() {
+    let mut c = Catalog::bootstrap(1, 64, &three(), 4, 3).unwrap();
+    let addr = c.nodes[&NodeId(2)].addr.clone();
+    let fx = c.apply(&add(&addr, 9_999), NodeId(1)).unwrap();
+    assert_eq!(fx, vec![Effect::NodeAdmitted(NodeId(4))]);
+    assert_eq!(c.nodes[&NodeId(2)].state, NodeState::Dead);
+    assert_eq!(c.nodes[&NodeId(4)].state, NodeState::Active);
+    assert_eq!(c.nodes[&NodeId(4)].addr, addr);
+}
+
+#[test]
+fn ids_are_never_reused_and_a_removed_store_never_comes_back() {
+    let mut c = Catalog::bootstrap(1, 64, &three(), 4, 3).unwrap();
+    c.apply(&add("127.0.0.4:7000", 44), NodeId(1)).unwrap();
+    let remove = CatalogCommand::SetNodeState {
+        node: NodeId(4),
+        state: NodeState::Removed,
+    };
+    c.apply(&remove, NodeId(1)).unwrap();
+    let before = c.clone();
+    let refused = c.apply(&add("127.0.0.4:7000", 44), NodeId(1));
+    assert!(
+        matches!(&refused, Err(Error::Invalid(m)) if m.contains("--wipe-and-join")),
+        "{refused:?}"
+    );
+    assert_eq!(c, before, "a refused join changes nothing");
+    for state in [
+        NodeState::Active,
+        NodeState::Decommissioning,
+        NodeState::Dead,
+    ] {
+        let back = CatalogCommand::SetNodeState {
+            node: NodeId(4),
+            state,
+        };
+        assert!(c.apply(&back, NodeId(1)).is_err(), "{state:?}");
+        let alive = CatalogCommand::SetLiveness {
+            node: NodeId(4),
+            dead: false,
+        };
+        c.apply(&alive, NodeId(1)).unwrap();
+        assert_eq!(c.nodes[&NodeId(4)].state, NodeState::Removed);
+    }
+    // The same address with a new store: a new id, above every id given.
+    assert_eq!(
+        c.apply(&add("127.0.0.4:7000", 45), NodeId(1)).unwrap(),
+        vec![Effect::NodeAdmitted(NodeId(5))]
+    );
+}
+
+#[test]
+fn liveness_only_moves_between_active_and_dead() {
+    let mut c = Catalog::bootstrap(1, 64, &three(), 4, 3).unwrap();
+    let live = |node: u64, dead: bool| CatalogCommand::SetLiveness {
+        node: NodeId(node),
+        dead,
+    };
+    c.apply(&live(2, true), NodeId(1)).unwrap();
+    assert_eq!(c.nodes[&NodeId(2)].state, NodeState::Dead);
+    c.apply(&live(2, false), NodeId(1)).unwrap();
+    assert_eq!(c.nodes[&NodeId(2)].state, NodeState::Active);
+    let decommission = CatalogCommand::SetNodeState {
+        node: NodeId(3),
+        state: NodeState::Decommissioning,
+    };
+    c.apply(&decommission, NodeId(1)).unwrap();
+    c.apply(&live(3, true), NodeId(1)).unwrap();
+    assert_eq!(
+        c.nodes[&NodeId(3)].state,
+        NodeState::Decommissioning,
+        "an observation never overrides an operator's decision"
+    );
+}
+
+#[test]
+fn leaving_a_group_is_an_effect_on_the_node_that_leaves_only() {
+    let mut c = Catalog::bootstrap(1, 64, &three(), 4, 3).unwrap();
+    let mut info = c.groups[&GroupId(1)].clone();
+    info.voters.retain(|n| *n != NodeId(3));
+    let cmd = CatalogCommand::SetGroupMembers(info);
+    let mut other = c.clone();
+    assert_eq!(
+        c.apply(&cmd, NodeId(3)).unwrap(),
+        vec![Effect::LeaveGroup(GroupId(1))]
+    );
+    assert!(other.apply(&cmd, NodeId(1)).unwrap().is_empty());
 }
 
 #[test]

@@ -265,6 +265,7 @@ fn state_name(s: NodeState) -> &'static str {
         NodeState::Active => "active",
         NodeState::Decommissioning => "decommissioning",
         NodeState::Removed => "removed",
+        NodeState::Dead => "dead",
     }
 }
 

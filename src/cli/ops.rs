@@ -83,8 +83,9 @@ pub(super) async fn status(g: &Globals, c: &Client, out: &mut dyn Write) -> Outc
             }
             None => ("unreachable".to_string(), 0, 0, None),
         };
+        let state = standing(catalog.nodes.get(id).map(|n| n.state), r.is_some());
         nodes.push(json!({
-            "id": id.0, "addr": addr, "lifecycle": lifecycle, "live": r.is_some(),
+            "id": id.0, "addr": addr, "state": state, "lifecycle": lifecycle, "live": r.is_some(),
             "groups": groups, "leads": leads, "apply_lag": lag,
         }));
     }
@@ -112,6 +113,7 @@ pub(super) async fn status(g: &Globals, c: &Client, out: &mut dyn Write) -> Outc
                 vec![
                     cell(&n["id"]),
                     cell(&n["addr"]),
+                    cell(&n["state"]),
                     cell(&n["lifecycle"]),
                     yes_no(&n["live"]),
                     cell(&n["groups"]),
@@ -125,6 +127,7 @@ pub(super) async fn status(g: &Globals, c: &Client, out: &mut dyn Write) -> Outc
             &[
                 "NODE",
                 "ADDRESS",
+                "STATE",
                 "LIFECYCLE",
                 "LIVE",
                 "GROUPS",
@@ -137,6 +140,25 @@ pub(super) async fn status(g: &Globals, c: &Client, out: &mut dyn Write) -> Outc
             out,
             "groups: {total} total, {with_leader} with a leader, {full} with 3 voters"
         );
+        for (word, what) in [
+            (
+                "suspect",
+                "not answering; declared dead if silent for the cluster's --dead-after",
+            ),
+            (
+                "dead",
+                "its replicas move to live nodes while enough of them exist",
+            ),
+        ] {
+            let which: Vec<String> = nodes
+                .iter()
+                .filter(|n| n["state"] == word)
+                .map(|n| cell(&n["id"]))
+                .collect();
+            if !which.is_empty() {
+                let _ = writeln!(out, "{word} nodes: {} ({what})", which.join(", "));
+            }
+        }
     }
     let healthy = with_leader == total && reports.iter().all(|(_, _, r)| r.is_some());
     Ok(if healthy {
@@ -199,6 +221,16 @@ pub(super) async fn groups(g: &Globals, c: &Client, out: &mut dyn Write) -> Outc
         );
     }
     Ok((exit::OK, None))
+}
+
+/// A node's state as `status` shows it: the catalog's, with an active node
+/// that does not answer shown as `suspect`.
+fn standing(state: Option<NodeState>, answers: bool) -> &'static str {
+    match state {
+        Some(NodeState::Active) if !answers => "suspect",
+        Some(s) => state_name(s),
+        None => "unknown",
+    }
 }
 
 pub(super) async fn nodes(g: &Globals, c: &Client, out: &mut dyn Write) -> Outcome {

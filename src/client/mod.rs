@@ -358,6 +358,11 @@ impl Client {
             }
             let report = match resolve(&n.addr).await {
                 Ok(addr) => match self.call_once(addr, &RpcRequest::Status).await {
+                    // Another node now listens where this one did (a node
+                    // whose disk was replaced rejoined under a new id).
+                    Ok(RpcResponse::Status(r)) if r.node != n.id => Err(Error::Unreachable(
+                        format!("{} answers as node {}", n.addr, r.node.0),
+                    )),
                     Ok(RpcResponse::Status(r)) => Ok(r),
                     Ok(other) => Err(unexpected(&other)),
                     Err(e) => Err(e),

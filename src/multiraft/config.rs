@@ -37,6 +37,15 @@ pub const FLUSH_GROUPS_PER_ROUND: usize = 4;
 pub const FLUSH_TICKS: u64 = 10;
 /// Bytes the overlay may hold before it is flushed, whatever the round count.
 pub const FLUSH_BYTES: usize = 16 * 1024 * 1024;
+/// Ticks of silence after which group 0's leader declares a node dead: five
+/// minutes at the default 100 ms tick, long enough to ride out a restart
+/// or a reboot without moving every replica the node holds.
+pub const DEAD_AFTER_TICKS: u64 = 3_000;
+/// Ticks a replica the catalog moved away waits for its removal to reach it
+/// through Raft before it destroys itself: three of the longest election
+/// timeouts, so a leader that still counts it has sent it heartbeats many
+/// times over.
+pub const LEAVE_GRACE_TICKS: u64 = 6 * ELECTION_TICKS as u64;
 
 /// How a [`super::Driver`] runs.
 #[derive(Clone, Debug)]
@@ -78,6 +87,10 @@ pub struct DriverConfig {
     pub flush_ticks: u64,
     /// See [`FLUSH_BYTES`].
     pub flush_bytes: usize,
+    /// See [`DEAD_AFTER_TICKS`].
+    pub dead_after_ticks: u64,
+    /// See [`LEAVE_GRACE_TICKS`].
+    pub leave_grace_ticks: u64,
 }
 
 impl Default for DriverConfig {
@@ -100,6 +113,8 @@ impl Default for DriverConfig {
             flush_groups_per_round: FLUSH_GROUPS_PER_ROUND,
             flush_ticks: FLUSH_TICKS,
             flush_bytes: FLUSH_BYTES,
+            dead_after_ticks: DEAD_AFTER_TICKS,
+            leave_grace_ticks: LEAVE_GRACE_TICKS,
         }
     }
 }

@@ -31,6 +31,7 @@
 
 mod apply;
 mod config;
+mod liveness;
 mod membership;
 mod round;
 pub mod runner;
@@ -219,6 +220,20 @@ pub struct Driver {
     ticks_since_flush: u64,
     /// The next round flushes the overlay whatever the counts say.
     flush_requested: bool,
+    /// The tick each node was last heard from (see `liveness`).
+    last_heard: BTreeMap<NodeId, u64>,
+    /// The tick this node became group 0's leader, while it leads it.
+    leader_since: Option<u64>,
+    /// Dead nodes this leader has seen dead, so it counts only what it
+    /// hears from them afterwards.
+    seen_dead: std::collections::BTreeSet<NodeId>,
+    /// The tick a liveness change for each node was last proposed.
+    liveness_proposed: BTreeMap<NodeId, u64>,
+    /// Groups the catalog moved off this node, with the tick a leader of
+    /// the group last sent this replica anything (see `liveness`).
+    leaving: BTreeMap<GroupId, u64>,
+    /// Groups whose replica the next round destroys.
+    destroying: Vec<GroupId>,
 }
 
 /// What a driver read back from its own storage when it opened: the log
@@ -285,7 +300,7 @@ impl Driver {
             bytes = replayed.bytes,
             "replayed this node's own log"
         );
-        Ok(Driver {
+        let mut driver = Driver {
             id,
             cfg,
             engine,
@@ -304,7 +319,19 @@ impl Driver {
             replayed,
             ticks_since_flush: 0,
             flush_requested: false,
-        })
+            last_heard: BTreeMap::new(),
+            leader_since: None,
+            seen_dead: Default::default(),
+            liveness_proposed: BTreeMap::new(),
+            leaving: BTreeMap::new(),
+            destroying: Vec::new(),
+        };
+        // Replicas moved off this node while it was down (or before it
+        // stopped) wait to be destroyed like any other.
+        for gid in driver.misplaced_groups() {
+            driver.leave(gid);
+        }
+        Ok(driver)
     }
 
     /// What the driver read back from its own storage when it opened.
@@ -376,6 +403,8 @@ impl Driver {
         }
         self.reconcile_membership();
         self.plan_placement();
+        self.observe_liveness();
+        self.check_leaving();
         let early = &mut self.early;
         let mut expire = |group: GroupId, reads: &mut Vec<PendingRead>| {
             reads.retain(|r| {
@@ -399,9 +428,20 @@ impl Driver {
     }
 
     /// Hands the driver messages a peer sent. Messages for groups this node
-    /// does not hold are dropped.
+    /// does not hold, or addressed to another node id (one that used to
+    /// live at this address), are dropped.
     pub fn step(&mut self, msgs: impl IntoIterator<Item = GroupMessage>) {
         for GroupMessage { group, msg } in msgs {
+            if msg.to != self.id.0 {
+                tracing::debug!(
+                    node_id = self.id.0,
+                    to = msg.to,
+                    group_id = group.0,
+                    "message for another node id dropped"
+                );
+                continue;
+            }
+            self.heard(NodeId(msg.from), group, msg.get_msg_type());
             match self.groups.get_mut(&group) {
                 Some(g) => {
                     if let Err(e) = g.node.step(msg) {

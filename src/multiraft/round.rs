@@ -58,7 +58,12 @@ impl Driver {
             .map(|(id, _)| *id)
             .collect();
         let flush_all = self.flush_due();
-        if busy.is_empty() && !flush_all {
+        let destroyed = self.take_destroyed(&mut out.completions);
+        let busy: Vec<GroupId> = busy
+            .into_iter()
+            .filter(|g| self.groups.contains_key(g))
+            .collect();
+        if busy.is_empty() && !flush_all && destroyed.is_empty() {
             self.serve_reads(&mut out)?;
             return Ok(out);
         }
@@ -82,6 +87,11 @@ impl Driver {
                 self.flush(&mut w, flush_all || self.flush_requested)?;
                 self.compact(&mut w)?;
             }
+            // Destroyed first: a group placed here again in this very round
+            // starts anew after the old replica's rows are gone.
+            for g in &destroyed {
+                w.destroy_group(g.node.store())?;
+            }
             for e in &effects {
                 if let Effect::OpenGroup { info, fresh } = e {
                     self.stage_new_group(&mut w, info, *fresh)?;
@@ -103,8 +113,10 @@ impl Driver {
             out.more |= g.node.has_ready();
         }
         for e in effects {
-            if let Effect::OpenGroup { info, fresh } = e {
-                self.open_new_group(&info, fresh)?;
+            match e {
+                Effect::OpenGroup { info, fresh } => self.open_new_group(&info, fresh)?,
+                Effect::LeaveGroup(gid) => self.leave(gid),
+                Effect::NodeAdmitted(_) => {}
             }
         }
         self.drop_stale_requests(&mut out);
@@ -137,6 +149,16 @@ impl Driver {
                         info: info.clone(),
                         fresh: false,
                     });
+                }
+            }
+            for gid in old_catalog_groups {
+                let still = self
+                    .catalog
+                    .groups
+                    .get(&gid)
+                    .is_some_and(|i| i.has_replica(me));
+                if !still {
+                    effects.push(Effect::LeaveGroup(gid));
                 }
             }
             state_dirty = true;

@@ -12,6 +12,7 @@
 //! join = ["10.0.0.5:7000", "10.0.0.6:7000", "10.0.0.7:7000"]
 //! certs_dir = "/etc/flotilla/certs"
 //! isolation_timeout = "30s"
+//! dead_after = "5m"
 //! tick = "100ms"
 //! join_attempts = 12
 //! join_max_backoff = "32s"
@@ -43,6 +44,9 @@ pub struct FileConfig {
     /// How long without reaching a peer before asking the seeds.
     #[serde(default, with = "opt_duration")]
     pub isolation_timeout: Option<Duration>,
+    /// How long a node may stay silent before it is declared dead.
+    #[serde(default, with = "opt_duration")]
+    pub dead_after: Option<Duration>,
     /// Real time per Raft tick.
     #[serde(default, with = "opt_duration")]
     pub tick: Option<Duration>,

@@ -54,6 +54,9 @@ const PEER_REFRESH: Duration = Duration::from_millis(500);
 const ANNOUNCE_RETRY: Duration = Duration::from_secs(1);
 /// Default for [`NodeConfig::isolation_timeout`].
 pub const DEFAULT_ISOLATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for [`NodeConfig::dead_after`]: five minutes, long enough to
+/// ride out a restart or a reboot without moving every replica a node holds.
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(300);
 
 /// How to run a node.
 #[derive(Clone, Debug)]
@@ -82,6 +85,9 @@ pub struct NodeConfig {
     /// After this long without reaching any peer, the node asks its seeds
     /// where its peers are now, and again every period while isolated.
     pub isolation_timeout: Duration,
+    /// How long a node may stay silent before group 0's leader declares it
+    /// dead (see `multiraft::liveness`).
+    pub dead_after: Duration,
 }
 
 impl NodeConfig {
@@ -99,6 +105,7 @@ impl NodeConfig {
             vshards: DEFAULT_VSHARDS,
             wipe_and_join: false,
             isolation_timeout: DEFAULT_ISOLATION_TIMEOUT,
+            dead_after: DEFAULT_DEAD_AFTER,
         }
     }
 }
@@ -140,24 +147,33 @@ impl NodeServer {
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| Error::Invalid(format!("{}: {e}", cfg.data_dir.display())))?;
         let db_path = cfg.data_dir.join("flotilla.redb");
-        let mut engine = Engine::open(&db_path)?;
+        let mut engine = open_or_wipe(&db_path, cfg.wipe_and_join)?;
+        engine.ensure_store_id(random_store_id())?;
         let node = engine.node_id()?.unwrap_or_default();
         let transport = Transport::bind(node, cfg.listen, &identity)?;
-        if let (Some(ours), false) = (engine.cluster_id()?, cfg.join.is_empty()) {
-            if let Some((seed, theirs)) =
-                seeds_cluster(&transport, &identity, &cfg.join, ours).await
-            {
+        if let Some(ours) = engine.cluster_id()? {
+            let refusal = match standing(&transport, &identity, &cfg.join, &engine).await? {
+                Standing::Member => None,
+                Standing::OtherCluster { seed, theirs } => Some(format!(
+                    "this data directory belongs to cluster {ours:016x} but seed {seed} belongs to cluster \
+                     {theirs:016x}; pass --wipe-and-join to discard this node's data and join that cluster"
+                )),
+                Standing::Removed { by } => Some(format!(
+                    "node {} was removed from cluster {ours:016x} ({by}); a removed node never comes back: \
+                     pass --wipe-and-join to discard this node's data and join as a new node",
+                    node.0
+                )),
+            };
+            if let Some(refusal) = refusal {
                 if !cfg.wipe_and_join {
                     transport.close();
-                    return Err(Error::Invalid(format!(
-                        "this data directory belongs to cluster {ours:016x} but seed {seed} belongs to cluster \
-                         {theirs:016x}; pass --wipe-and-join to discard this node's data and join that cluster"
-                    )));
+                    return Err(Error::Invalid(refusal));
                 }
-                tracing::warn!(ours = %format!("{ours:016x}"), theirs = %format!("{theirs:016x}"), "wiping this node's data to join the seeds' cluster");
+                tracing::warn!(reason = %refusal, "wiping this node's data to join as a new node");
                 drop(engine);
                 Engine::remove(&db_path)?;
                 engine = Engine::open(&db_path)?;
+                engine.ensure_store_id(random_store_id())?;
                 transport.set_node(NodeId::default());
             }
         }
@@ -236,9 +252,12 @@ impl NodeServer {
             .node_id()?
             .ok_or_else(|| Error::Invalid("no node id after bootstrap".into()))?;
         self.transport.set_node(node);
+        let tick_nanos = self.cfg.tick.as_nanos().max(1);
         let cfg = DriverConfig {
             seed: rand::random(),
             replicas: DEFAULT_REPLICAS,
+            dead_after_ticks: u64::try_from(self.cfg.dead_after.as_nanos() / tick_nanos)
+                .unwrap_or(u64::MAX),
             ..DriverConfig::default()
         };
         let driver = Driver::open(engine, cfg)?;
@@ -323,9 +342,17 @@ impl NodeServer {
             .ok()
             .and_then(|mut a| a.next())
             .ok_or(None::<Option<String>>)?;
+        let store_id = {
+            let st = self.lock();
+            match st.engine.as_ref().map(Engine::store_id) {
+                Some(Ok(Some(id))) => id,
+                _ => return Err(None),
+            }
+        };
         let req = RpcRequest::Join {
             addr: self.advertise.to_string(),
             spki_sha256: self.spki.to_vec(),
+            store_id,
         };
         let config = self.client_config().map_err(|_| None::<Option<String>>)?;
         let endpoint = self.transport.endpoint();
@@ -397,6 +424,7 @@ impl NodeServer {
             )?;
             if let Some(n) = catalog.nodes.get_mut(&NodeId(1)) {
                 n.spki_sha256 = self.spki.to_vec();
+                n.store_id = engine.ensure_store_id(random_store_id())?;
             }
             engine.bootstrap(NodeId(1), &catalog)?;
             cluster_id
@@ -405,7 +433,7 @@ impl NodeServer {
         Ok(cluster_id)
     }
 
-    async fn admit(&self, addr: String, spki_sha256: Vec<u8>) -> RpcResponse {
+    async fn admit(&self, addr: String, spki_sha256: Vec<u8>, store_id: u64) -> RpcResponse {
         let Some(h) = self.handle() else {
             return error(&Error::Unreachable(
                 "this node has not joined a cluster yet".into(),
@@ -414,7 +442,11 @@ impl NodeServer {
         let reply = h
             .propose(
                 CATALOG_GROUP,
-                Proposal::Catalog(CatalogCommand::AddNode { addr, spki_sha256 }),
+                Proposal::Catalog(CatalogCommand::AddNode {
+                    addr,
+                    spki_sha256,
+                    store_id,
+                }),
             )
             .await;
         match reply {
@@ -444,6 +476,13 @@ impl NodeServer {
         };
         if info.state == state {
             return RpcResponse::Done;
+        }
+        if state == NodeState::Dead {
+            return error(&Error::Invalid(
+                "a node is declared dead by its silence, not by an operator; \
+                 decommission or remove it instead"
+                    .into(),
+            ));
         }
         if info.state == NodeState::Removed {
             return error(&Error::Invalid(format!(
@@ -515,42 +554,122 @@ impl NodeServer {
     }
 }
 
-/// The first seed (other than this node) that answers and names a cluster
-/// other than `ours`, with that cluster's id. Unreachable seeds are skipped:
-/// a restart never waits on seeds for long.
-async fn seeds_cluster(
+/// What the cluster says of a bootstrapped data directory.
+enum Standing {
+    /// Nothing against it: restart.
+    Member,
+    /// A seed belongs to another cluster.
+    OtherCluster { seed: String, theirs: u64 },
+    /// The catalog (this node's own, or a peer's) removed this node.
+    Removed { by: String },
+}
+
+/// Decides whether a bootstrapped node may restart. Its own catalog
+/// speaks first; then the seeds and the peers that catalog names are asked,
+/// in that order, until one answers: a seed of another cluster, or a
+/// catalog that removed this node while it was down, refuses the restart.
+/// Unreachable addresses are skipped, each after a short timeout, so a
+/// restart never waits on them for long, and a node none of whose peers
+/// answers restarts on its own catalog.
+async fn standing(
     t: &Transport,
     identity: &TlsIdentity,
     seeds: &[String],
-    ours: u64,
-) -> Option<(String, u64)> {
-    let config = identity.client_config().ok()?;
-    let me = t.local_addr().ok();
-    for seed in seeds {
-        let Some(addr) = tokio::net::lookup_host(seed.as_str())
+    engine: &Engine,
+) -> Result<Standing> {
+    let (Some(ours), Some(me), Some(catalog)) =
+        (engine.cluster_id()?, engine.node_id()?, engine.catalog()?)
+    else {
+        return Ok(Standing::Member);
+    };
+    let removed = |c: &Catalog| {
+        c.nodes
+            .get(&me)
+            .is_some_and(|n| n.state == NodeState::Removed)
+    };
+    if removed(&catalog) {
+        return Ok(Standing::Removed {
+            by: "its own catalog says so".into(),
+        });
+    }
+    let Ok(config) = identity.client_config() else {
+        return Ok(Standing::Member);
+    };
+    let local = t.local_addr().ok();
+    let peers = catalog
+        .nodes
+        .values()
+        .filter(|n| n.id != me && n.state != NodeState::Removed)
+        .map(|n| n.addr.clone());
+    let mut asked = std::collections::BTreeSet::new();
+    for (i, target) in seeds.iter().cloned().chain(peers).enumerate() {
+        let is_seed = i < seeds.len();
+        let Some(addr) = tokio::net::lookup_host(target.as_str())
             .await
             .ok()
             .and_then(|mut a| a.next())
         else {
             continue;
         };
-        if Some(addr) == me {
+        if Some(addr) == local || !asked.insert(addr) {
             continue;
         }
-        let answer = tokio::time::timeout(
-            SEED_CHECK_TIMEOUT,
-            rpc::call(t.endpoint(), &config, addr, &RpcRequest::Status),
-        )
-        .await;
-        if let Ok(Ok(RpcResponse::Status(r))) = answer {
-            match r.cluster_id {
-                Some(theirs) if theirs != ours => return Some((seed.clone(), theirs)),
-                Some(_) => return None,
-                None => continue,
+        let ask = |req| {
+            tokio::time::timeout(
+                SEED_CHECK_TIMEOUT,
+                rpc::call(t.endpoint(), &config, addr, req),
+            )
+        };
+        let Ok(Ok(RpcResponse::Status(r))) = ask(&RpcRequest::Status).await else {
+            continue;
+        };
+        match r.cluster_id {
+            Some(theirs) if theirs != ours => {
+                if is_seed {
+                    return Ok(Standing::OtherCluster {
+                        seed: target,
+                        theirs,
+                    });
+                }
+                continue;
             }
+            Some(_) => {}
+            None => continue,
         }
+        let Ok(Ok(RpcResponse::Catalog(bytes))) = ask(&RpcRequest::Catalog).await else {
+            continue;
+        };
+        let Ok(theirs) = Catalog::decode(&bytes) else {
+            continue;
+        };
+        if removed(&theirs) {
+            return Ok(Standing::Removed {
+                by: format!("node {} at {target} says so", r.node.0),
+            });
+        }
+        return Ok(Standing::Member);
     }
-    None
+    Ok(Standing::Member)
+}
+
+/// Opens the database at `path`. With `wipe`, a database this build
+/// cannot use (another on-disk format, a damaged round log) is discarded
+/// and a new one made, so the node joins as a new store; without it, the
+/// error says how to do that.
+fn open_or_wipe(path: &std::path::Path, wipe: bool) -> Result<Engine> {
+    match Engine::open(path) {
+        Err(e @ (Error::Invalid(_) | Error::Corrupt { .. })) if wipe => {
+            tracing::warn!(error = %e, "discarding this node's data (--wipe-and-join)");
+            Engine::remove(path)?;
+            Engine::open(path)
+        }
+        r => r,
+    }
+}
+
+/// A fresh, non-zero store id.
+fn random_store_id() -> u64 {
+    rand::random::<u64>().max(1)
 }
 
 fn error(e: &Error) -> RpcResponse {
@@ -580,7 +699,11 @@ impl Service for NodeServer {
         Box::pin(async move {
             match req {
                 RpcRequest::Status => self.report().await,
-                RpcRequest::Join { addr, spki_sha256 } => self.admit(addr, spki_sha256).await,
+                RpcRequest::Join {
+                    addr,
+                    spki_sha256,
+                    store_id,
+                } => self.admit(addr, spki_sha256, store_id).await,
                 RpcRequest::Announce {
                     node,
                     addr,

@@ -185,6 +185,7 @@ impl Sim {
             id,
             addr: format!("sim-{}", id.0),
             spki_sha256: vec![],
+            store_id: id.0,
             state: NodeState::Active,
         };
         let p = Proposal::Catalog(CatalogCommand::UpsertNode(info));

@@ -53,8 +53,9 @@ use overlay::{GroupOverlay, Merged, SharedOverlay};
 use redo::{decode_all, Tables};
 use round::{io_error, write_log_rows, LogRows, RoundBuffers};
 use schema::{
-    decode_log_record, APPLIED, CHECKSUMS, KV, LOG, META, META_CATALOG, META_CLUSTER_ID,
-    META_INCARNATION, META_LOG_ROWS_APPLIED, META_NODE_ID, META_WAL_APPLIED, RAFT_STATE, SESSIONS,
+    decode_log_record, APPLIED, CHECKSUMS, FORMAT, KV, LOG, META, META_CATALOG, META_CLUSTER_ID,
+    META_FORMAT, META_INCARNATION, META_LOG_ROWS_APPLIED, META_NODE_ID, META_STORE_ID,
+    META_WAL_APPLIED, RAFT_STATE, SESSIONS,
 };
 use syncfile::{SyncControl, SyncFile};
 use wal::Wal;
@@ -237,6 +238,20 @@ impl Engine {
             if meta.get(META_WAL_APPLIED)?.is_none() && meta.get(META_LOG_ROWS_APPLIED)?.is_none() {
                 meta.insert(META_LOG_ROWS_APPLIED, u64_bytes(0).as_slice())?;
             }
+            if meta.get(META_CLUSTER_ID)?.is_some() {
+                let format = meta.get(META_FORMAT)?.map(|v| {
+                    let b = v.value();
+                    b.try_into().map_or(0, u32::from_le_bytes)
+                });
+                if format != Some(FORMAT) {
+                    return Err(Error::Invalid(format!(
+                        "this data directory was written in on-disk format {}, and this build \
+                         reads format {FORMAT}; start it with --wipe-and-join to discard its data \
+                         and join the cluster as a new node",
+                        format.map_or("1".to_string(), |f| f.to_string())
+                    )));
+                }
+            }
         }
         txn.commit()?;
         let wal = replay(&db, Wal::new(log, cfg))?;
@@ -314,6 +329,28 @@ impl Engine {
             .transpose()
     }
 
+    /// The random id of this data directory, if one was drawn.
+    pub fn store_id(&self) -> Result<Option<u64>> {
+        self.meta(META_STORE_ID)?
+            .map(|b| bytes_u64("store id", &b))
+            .transpose()
+    }
+
+    /// The id of this data directory: the stored one, or `fresh` (which
+    /// must be random and non-zero), stored now for good.
+    pub fn ensure_store_id(&self, fresh: u64) -> Result<u64> {
+        if let Some(id) = self.store_id()? {
+            return Ok(id);
+        }
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?
+            .insert(META_STORE_ID, u64_bytes(fresh).as_slice())?;
+        txn.commit()?;
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(fresh)
+    }
+
     /// Counts one more start of this node and returns the new count.
     pub fn next_incarnation(&self) -> Result<u64> {
         let txn = self.db.begin_write()?;
@@ -336,10 +373,16 @@ impl Engine {
     /// catalog and the initial Raft state of every group placed here, in one
     /// transaction. Refuses a node that already belongs to a cluster.
     pub fn bootstrap(&self, node: NodeId, catalog: &Catalog) -> Result<()> {
-        let groups: Vec<_> = catalog
+        let mut groups: Vec<_> = catalog
             .groups_of(node)
             .map(|g| (g.id, initial_record(g)))
             .collect();
+        // Every node follows the catalog: one that is not among group 0's
+        // first members starts an empty replica, as a joiner does, which
+        // group 0's leader fills once placement makes it a learner.
+        if !groups.iter().any(|(g, _)| *g == CATALOG_GROUP) {
+            groups.insert(0, (CATALOG_GROUP, RaftStateRecord::default()));
+        }
         self.write_membership(node, catalog, &groups)
     }
 
@@ -372,6 +415,7 @@ impl Engine {
             let mut meta = txn.open_table(META)?;
             meta.insert(META_NODE_ID, u64_bytes(node.0).as_slice())?;
             meta.insert(META_CLUSTER_ID, u64_bytes(catalog.cluster_id).as_slice())?;
+            meta.insert(META_FORMAT, FORMAT.to_le_bytes().as_slice())?;
             meta.insert(META_CATALOG, wire::encode(catalog).as_slice())?;
             let mut raft = txn.open_table(RAFT_STATE)?;
             for (g, rec) in groups {

@@ -75,6 +75,10 @@ pub(crate) enum Op<'a> {
     ClearGroup { group: u64 },
     /// Record a consistency check.
     Checksum { group: u64, index: u64, digest: u64 },
+    /// Remove everything a group left on this node but its Raft log rows
+    /// (which the caller deletes by sequence): its state record, apply
+    /// index, last check, KV rows and sessions. The replica is destroyed.
+    DropGroup { group: u64 },
 }
 
 const LOG_PUT: u8 = 1;
@@ -87,6 +91,7 @@ const SESSION: u8 = 7;
 const CATALOG: u8 = 8;
 const CLEAR_GROUP: u8 = 9;
 const CHECKSUM: u8 = 10;
+const DROP_GROUP: u8 = 11;
 
 fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
@@ -151,6 +156,10 @@ impl<'a> Op<'a> {
                 out.push(CLEAR_GROUP);
                 put_u64(out, group);
             }
+            Op::DropGroup { group } => {
+                out.push(DROP_GROUP);
+                put_u64(out, group);
+            }
             Op::Checksum {
                 group,
                 index,
@@ -206,6 +215,12 @@ impl<'a> Op<'a> {
                 t.kv.retain_in((group, &[][..])..(group + 1, &[][..]), |_, _| false)?;
                 t.sessions
                     .retain_in((group, 0)..(group + 1, 0), |_, _| false)?;
+            }
+            Op::DropGroup { group } => {
+                Op::ClearGroup { group }.apply(t)?;
+                t.raft.remove(group)?;
+                t.applied.remove(group)?;
+                t.checksums.remove(group)?;
             }
             Op::Checksum {
                 group,
@@ -298,6 +313,9 @@ fn decode_one<'a>(body: &mut &'a [u8]) -> Result<Op<'a>> {
         CLEAR_GROUP => Op::ClearGroup {
             group: take_u64(body)?,
         },
+        DROP_GROUP => Op::DropGroup {
+            group: take_u64(body)?,
+        },
         CHECKSUM => Op::Checksum {
             group: take_u64(body)?,
             index: take_u64(body)?,
@@ -340,6 +358,7 @@ mod tests {
             },
             Op::Catalog { bytes: b"cat" },
             Op::ClearGroup { group: 5 },
+            Op::DropGroup { group: 7 },
             Op::Checksum {
                 group: 6,
                 index: 1,

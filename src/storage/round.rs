@@ -42,6 +42,7 @@ use super::schema::{
 };
 use super::schema::{KV, SESSIONS};
 use super::wal::Wal;
+use super::GroupStorage;
 use super::Stats;
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
@@ -613,6 +614,19 @@ impl<'t> RoundWriter<'t> {
             self.stage(Op::Catalog { bytes })?;
         }
         self.stage(Op::Applied { group: g, index })
+    }
+
+    /// Destroys this node's replica of the group `store` holds: its rows,
+    /// sessions, Raft state, apply index, last check and log records, all
+    /// in this round, which is synced. Nothing of the group stays in the
+    /// overlay either.
+    pub fn destroy_group(&mut self, store: &GroupStorage) -> Result<()> {
+        let group = store.group.0;
+        self.require_sync();
+        self.overlay.lock().discard(group);
+        let records: Vec<u64> = store.records.iter().map(|(_, seq)| *seq).collect();
+        self.delete_log_records(&records)?;
+        self.stage(Op::DropGroup { group })
     }
 
     /// Records a consistency check of `group` at apply index `index`: the

@@ -180,6 +180,17 @@ pub(crate) const META_NODE_ID: &str = "node_id";
 pub(crate) const META_CLUSTER_ID: &str = "cluster_id";
 /// META key: the rkyv-encoded catalog, as of group 0's apply index.
 pub(crate) const META_CATALOG: &str = "catalog";
+/// META key: the random id of this data directory (u64, little endian),
+/// drawn when the node first opened it. A wiped or replaced disk gets a new
+/// one, which is how the catalog tells a new store from a returning node.
+pub(crate) const META_STORE_ID: &str = "store_id";
+/// META key: the on-disk format of a bootstrapped node (u32, little
+/// endian), so a directory written by an incompatible Flotilla is refused
+/// with a clear message instead of failing to decode deep inside a start.
+pub(crate) const META_FORMAT: &str = "format";
+/// The format this build writes and reads. 2: nodes carry a store id and
+/// may be dead (catalog layout changed).
+pub(crate) const FORMAT: u32 = 2;
 /// META key: how many times a driver has opened this database (u64, little
 /// endian). Proposal ids carry it, so an entry proposed before a restart is
 /// never mistaken for one proposed after.

@@ -83,6 +83,9 @@ pub enum RpcRequest {
         addr: String,
         /// SHA-256 of the joiner's SubjectPublicKeyInfo.
         spki_sha256: Vec<u8>,
+        /// The random id of the joiner's data directory: a retried join of
+        /// the same directory gets the same node id, a new one a new id.
+        store_id: u64,
     },
     /// Record that node `node`, a member already, now listens at `addr`
     /// (it restarted elsewhere with its data).
