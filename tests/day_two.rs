@@ -1,0 +1,259 @@
+//! Day two with real node processes on loopback: a node whose data
+//! directory was wiped comes back at its old address as a new node, takes
+//! the old one's place in every group and loses nothing; a node the
+//! cluster removed refuses to start until `--wipe-and-join` makes it a new
+//! node.
+//!
+//! The tests take turns: each runs several processes on two cores.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command as Process, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+use flotilla::catalog::{Catalog, NodeState};
+use flotilla::client::{Client, ClientConfig};
+use flotilla::node::ops::Caller;
+use flotilla::transport::rpc::NodeReport;
+use flotilla::types::NodeId;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Long enough to ride out a leader failover without an error.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn client_config(dir: &Path, addrs: &[SocketAddr]) -> ClientConfig {
+    let mut c = ClientConfig::from_certs_dir(
+        addrs.iter().map(|a| a.to_string()).collect(),
+        &dir.join("certs"),
+    );
+    c.timeout = CLIENT_TIMEOUT;
+    c
+}
+
+fn cli(dir: &Path, addrs: &[SocketAddr], args: &[&str]) -> Output {
+    Process::new(EXE)
+        .arg("--endpoints")
+        .arg(seed_list(addrs))
+        .arg("--certs-dir")
+        .arg(dir.join("certs"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+async fn write_keys(client: &Client, n: u64) {
+    for i in 0..n {
+        let key = format!("w{i}");
+        client
+            .put(key.as_bytes(), format!("v{i}").as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {e}"));
+    }
+}
+
+async fn read_keys(client: &Client, n: u64) {
+    for i in 0..n {
+        let key = format!("w{i}");
+        let v = client
+            .get(key.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("get {key}: {e}"));
+        assert_eq!(v, Some(format!("v{i}").into_bytes()), "{key}");
+    }
+}
+
+/// Every group is led by a leader whose Raft configuration has three
+/// voters, none of them `gone`, and every node answering is ready.
+fn replaced(rs: &[NodeReport], gone: NodeId) -> bool {
+    let groups: BTreeSet<_> = rs
+        .iter()
+        .flat_map(|r| r.groups.iter().map(|g| g.group))
+        .collect();
+    let led: Vec<_> = rs
+        .iter()
+        .flat_map(|r| r.groups.iter().filter(|g| g.leader))
+        .collect();
+    rs.iter().all(|r| r.lifecycle == "ready")
+        && !groups.is_empty()
+        && led.len() == groups.len()
+        && led
+            .iter()
+            .all(|g| g.voters.len() == 3 && !g.voters.contains(&gone))
+}
+
+async fn catalog(client: &Client) -> Catalog {
+    client.refresh_catalog().await.expect("catalog")
+}
+
+/// Polls until `done` holds for the catalog, within the deadline.
+async fn wait_catalog(client: &Client, what: &str, done: impl Fn(&Catalog) -> bool) -> Catalog {
+    let start = Instant::now();
+    loop {
+        if let Ok(c) = client.refresh_catalog().await {
+            if done(&c) {
+                return c;
+            }
+            assert!(start.elapsed() < DEADLINE, "{what}: {:?}", c.nodes);
+        }
+        assert!(start.elapsed() < DEADLINE, "{what}: no catalog");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_rejoins_at_its_old_address_as_a_new_node_and_takes_its_place() {
+    let _turn = SERIAL.lock().await;
+    let dir = test_dir();
+    let (addrs, mut nodes) = spawn_cluster(dir.path(), 3);
+    init(dir.path(), addrs[0]).await;
+    let caller = Caller::new(&dir.path().join("certs")).unwrap();
+    wait_for(&caller, &addrs, "cluster formed", |rs| settled(rs, 3)).await;
+    let client = Client::connect(client_config(dir.path(), &addrs))
+        .await
+        .unwrap();
+    write_keys(&client, 40).await;
+
+    let victim = caller.status(addrs[2]).await.unwrap().node;
+    let child = nodes.0.get_mut(&2).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::remove_dir_all(dir.path().join("n2")).unwrap();
+    let seeds = seed_list(&addrs);
+    nodes
+        .0
+        .insert(2, spawn(dir.path(), 2, addrs[2], Some(&seeds)));
+
+    // It joins as a new id; the old one is dead, and its replicas move.
+    let c = wait_catalog(&client, "the wiped node joined as a new node", |c| {
+        c.nodes.get(&victim).map(|n| n.state) == Some(NodeState::Dead)
+            && c.nodes.values().any(|n| {
+                n.addr == addrs[2].to_string() && n.id > victim && n.state == NodeState::Active
+            })
+    })
+    .await;
+    let newcomer = c
+        .nodes
+        .values()
+        .find(|n| n.addr == addrs[2].to_string() && n.state == NodeState::Active)
+        .unwrap()
+        .id;
+    assert!(
+        c.nodes.keys().all(|id| *id <= newcomer),
+        "a new id, above every id given"
+    );
+    wait_for(
+        &caller,
+        &addrs,
+        "every group back at three live voters",
+        |rs| rs.len() == 3 && replaced(rs, victim),
+    )
+    .await;
+    let c = catalog(&client).await;
+    assert!(c
+        .groups
+        .values()
+        .all(|g| !g.has_replica(victim) || g.id.0 == 0));
+    read_keys(&client, 40).await;
+
+    let check = cli(dir.path(), &addrs, &["check"]);
+    assert!(
+        check.status.success(),
+        "check: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let status = cli(dir.path(), &addrs, &["--json", "status"]);
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let states: Vec<(u64, String)> = doc["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_u64().unwrap(),
+                n["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        states.contains(&(victim.0, "dead".to_string())),
+        "status shows the old node dead: {states:?}"
+    );
+    drop(nodes);
+    keep(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_refuses_to_start_until_wiped_and_joins_as_a_new_node() {
+    let _turn = SERIAL.lock().await;
+    let dir = test_dir();
+    let (addrs, mut nodes) = spawn_cluster(dir.path(), 4);
+    init(dir.path(), addrs[0]).await;
+    let caller = Caller::new(&dir.path().join("certs")).unwrap();
+    wait_for(&caller, &addrs, "cluster formed", |rs| settled(rs, 4)).await;
+    let client = Client::connect(client_config(dir.path(), &addrs))
+        .await
+        .unwrap();
+
+    let leaving = caller.status(addrs[3]).await.unwrap().node;
+    let child = nodes.0.get_mut(&3).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let removed = cli(
+        dir.path(),
+        &addrs[..3],
+        &["node", "remove", &leaving.0.to_string()],
+    );
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    wait_catalog(&client, "the node is removed", |c| {
+        c.nodes.get(&leaving).map(|n| n.state) == Some(NodeState::Removed)
+    })
+    .await;
+
+    // Restarted with the same flags, it refuses, and names the way out.
+    let seeds = seed_list(&addrs);
+    let mut again = spawn(dir.path(), 3, addrs[3], Some(&seeds));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = again.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < DEADLINE, "the removed node kept running");
+        tokio::time::sleep(POLL).await;
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(dir.path().join("n3.log")).unwrap();
+    assert!(
+        log.contains("was removed") && log.contains("--wipe-and-join"),
+        "{}",
+        &log[log.len().saturating_sub(2000)..]
+    );
+
+    // With --wipe-and-join it discards its data and joins as a new node.
+    nodes.0.insert(
+        3,
+        spawn_with(dir.path(), 3, addrs[3], Some(&seeds), &["--wipe-and-join"]),
+    );
+    let c = wait_catalog(&client, "the wiped node joined as a new node", |c| {
+        c.nodes.values().any(|n| {
+            n.addr == addrs[3].to_string() && n.id > leaving && n.state == NodeState::Active
+        })
+    })
+    .await;
+    assert_eq!(c.nodes[&leaving].state, NodeState::Removed, "never back");
+    wait_for(&caller, &addrs, "the new node is ready", |rs| {
+        rs.len() == 4 && rs.iter().all(|r| r.lifecycle == "ready")
+    })
+    .await;
+    drop(nodes);
+    keep(dir);
+}
