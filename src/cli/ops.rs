@@ -40,6 +40,19 @@ pub(super) async fn reports(
         .collect())
 }
 
+/// The voters of each led group's Raft configuration, as its leader
+/// reports them.
+pub(super) fn raft_voters(
+    reports: &[(NodeId, String, Option<NodeReport>)],
+) -> BTreeMap<GroupId, Vec<NodeId>> {
+    reports
+        .iter()
+        .filter_map(|(_, _, r)| r.as_ref())
+        .flat_map(|r| r.groups.iter().filter(|s| s.leader))
+        .map(|s| (s.group, s.voters.clone()))
+        .collect()
+}
+
 /// Leader and its commit index, by group, from the reports.
 pub(super) fn leaders(
     reports: &[(NodeId, String, Option<NodeReport>)],
@@ -91,10 +104,11 @@ pub(super) async fn status(g: &Globals, c: &Client, out: &mut dyn Write) -> Outc
     }
     let total = catalog.groups.len();
     let with_leader = leaders.len();
-    let full = catalog
-        .groups
+    // Voters as the leaders' Raft configurations have them: the catalog's
+    // placement runs ahead of them while replicas are still catching up.
+    let full = raft_voters(&reports)
         .values()
-        .filter(|i| i.voters.len() >= 3)
+        .filter(|v| v.len() >= 3)
         .count();
     let summary = json!({"total": total, "with_leader": with_leader, "with_3_voters": full});
     let doc = json!({
@@ -186,6 +200,7 @@ pub(super) async fn groups(g: &Globals, c: &Client, out: &mut dyn Write) -> Outc
         docs.push(json!({
             "id": info.id.0,
             "voters": info.voters.iter().map(|n| n.0).collect::<Vec<_>>(),
+            "raft_voters": s.filter(|s| s.leader).map(|s| s.voters.iter().map(|n| n.0).collect::<Vec<_>>()),
             "learners": info.learners.iter().map(|n| n.0).collect::<Vec<_>>(),
             "leader": s.and_then(|s| s.leader_id).map(|n| n.0),
             "term": s.map(|s| s.term),
@@ -201,10 +216,15 @@ pub(super) async fn groups(g: &Globals, c: &Client, out: &mut dyn Write) -> Outc
             .values()
             .zip(&docs)
             .map(|(info, d)| {
+                let raft = by_group
+                    .get(&info.id)
+                    .filter(|s| s.leader)
+                    .map_or("-".to_string(), |s| ids(&s.voters));
                 vec![
                     info.id.0.to_string(),
                     ids(&info.voters),
                     ids(&info.learners),
+                    raft,
                     cell(&d["leader"]),
                     cell(&d["term"]),
                     cell(&d["commit"]),
@@ -215,7 +235,14 @@ pub(super) async fn groups(g: &Globals, c: &Client, out: &mut dyn Write) -> Outc
         table(
             out,
             &[
-                "GROUP", "VOTERS", "LEARNERS", "LEADER", "TERM", "COMMIT", "APPLIED",
+                "GROUP",
+                "VOTERS",
+                "LEARNERS",
+                "RAFT VOTERS",
+                "LEADER",
+                "TERM",
+                "COMMIT",
+                "APPLIED",
             ],
             &rows,
         );
