@@ -257,3 +257,72 @@ async fn a_removed_node_refuses_to_start_until_wiped_and_joins_as_a_new_node() {
     drop(nodes);
     keep(dir);
 }
+
+/// Runs the CLI from a fresh process and returns its output and how long
+/// it took.
+fn timed_cli(dir: &Path, endpoints: &[SocketAddr], args: &[&str]) -> (Output, Duration) {
+    let start = Instant::now();
+    let out = cli(dir, endpoints, args);
+    (out, start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_node_down_a_fresh_cli_never_waits_on_it() {
+    let _turn = SERIAL.lock().await;
+    let dir = test_dir();
+    let (addrs, mut nodes) = spawn_cluster(dir.path(), 3);
+    init(dir.path(), addrs[0]).await;
+    let caller = Caller::new(&dir.path().join("certs")).unwrap();
+    wait_for(&caller, &addrs, "cluster formed", |rs| settled(rs, 3)).await;
+    let (warm, _) = timed_cli(dir.path(), &addrs, &["put", "k0", "v0"]);
+    assert!(warm.status.success());
+
+    let child = nodes.0.get_mut(&0).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let live = &addrs[1..];
+    wait_for(&caller, live, "leaders moved off the dead node", |rs| {
+        rs.len() == 2 && {
+            let groups: BTreeSet<_> = rs
+                .iter()
+                .flat_map(|r| r.groups.iter().map(|g| g.group))
+                .collect();
+            let led: BTreeSet<_> = rs
+                .iter()
+                .flat_map(|r| r.groups.iter().filter(|g| g.leader).map(|g| g.group))
+                .collect();
+            !groups.is_empty() && groups == led
+        }
+    })
+    .await;
+
+    // The dead node first among the endpoints, as an operator's list may
+    // have it; every command a fresh process, so nothing is remembered.
+    let mut worst = Duration::ZERO;
+    for i in 1..=10 {
+        let key = format!("k{i}");
+        let value = format!("v{i}");
+        let (put, put_took) = timed_cli(dir.path(), &addrs, &["put", &key, &value]);
+        assert!(
+            put.status.success(),
+            "{}",
+            String::from_utf8_lossy(&put.stderr)
+        );
+        let (get, get_took) = timed_cli(dir.path(), &addrs, &["get", &key]);
+        assert!(
+            get.status.success(),
+            "{}",
+            String::from_utf8_lossy(&get.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), value);
+        worst = worst.max(put_took).max(get_took);
+    }
+    eprintln!("slowest put or get from a fresh CLI with a node down: {worst:?}");
+    // A whole attempt on the dead node would take two seconds.
+    assert!(
+        worst < Duration::from_millis(1500),
+        "a command waited on the dead node: {worst:?}"
+    );
+    drop(nodes);
+    keep(dir);
+}

@@ -32,20 +32,17 @@ use tokio::time::Instant;
 
 use crate::catalog::{Catalog, NodeState};
 use crate::certs::{role_files, Role, CA_CERT};
-use crate::error::{Action, Error, Result};
+use crate::error::{Error, Result};
 use crate::kv::{BatchOp, Command, Op, Response};
-use crate::transport::rpc::{self, NodeReport, RpcRequest, RpcResponse};
+use crate::transport::rpc::{NodeReport, RpcRequest, RpcResponse};
 use crate::transport::tls::PIN_MISMATCH;
 use crate::transport::TlsIdentity;
 use crate::types::{GroupId, NodeId, CATALOG_GROUP};
 
+mod route;
+
 /// Default deadline of one call, retries included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest a single attempt may wait for an answer before trying elsewhere.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
-/// First wait between retries; doubles up to [`MAX_BACKOFF`].
-const MIN_BACKOFF: Duration = Duration::from_millis(10);
-const MAX_BACKOFF: Duration = Duration::from_millis(300);
 
 /// How to reach a cluster and who to be.
 #[derive(Clone, Debug)]
@@ -164,6 +161,9 @@ struct Inner {
     routing: Mutex<Routing>,
     /// One open connection per node address.
     conns: Mutex<BTreeMap<SocketAddr, quinn::Connection>>,
+    /// Addresses that recently failed to connect or answer, and when (see
+    /// `route`).
+    down: Mutex<BTreeMap<SocketAddr, Instant>>,
 }
 
 /// A connection to a Flotilla cluster. Cheap to clone; clones share the
@@ -197,6 +197,7 @@ impl Client {
                 in_flight: Mutex::default(),
                 routing: Mutex::default(),
                 conns: Mutex::default(),
+                down: Mutex::default(),
             }),
         };
         client.refresh_catalog().await?;
@@ -351,27 +352,50 @@ impl Client {
     /// that did not answer.
     pub async fn status(&self) -> Result<Vec<(NodeId, String, Result<NodeReport>)>> {
         let catalog = self.refresh_catalog().await?;
-        let mut out = Vec::new();
-        for n in catalog.nodes.values() {
-            if n.state == NodeState::Removed {
-                continue;
-            }
-            let report = match resolve(&n.addr).await {
-                Ok(addr) => match self.call_once(addr, &RpcRequest::Status).await {
-                    // Another node now listens where this one did (a node
-                    // whose disk was replaced rejoined under a new id).
-                    Ok(RpcResponse::Status(r)) if r.node != n.id => Err(Error::Unreachable(
-                        format!("{} answers as node {}", n.addr, r.node.0),
-                    )),
-                    Ok(RpcResponse::Status(r)) => Ok(r),
-                    Ok(other) => Err(unexpected(&other)),
+        let mut asks = tokio::task::JoinSet::new();
+        let nodes: Vec<_> = catalog
+            .nodes
+            .values()
+            .filter(|n| n.state != NodeState::Removed)
+            .map(|n| (n.id, n.addr.clone()))
+            .collect();
+        for (i, (id, addr)) in nodes.iter().cloned().enumerate() {
+            let me = self.clone();
+            asks.spawn(async move {
+                let deadline = Instant::now() + route::ATTEMPT_TIMEOUT.min(me.inner.timeout);
+                let report = match resolve(&addr).await {
+                    Ok(sock) => match me.call_within(sock, &RpcRequest::Status, deadline).await {
+                        // Another node now listens where this one did (a
+                        // node whose disk was replaced rejoined under a new
+                        // id).
+                        Ok(RpcResponse::Status(r)) if r.node != id => Err(Error::Unreachable(
+                            format!("{addr} answers as node {}", r.node.0),
+                        )),
+                        Ok(RpcResponse::Status(r)) => Ok(r),
+                        Ok(other) => Err(unexpected(&other)),
+                        Err(e) => Err(e),
+                    },
                     Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
-            };
-            out.push((n.id, n.addr.clone(), report));
+                };
+                (i, report)
+            });
         }
-        Ok(out)
+        let mut reports: BTreeMap<usize, Result<NodeReport>> = BTreeMap::new();
+        while let Some(done) = asks.join_next().await {
+            let (i, report) =
+                done.map_err(|e| Error::Invalid(format!("status task failed: {e}")))?;
+            reports.insert(i, report);
+        }
+        Ok(nodes
+            .into_iter()
+            .enumerate()
+            .map(|(i, (id, addr))| {
+                let r = reports
+                    .remove(&i)
+                    .unwrap_or_else(|| Err(Error::Unreachable(format!("{addr} was not asked"))));
+                (id, addr, r)
+            })
+            .collect())
     }
 
     /// The catalog, from the cache when it has one.
@@ -399,27 +423,42 @@ impl Client {
             })
             .unwrap_or_default();
         candidates.extend(self.inner.seeds.iter().cloned());
+        let mut seen = BTreeSet::new();
+        candidates.retain(|c| seen.insert(c.clone()));
+        // Every candidate at once, nodes that failed lately only when no
+        // other is left; the first catalog wins.
         let mut last = Error::Unreachable("no endpoint answered".into());
+        let mut addrs = Vec::new();
         for c in candidates {
-            let addr = match resolve(&c).await {
-                Ok(a) => a,
-                Err(e) => {
-                    last = e;
-                    continue;
-                }
-            };
-            match self.call_once(addr, &RpcRequest::Catalog).await {
-                Ok(RpcResponse::Catalog(bytes)) => {
-                    let catalog = Catalog::decode(&bytes)?;
-                    let mut r = self.lock_routing();
-                    r.catalog = Some(catalog.clone());
-                    r.fetched = Some(Instant::now());
-                    return Ok(catalog);
-                }
-                Ok(other) => last = unexpected(&other),
-                // A refused certificate will not get better elsewhere.
-                Err(e @ (Error::Certificate { .. } | Error::PermissionDenied(_))) => return Err(e),
+            match resolve(&c).await {
+                Ok(a) => addrs.push(a),
                 Err(e) => last = e,
+            }
+        }
+        let (up, down): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|a| !self.is_down(a));
+        for batch in [up, down] {
+            let mut asks = tokio::task::JoinSet::new();
+            for addr in batch {
+                let me = self.clone();
+                asks.spawn(async move { (addr, me.call_once(addr, &RpcRequest::Catalog).await) });
+            }
+            while let Some(done) = asks.join_next().await {
+                let Ok((_, answer)) = done else { continue };
+                match answer {
+                    Ok(RpcResponse::Catalog(bytes)) => {
+                        let catalog = Catalog::decode(&bytes)?;
+                        let mut r = self.lock_routing();
+                        r.catalog = Some(catalog.clone());
+                        r.fetched = Some(Instant::now());
+                        return Ok(catalog);
+                    }
+                    Ok(other) => last = unexpected(&other),
+                    // A refused certificate will not get better elsewhere.
+                    Err(e @ (Error::Certificate { .. } | Error::PermissionDenied(_))) => {
+                        return Err(e)
+                    }
+                    Err(e) => last = e,
+                }
             }
         }
         Err(last)
@@ -516,132 +555,6 @@ impl Client {
             .as_ref()
             .map(|c| c.group_of(key))
             .ok_or_else(|| Error::Unreachable("no catalog yet".into()))
-    }
-
-    /// Where to send a request for `group` next: the leader it believes in,
-    /// else the `attempt`-th voter.
-    fn target(&self, group: GroupId, attempt: usize) -> Option<(NodeId, String)> {
-        let r = self.lock_routing();
-        let catalog = r.catalog.as_ref()?;
-        let addr_of = |n: NodeId| catalog.nodes.get(&n).map(|i| (n, i.addr.clone()));
-        if let Some(l) = r.leaders.get(&group) {
-            if let Some(t) = addr_of(*l) {
-                return Some(t);
-            }
-        }
-        let members: Vec<NodeId> = match catalog.groups.get(&group) {
-            Some(g) if !g.voters.is_empty() => g.voters.clone(),
-            _ => catalog.nodes.keys().copied().collect(),
-        };
-        members
-            .get(attempt % members.len().max(1))
-            .and_then(|n| addr_of(*n))
-    }
-
-    /// Sends `req` to the leader of `group`, following redirects and
-    /// retrying retryable failures with backoff until the deadline.
-    async fn call_group(&self, group: GroupId, req: &RpcRequest) -> Result<RpcResponse> {
-        let deadline = Instant::now() + self.inner.timeout;
-        let mut backoff = MIN_BACKOFF;
-        let mut attempt = 0usize;
-        loop {
-            let err = match self.target(group, attempt) {
-                None => Error::Unreachable(format!("no node known for {group}")),
-                Some((node, addr)) => match resolve(&addr).await {
-                    Err(e) => e,
-                    Ok(sock) => match self.call_within(sock, req, deadline).await {
-                        Ok(RpcResponse::Error(e)) => Error::from(e),
-                        Ok(r) => {
-                            self.lock_routing().leaders.insert(group, node);
-                            return Ok(r);
-                        }
-                        Err(e) => e,
-                    },
-                },
-            };
-            if err.action() == Action::Fail || Instant::now() >= deadline {
-                return Err(err);
-            }
-            match &err {
-                Error::NotLeader {
-                    leader: Some(l), ..
-                } => {
-                    self.lock_routing().leaders.insert(group, *l);
-                    // A fresh hint is worth following at once, but not
-                    // forever: two nodes could name each other.
-                    if attempt % 4 != 3 {
-                        attempt += 1;
-                        continue;
-                    }
-                }
-                Error::NotLeader { leader: None, .. } | Error::WrongGroup { .. } => {
-                    self.lock_routing().leaders.remove(&group);
-                    let stale = self
-                        .lock_routing()
-                        .fetched
-                        .is_none_or(|t| t.elapsed() > Duration::from_millis(500));
-                    if stale {
-                        let _ = self.refresh_catalog().await;
-                    }
-                }
-                _ => {
-                    self.lock_routing().leaders.remove(&group);
-                }
-            }
-            attempt += 1;
-            let left = deadline.saturating_duration_since(Instant::now());
-            tokio::time::sleep(backoff.min(left)).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
-    }
-
-    /// One request to one node within the client's timeout.
-    async fn call_once(&self, addr: SocketAddr, req: &RpcRequest) -> Result<RpcResponse> {
-        let deadline = Instant::now() + self.inner.timeout;
-        self.call_within(addr, req, deadline).await
-    }
-
-    /// One request to one node, on a cached connection (dialled if needed),
-    /// given at most [`ATTEMPT_TIMEOUT`] and never past `deadline`.
-    async fn call_within(
-        &self,
-        addr: SocketAddr,
-        req: &RpcRequest,
-        deadline: Instant,
-    ) -> Result<RpcResponse> {
-        let limit = ATTEMPT_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
-        let cached = self
-            .inner
-            .conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&addr)
-            .filter(|c| c.close_reason().is_none())
-            .cloned();
-        let attempt = async {
-            let conn = match cached {
-                Some(c) => c,
-                None => {
-                    let c = rpc::connect(&self.inner.endpoint, &self.inner.tls, addr)
-                        .await
-                        .map_err(classify)?;
-                    self.inner
-                        .conns
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(addr, c.clone());
-                    c
-                }
-            };
-            rpc::call_on(&conn, req).await.map_err(classify)
-        };
-        match tokio::time::timeout(limit, attempt).await {
-            Ok(Ok(RpcResponse::Error(e))) => Err(Error::from(e)),
-            Ok(r) => r,
-            Err(_) => Err(Error::Unreachable(format!(
-                "{addr} did not answer within {limit:?}"
-            ))),
-        }
     }
 }
 
