@@ -382,6 +382,55 @@ fn a_membership_change_raft_refuses_is_skipped_alike_and_the_group_keeps_serving
 }
 
 #[test]
+fn a_read_at_a_freshly_elected_leader_is_served_without_waiting_out_its_timeout() {
+    let mut sim = cluster(6);
+    let g = GroupId(2);
+    let old = sim.leader(g).unwrap();
+    let next = sim.node_ids().into_iter().find(|n| *n != old).unwrap();
+    let caught_up = |s: &Sim| {
+        let last = |n| {
+            s.driver(n)
+                .and_then(|d| d.status(g))
+                .map(|st| st.last_index)
+        };
+        last(next) == last(old)
+    };
+    assert!(sim.run_until(4_000, caught_up).unwrap());
+    sim.driver_mut(old)
+        .unwrap()
+        .transfer_leader(g, next)
+        .unwrap();
+    let leads = |s: &Sim| {
+        s.driver(next)
+            .and_then(|d| d.status(g))
+            .is_some_and(|st| st.role == StateRole::Leader)
+    };
+    assert!(sim.run_until(1_000, leads).unwrap());
+    // It leads, but no entry of its term has committed yet: raft-rs would
+    // drop a ReadIndex asked of it now.
+    let raft = &sim.driver(next).unwrap().groups[&g].node.raft;
+    assert!(!raft.commit_to_current_term());
+
+    let start = sim.now;
+    let t = sim.submit_read(next, g, b"anything");
+    let timeout = sim.cfg.driver.read_timeout_ticks;
+    let per_tick = sim.cfg.steps_per_tick;
+    assert!(sim
+        .run_until(timeout * per_tick * 2, |s| s.completions.contains_key(&t))
+        .unwrap());
+    let ticks = (sim.now - start).div_ceil(per_tick);
+    let got = sim.completions.remove(&t);
+    assert!(
+        matches!(got, Some(Ok(Reply::Kv(Response::Value(None))))),
+        "{got:?} after {ticks} ticks"
+    );
+    assert!(
+        ticks * 10 <= timeout,
+        "answered after {ticks} ticks; the read timeout is {timeout}"
+    );
+}
+
+#[test]
 fn a_session_row_that_does_not_decode_stops_the_leader_instead_of_answering() {
     let mut sim = cluster(8);
     let g = GroupId(3);
