@@ -3,6 +3,15 @@
 //! Every variant answers the question an operator or a client library asks
 //! first: *should I retry, go elsewhere, or give up?* [`Error::action`] gives
 //! that answer; the message gives the detail.
+//!
+//! Applying a committed entry can go wrong in two ways that must never be
+//! confused. A [`Rejection`] is a decision every replica reaches alike from
+//! replicated state (the entry and the state before it): it is the answer to
+//! the entry's proposer and the node carries on. An [`Error`] out of apply is
+//! a fault of this node alone (its disk, its own stored rows): the node
+//! stops. The two are different types, so no storage or decoding failure of
+//! the node's own data can turn into an answer, and a rejection can only be
+//! built where the apply code decides one.
 
 use crate::types::{GroupId, NodeId};
 
@@ -151,6 +160,49 @@ impl Error {
         }
     }
 }
+
+/// Why a committed entry was refused, alike on every replica. Only apply
+/// code that decides from replicated state builds one; there is no
+/// conversion from [`Error`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// A retried command whose recorded result was already discarded.
+    #[error("client {client} sequence {seq} is older than its session floor {floor}")]
+    SessionExpired {
+        /// Client id.
+        client: u64,
+        /// The sequence number retried.
+        seq: u64,
+        /// The lowest sequence still remembered.
+        floor: u64,
+    },
+    /// The command does not fit the state it met (an empty batch, a catalog
+    /// change the catalog refuses, a command for the wrong kind of group,
+    /// an entry that is not a proposal).
+    #[error("{0}")]
+    Invalid(String),
+    /// A membership change Raft refused, or one that does not parse: the
+    /// group's configuration stays as it was.
+    #[error("membership change refused: {0}")]
+    ConfChange(String),
+}
+
+impl From<Rejection> for Error {
+    /// The answer the proposer gets. Each kind keeps the variant (and so the
+    /// [`Action`]) a client already knows for it.
+    fn from(r: Rejection) -> Error {
+        match r {
+            Rejection::SessionExpired { client, seq, floor } => {
+                Error::SessionExpired { client, seq, floor }
+            }
+            Rejection::Invalid(m) => Error::Invalid(m),
+            r @ Rejection::ConfChange(_) => Error::Invalid(r.to_string()),
+        }
+    }
+}
+
+/// What applying one entry decided: its answer, or its rejection.
+pub type Outcome<T> = std::result::Result<T, Rejection>;
 
 macro_rules! from_redb {
     ($($ty:ty),*) => {$(

@@ -20,7 +20,7 @@ pub use routing::vshard_of;
 
 use std::collections::BTreeMap;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Outcome, Rejection, Result};
 use crate::types::{GroupId, NodeId, VShard, CATALOG_GROUP};
 
 /// Default number of vshards: enough to spread load over hundreds of groups,
@@ -268,8 +268,10 @@ impl Catalog {
     /// Applies a committed change. Pure: the same catalog and command give
     /// the same result everywhere; `local` only selects which effects are
     /// returned. A command that does not fit the catalog is rejected without
-    /// changing anything (every replica rejects it alike).
-    pub fn apply(&mut self, cmd: &CatalogCommand, local: NodeId) -> Result<Vec<Effect>> {
+    /// changing anything (every replica rejects it alike): each arm checks
+    /// everything before it writes. Nothing here can fail otherwise, so the
+    /// only error is a [`Rejection`].
+    pub fn apply(&mut self, cmd: &CatalogCommand, local: NodeId) -> Outcome<Vec<Effect>> {
         let mut effects = Vec::new();
         match cmd {
             CatalogCommand::UpsertNode(info) => {
@@ -285,7 +287,7 @@ impl Catalog {
                     .flatten();
                 let id = match known {
                     Some(n) if n.state == NodeState::Removed => {
-                        return Err(Error::Invalid(format!(
+                        return Err(Rejection::Invalid(format!(
                             "node {} was removed from the cluster; its data directory cannot rejoin \
                              (start it with --wipe-and-join to join as a new node)",
                             n.id.0
@@ -315,9 +317,9 @@ impl Catalog {
                 let info = self
                     .nodes
                     .get_mut(node)
-                    .ok_or_else(|| Error::Invalid(format!("unknown node {node}")))?;
+                    .ok_or_else(|| Rejection::Invalid(format!("unknown node {node}")))?;
                 if info.state == NodeState::Removed && *state != NodeState::Removed {
-                    return Err(Error::Invalid(format!(
+                    return Err(Rejection::Invalid(format!(
                         "node {} was removed; a removed node never comes back",
                         node.0
                     )));
@@ -328,7 +330,7 @@ impl Catalog {
                 let info = self
                     .nodes
                     .get_mut(node)
-                    .ok_or_else(|| Error::Invalid(format!("unknown node {node}")))?;
+                    .ok_or_else(|| Rejection::Invalid(format!("unknown node {node}")))?;
                 info.state = match (info.state, dead) {
                     (NodeState::Active, true) => NodeState::Dead,
                     (NodeState::Dead, false) => NodeState::Active,
@@ -337,7 +339,7 @@ impl Catalog {
             }
             CatalogCommand::CreateGroup(info) => {
                 if self.groups.contains_key(&info.id) {
-                    return Err(Error::Invalid(format!("{} already exists", info.id)));
+                    return Err(Rejection::Invalid(format!("{} already exists", info.id)));
                 }
                 self.check_members(info)?;
                 self.groups.insert(info.id, info.clone());
@@ -349,18 +351,21 @@ impl Catalog {
                 }
             }
             CatalogCommand::SetGroupMembers(info) => {
-                self.check_members(info)?;
                 let old = self
                     .groups
-                    .insert(info.id, info.clone())
-                    .ok_or_else(|| Error::Invalid(format!("unknown group {}", info.id)))?;
-                if info.has_replica(local) && !old.has_replica(local) {
+                    .get(&info.id)
+                    .ok_or_else(|| Rejection::Invalid(format!("unknown group {}", info.id)))?;
+                self.check_members(info)?;
+                let joins = info.has_replica(local) && !old.has_replica(local);
+                let leaves = old.has_replica(local) && !info.has_replica(local);
+                self.groups.insert(info.id, info.clone());
+                if joins {
                     effects.push(Effect::OpenGroup {
                         info: info.clone(),
                         fresh: false,
                     });
                 }
-                if old.has_replica(local) && !info.has_replica(local) {
+                if leaves {
                     effects.push(Effect::LeaveGroup(info.id));
                 }
             }
@@ -368,9 +373,9 @@ impl Catalog {
                 let info = self
                     .groups
                     .get(group)
-                    .ok_or_else(|| Error::Invalid(format!("there is no {group}")))?;
+                    .ok_or_else(|| Rejection::Invalid(format!("there is no {group}")))?;
                 if !info.voters.contains(node) {
-                    return Err(Error::Invalid(format!(
+                    return Err(Rejection::Invalid(format!(
                         "{node} is not a voter of {group}; its voters are {:?}",
                         info.voters
                     )));
@@ -379,10 +384,12 @@ impl Catalog {
             }
             CatalogCommand::AssignVShards { first, last, group } => {
                 if first > last || *last >= self.vshard_count {
-                    return Err(Error::Invalid(format!("bad vshard range {first}..={last}")));
+                    return Err(Rejection::Invalid(format!(
+                        "bad vshard range {first}..={last}"
+                    )));
                 }
                 if !self.groups.contains_key(group) || *group == CATALOG_GROUP {
-                    return Err(Error::Invalid(format!("{group} cannot own vshards")));
+                    return Err(Rejection::Invalid(format!("{group} cannot own vshards")));
                 }
                 for v in *first..=*last {
                     self.vshards[v as usize] = *group;
@@ -400,21 +407,23 @@ impl Catalog {
         NodeId(self.nodes.keys().next_back().map_or(1, |n| n.0 + 1))
     }
 
-    /// Nodes that may take new replicas.
-    pub fn is_eligible(&self, node: NodeId) -> bool {
-        self.nodes
-            .get(&node)
-            .is_some_and(|n| n.state == NodeState::Active)
-    }
-
-    fn check_members(&self, info: &GroupInfo) -> Result<()> {
+    /// A group's members must be known nodes, each listed once, with at
+    /// least one voter: Raft could never reach any other configuration.
+    fn check_members(&self, info: &GroupInfo) -> Outcome<()> {
         if info.voters.is_empty() {
-            return Err(Error::Invalid(format!("{} needs a voter", info.id)));
+            return Err(Rejection::Invalid(format!("{} needs a voter", info.id)));
         }
+        let mut seen = std::collections::BTreeSet::new();
         for n in info.voters.iter().chain(&info.learners) {
             if !self.nodes.contains_key(n) {
-                return Err(Error::Invalid(format!(
+                return Err(Rejection::Invalid(format!(
                     "{} names unknown node {n}",
+                    info.id
+                )));
+            }
+            if !seen.insert(*n) {
+                return Err(Rejection::Invalid(format!(
+                    "{} lists {n} more than once",
                     info.id
                 )));
             }

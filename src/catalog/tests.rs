@@ -64,7 +64,35 @@ fn creating_a_group_opens_it_only_on_its_members() {
 fn invalid_commands_change_nothing() {
     let mut c = Catalog::bootstrap(1, 64, &three(), 4, 3).unwrap();
     let before = c.clone();
+    let members = |id: u64, voters: &[u64], learners: &[u64]| GroupInfo {
+        id: GroupId(id),
+        voters: voters.iter().copied().map(NodeId).collect(),
+        learners: learners.iter().copied().map(NodeId).collect(),
+    };
+    // Every arm that can refuse, with each of its reasons; the catalog
+    // (its epoch included) must come out exactly as it went in.
     let bad = [
+        CatalogCommand::SetGroupMembers(members(8, &[1, 2], &[])),
+        CatalogCommand::SetGroupMembers(members(1, &[], &[2])),
+        CatalogCommand::SetGroupMembers(members(1, &[1, 99], &[])),
+        CatalogCommand::SetGroupMembers(members(1, &[1, 2], &[2])),
+        CatalogCommand::SetGroupMembers(members(1, &[1, 1], &[])),
+        CatalogCommand::CreateGroup(members(8, &[], &[])),
+        CatalogCommand::CreateGroup(members(8, &[1], &[3, 3])),
+        CatalogCommand::PreferLeader {
+            group: GroupId(8),
+            node: NodeId(1),
+        },
+        CatalogCommand::AssignVShards {
+            first: 3,
+            last: 2,
+            group: GroupId(1),
+        },
+        CatalogCommand::AssignVShards {
+            first: 0,
+            last: 1,
+            group: GroupId(8),
+        },
         CatalogCommand::CreateGroup(GroupInfo {
             id: GroupId(1),
             voters: vec![NodeId(1)],
@@ -91,8 +119,9 @@ fn invalid_commands_change_nothing() {
         },
     ];
     for cmd in bad {
-        assert!(c.apply(&cmd, NodeId(1)).is_err(), "{cmd:?}");
-        assert_eq!(c, before);
+        let refused = c.apply(&cmd, NodeId(1));
+        assert!(matches!(refused, Err(Rejection::Invalid(_))), "{cmd:?}");
+        assert_eq!(c, before, "{cmd:?}");
     }
 }
 
@@ -147,7 +176,7 @@ fn ids_are_never_reused_and_a_removed_store_never_comes_back() {
     let before = c.clone();
     let refused = c.apply(&add("127.0.0.4:7000", 44), NodeId(1));
     assert!(
-        matches!(&refused, Err(Error::Invalid(m)) if m.contains("--wipe-and-join")),
+        matches!(&refused, Err(crate::error::Rejection::Invalid(m)) if m.contains("--wipe-and-join")),
         "{refused:?}"
     );
     assert_eq!(c, before, "a refused join changes nothing");
@@ -225,7 +254,7 @@ fn a_preferred_leader_must_be_a_voter() {
         },
         NodeId(1),
     );
-    assert!(matches!(refused, Err(Error::Invalid(_))), "{refused:?}");
+    assert!(matches!(refused, Err(Rejection::Invalid(_))), "{refused:?}");
     assert!(c.preferred_leaders.is_empty());
     let epoch = c.epoch;
     c.apply(

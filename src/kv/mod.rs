@@ -12,6 +12,12 @@
 //! machine which results they no longer need with `ack_below`, which bounds
 //! the table per client.
 //!
+//! **Two kinds of failure.** [`apply`] returns `Result<Outcome<Response>>`.
+//! The inner [`Rejection`] is a refusal every replica reaches alike (an
+//! expired session, an empty batch): it is the command's answer. The outer
+//! error is the store failing on this node alone (a row that will not read
+//! or decode): it is never an answer, and the node must stop.
+//!
 //! Left out for now: expiry of idle client sessions (a client that never
 //! comes back keeps its last few rows until the group is rebuilt).
 
@@ -21,7 +27,7 @@ mod model;
 pub use limits::Limits;
 pub use model::MapStore;
 
-use crate::error::{Error, Result};
+use crate::error::{Outcome, Rejection, Result};
 
 /// One mutation of a data group.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -163,20 +169,23 @@ pub trait KvStore {
 }
 
 /// Applies one command to a store. Deterministic: the same store contents and
-/// command give the same response and the same new contents on every replica.
-pub fn apply(store: &mut impl KvStore, cmd: &Command) -> Result<Response> {
+/// command give the same response (or the same [`Rejection`]) and the same
+/// new contents on every replica; a rejected command changes nothing. An
+/// `Err` is the store failing on this node: the store may then hold part of
+/// the command, so the caller must stop rather than carry on.
+pub fn apply(store: &mut impl KvStore, cmd: &Command) -> Result<Outcome<Response>> {
     let mut session = None;
     if cmd.client != 0 {
         let s = store.session(cmd.client)?.unwrap_or_default();
         if cmd.seq < s.floor {
-            return Err(Error::SessionExpired {
+            return Ok(Err(Rejection::SessionExpired {
                 client: cmd.client,
                 seq: cmd.seq,
                 floor: s.floor,
-            });
+            }));
         }
         if let Some((_, previous)) = s.results.iter().find(|(seq, _)| *seq == cmd.seq) {
-            return Ok(previous.clone());
+            return Ok(Ok(previous.clone()));
         }
         session = Some(s);
     }
@@ -205,7 +214,7 @@ pub fn apply(store: &mut impl KvStore, cmd: &Command) -> Result<Response> {
             // Validated before proposing; checked again here so an empty
             // batch is refused alike on every replica.
             if ops.is_empty() {
-                return Err(Error::Invalid("an empty batch".into()));
+                return Ok(Err(Rejection::Invalid("an empty batch".into())));
             }
             for op in ops {
                 match op {
@@ -232,7 +241,7 @@ pub fn apply(store: &mut impl KvStore, cmd: &Command) -> Result<Response> {
         s.results.retain(|(seq, _)| *seq >= floor);
         store.put_session(cmd.client, &s)?;
     }
-    Ok(response)
+    Ok(Ok(response))
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! A round collects the `Ready` of every group with work and handles them in
 //! the order raft-rs documents, with the disk work of all groups merged:
 //!
-//! 1. queued linearizable reads become one `read_index` per group;
+//! 1. queued linearizable reads become one `read_index` per group (held
+//!    while a new leader has not yet committed an entry of its term);
 //! 2. for each busy group: messages that need no local persistence go to
 //!    the outbox; a received snapshot is installed; committed entries are
 //!    applied; new entries and the hard state are staged; the ready is
@@ -160,7 +161,8 @@ struct Group {
     node: RawNode<GroupStorage>,
     /// Proposals of this node awaiting apply, by proposal id.
     proposals: BTreeMap<u64, PendingProposal>,
-    /// Reads queued since the last round.
+    /// Reads queued since the last round, or held because the leader has
+    /// not yet committed an entry of its term.
     reads: Vec<PendingRead>,
     /// The term and role the election timeout was last chosen for, and the
     /// timeout chosen.
@@ -425,6 +427,10 @@ impl Driver {
             expire(*group, reads);
         }
         self.read_batches.retain(|_, (_, reads)| !reads.is_empty());
+        // Reads a new leader holds until it commits in its term.
+        for (group, g) in &mut self.groups {
+            expire(*group, &mut g.reads);
+        }
     }
 
     /// Hands the driver messages a peer sent. Messages for groups this node

@@ -121,7 +121,18 @@ impl Driver {
         }
         self.drop_stale_requests(&mut out);
         self.serve_reads(&mut out)?;
+        out.more |= self.reads_released();
         Ok(out)
+    }
+
+    /// Whether a group holds reads that the next round will hand to raft-rs:
+    /// its leader has committed an entry of its term since they were held.
+    fn reads_released(&self) -> bool {
+        self.groups.values().any(|g| {
+            !g.reads.is_empty()
+                && g.node.raft.state == StateRole::Leader
+                && g.node.raft.commit_to_current_term()
+        })
     }
 
     /// Handles one group's Ready up to `advance_append_async`. Returns the
@@ -317,17 +328,26 @@ impl Driver {
         Ok(())
     }
 
-    /// Turns each group's queued reads into one ReadIndex request.
+    /// Turns each group's queued reads into one ReadIndex request. A leader
+    /// that has not yet committed an entry of its term keeps them queued:
+    /// raft-rs would drop the request without a word, and the reads would
+    /// wait out their timeout. Its first entry commits within a round trip,
+    /// and the round that commits it asks for the next at once (see
+    /// [`Driver::reads_released`]).
     fn issue_reads(&mut self, out: &mut RoundOutput) {
         for (gid, g) in &mut self.groups {
             if g.reads.is_empty() {
                 continue;
             }
-            let reads = std::mem::take(&mut g.reads);
             if g.node.raft.state != StateRole::Leader {
+                let reads = std::mem::take(&mut g.reads);
                 fail_reads(out, *gid, reads, leader_hint(g));
                 continue;
             }
+            if !g.node.raft.commit_to_current_term() {
+                continue;
+            }
+            let reads = std::mem::take(&mut g.reads);
             let batch = self.next_read_batch;
             self.next_read_batch += 1;
             g.node.read_index(batch.to_le_bytes().to_vec());

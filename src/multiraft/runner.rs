@@ -165,10 +165,19 @@ impl Runner {
     /// Starts `driver` on a thread of its own, ticking every `tick`.
     pub fn spawn(driver: Driver, transport: impl Transport, tick: Duration) -> Result<Runner> {
         let (tx, rx) = mpsc::channel();
-        let name = format!("flotilla-driver-{}", driver.id().0);
+        let node_id = driver.id().0;
+        let name = format!("flotilla-driver-{node_id}");
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || run(driver, transport, rx, tick))
+            .spawn(move || {
+                let ended = run(driver, transport, rx, tick);
+                // Said when it happens, not only when the runner is dropped:
+                // from here on every request to this node fails.
+                if let Err(e) = &ended {
+                    tracing::error!(node_id, cause = %e, "driver stopped on a local fault");
+                }
+                ended
+            })
             .map_err(|e| Error::Invalid(format!("cannot start the driver thread: {e}")))?;
         Ok(Runner {
             handle: DriverHandle { tx },

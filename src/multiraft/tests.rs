@@ -1,3 +1,5 @@
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType};
+
 use super::*;
 use crate::catalog::{GroupInfo, NodeState};
 use crate::kv::Op;
@@ -289,4 +291,224 @@ fn a_data_groups_commit_sends_no_append_of_its_own() {
     let out = d.round().unwrap();
     assert!(d.status(g).unwrap().commit >= before + 20);
     assert!(appends_of(&out, g).is_empty(), "{:?}", appends_of(&out, g));
+}
+
+/// The first key named `{prefix}{i}` that routes to `g`.
+fn key_in(sim: &Sim, g: GroupId, prefix: &str) -> Vec<u8> {
+    (0..10_000)
+        .map(|i| format!("{prefix}{i}").into_bytes())
+        .find(|k| sim.catalog.group_of(k) == g)
+        .expect("some key routes to every group")
+}
+
+/// The voters of `g` on every live node.
+fn voters_everywhere(sim: &Sim, g: GroupId) -> Vec<(NodeId, Vec<NodeId>)> {
+    sim.node_ids()
+        .into_iter()
+        .filter_map(|n| Some((n, sim.driver(n)?.status(g)?.voters)))
+        .collect()
+}
+
+#[test]
+fn a_membership_change_raft_refuses_is_skipped_alike_and_the_group_keeps_serving() {
+    let mut sim = cluster(5);
+    let g = GroupId(1);
+    let leader = sim.leader(g).unwrap();
+    let voters = sim.driver(leader).unwrap().status(g).unwrap().voters;
+    assert_eq!(voters.len(), 3);
+    // Removing every voter at once: raft-rs takes the proposal into the
+    // log, and refuses it when it applies, on every replica.
+    let steps: Vec<ConfChangeSingle> = voters
+        .iter()
+        .map(|v| ConfChangeSingle {
+            change_type: ConfChangeType::RemoveNode,
+            node_id: v.0,
+            ..Default::default()
+        })
+        .collect();
+    let cc = ConfChangeV2 {
+        changes: steps.into(),
+        ..Default::default()
+    };
+    let d = sim.driver_mut(leader).unwrap();
+    d.propose_conf_change(1_000, g, cc).unwrap();
+    let index = d.groups[&g].node.raft.raft_log.last_index();
+
+    assert!(sim
+        .run_until(4_000, |s| s.completions.contains_key(&1_000))
+        .unwrap());
+    let answer = sim.completions.remove(&1_000).unwrap();
+    assert!(
+        matches!(&answer, Err(Error::Invalid(m)) if m.contains("membership change refused")),
+        "{answer:?}"
+    );
+    assert!(sim
+        .run_until(4_000, |s| s.node_ids().iter().all(|n| s
+            .driver(*n)
+            .and_then(|d| d.status(g))
+            .is_some_and(|st| st.applied >= index)))
+        .unwrap());
+    let unchanged: Vec<_> = sim
+        .node_ids()
+        .into_iter()
+        .map(|n| (n, voters.clone()))
+        .collect();
+    assert_eq!(voters_everywhere(&sim, g), unchanged);
+    let key = key_in(&sim, g, "after-refusal-");
+    let put = |v: &str| Op::Put {
+        key: key.clone(),
+        value: v.into(),
+    };
+    assert_eq!(
+        sim.write(7, 1, put("one"), 4_000).unwrap(),
+        Response::Written
+    );
+
+    // Every node restarts from its own disk, where the refused change may
+    // still wait to be applied again; each refuses it again and serves.
+    for n in sim.node_ids() {
+        sim.crash(n);
+    }
+    for n in sim.node_ids() {
+        sim.restart(n).unwrap();
+    }
+    assert!(sim.run_until(20_000, |s| s.leader(g).is_some()).unwrap());
+    assert_eq!(
+        sim.write(7, 2, put("two"), 4_000).unwrap(),
+        Response::Written
+    );
+    assert_eq!(sim.read(&key, 4_000).unwrap(), Some(b"two".to_vec()));
+    assert_eq!(voters_everywhere(&sim, g), unchanged);
+}
+
+#[test]
+fn a_read_at_a_freshly_elected_leader_is_served_without_waiting_out_its_timeout() {
+    let mut sim = cluster(6);
+    let g = GroupId(2);
+    let old = sim.leader(g).unwrap();
+    let next = sim.node_ids().into_iter().find(|n| *n != old).unwrap();
+    let caught_up = |s: &Sim| {
+        let last = |n| {
+            s.driver(n)
+                .and_then(|d| d.status(g))
+                .map(|st| st.last_index)
+        };
+        last(next) == last(old)
+    };
+    assert!(sim.run_until(4_000, caught_up).unwrap());
+    sim.driver_mut(old)
+        .unwrap()
+        .transfer_leader(g, next)
+        .unwrap();
+    let leads = |s: &Sim| {
+        s.driver(next)
+            .and_then(|d| d.status(g))
+            .is_some_and(|st| st.role == StateRole::Leader)
+    };
+    assert!(sim.run_until(1_000, leads).unwrap());
+    // It leads, but no entry of its term has committed yet: raft-rs would
+    // drop a ReadIndex asked of it now.
+    let raft = &sim.driver(next).unwrap().groups[&g].node.raft;
+    assert!(!raft.commit_to_current_term());
+
+    let start = sim.now;
+    let t = sim.submit_read(next, g, b"anything");
+    let timeout = sim.cfg.driver.read_timeout_ticks;
+    let per_tick = sim.cfg.steps_per_tick;
+    assert!(sim
+        .run_until(timeout * per_tick * 2, |s| s.completions.contains_key(&t))
+        .unwrap());
+    let ticks = (sim.now - start).div_ceil(per_tick);
+    let got = sim.completions.remove(&t);
+    assert!(
+        matches!(got, Some(Ok(Reply::Kv(Response::Value(None))))),
+        "{got:?} after {ticks} ticks"
+    );
+    assert!(
+        ticks * 10 <= timeout,
+        "answered after {ticks} ticks; the read timeout is {timeout}"
+    );
+}
+
+#[test]
+fn a_session_row_that_does_not_decode_stops_the_leader_instead_of_answering() {
+    let mut sim = cluster(8);
+    let g = GroupId(3);
+    let victim = sim.leader(g).unwrap();
+    let client = 4_242;
+    // While the node is down, its own disk grows a session row for a
+    // client no replica has seen, in bytes that do not decode as one.
+    sim.crash(victim);
+    {
+        let disk = &sim.nodes[&victim].disk;
+        let db = redb::Database::builder()
+            .create_with_backend(disk.db_file())
+            .unwrap();
+        let sessions: redb::TableDefinition<(u64, u64), &[u8]> =
+            redb::TableDefinition::new("sessions");
+        let txn = db.begin_write().unwrap();
+        txn.open_table(sessions)
+            .unwrap()
+            .insert((g.0, client), &[0xFF_u8; 3][..])
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    sim.restart(victim).unwrap();
+    let settled = |s: &Sim| {
+        let last = |n| {
+            s.driver(n)
+                .and_then(|d| d.status(g))
+                .map(|st| st.last_index)
+        };
+        s.leader(g).is_some_and(|l| last(l) == last(victim))
+    };
+    assert!(sim.run_until(20_000, settled).unwrap());
+    let l = sim.leader(g).unwrap();
+    if l != victim {
+        sim.driver_mut(l)
+            .unwrap()
+            .transfer_leader(g, victim)
+            .unwrap();
+    }
+    assert!(sim
+        .run_until(1_000, |s| s.leader(g) == Some(victim))
+        .unwrap());
+
+    let key = key_in(&sim, g, "faulty-");
+    let cmd = Command {
+        client,
+        seq: 1,
+        ack_below: 0,
+        op: Op::Put {
+            key,
+            value: b"v".to_vec(),
+        },
+    };
+    let t = sim.submit(victim, g, &Proposal::Kv(cmd));
+    let mut stopped = None;
+    for _ in 0..4_000 {
+        if sim.completions.contains_key(&t) {
+            break;
+        }
+        if let Err(e) = sim.step() {
+            stopped = Some(e);
+            break;
+        }
+    }
+    let answered = sim.completions.get(&t);
+    assert!(
+        answered.is_none(),
+        "the fault became an answer: {answered:?}"
+    );
+    let e = stopped.expect("the victim's round fails");
+    assert!(
+        matches!(
+            e,
+            Error::Corrupt {
+                what: "client session",
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
