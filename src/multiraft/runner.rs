@@ -190,6 +190,12 @@ impl Runner {
         self.handle.clone()
     }
 
+    /// Whether the driver thread ended by itself (a local fault: the disk
+    /// failed, or the node's own data did not decode).
+    pub fn finished(&self) -> bool {
+        self.thread.as_ref().is_some_and(JoinHandle::is_finished)
+    }
+
     /// Stops the thread and returns how it ended.
     pub fn stop(mut self) -> Result<()> {
         self.stop_inner()

@@ -209,9 +209,19 @@ impl NodeServer {
         self.advertise
     }
 
-    /// Where the node is in its life.
+    /// Where the node is in its life. A driver that ended by itself makes
+    /// the node failed, so `flotilla start` exits loudly instead of
+    /// answering every request with "unreachable".
     pub fn lifecycle(&self) -> Lifecycle {
-        self.lock().lifecycle.clone()
+        let st = self.lock();
+        if st.runner.as_ref().is_some_and(Runner::finished) {
+            return Lifecycle::Failed {
+                reason: "the Raft driver stopped on a local fault (its cause is logged above); \
+                         restart the node once the disk is sound"
+                    .into(),
+            };
+        }
+        st.lifecycle.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
