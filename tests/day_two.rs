@@ -258,6 +258,27 @@ async fn a_removed_node_refuses_to_start_until_wiped_and_joins_as_a_new_node() {
     keep(dir);
 }
 
+/// Runs the CLI with `input` on its standard input.
+fn stdin_cli(dir: &Path, endpoints: &[SocketAddr], args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write as _;
+    let mut child = Process::new(EXE)
+        .arg("--endpoints")
+        .arg(seed_list(endpoints))
+        .arg("--certs-dir")
+        .arg(dir.join("certs"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // The CLI stops reading past the limit, so a write may meet a closed pipe.
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
 /// Runs the CLI from a fresh process and returns its output and how long
 /// it took.
 fn timed_cli(dir: &Path, endpoints: &[SocketAddr], args: &[&str]) -> (Output, Duration) {
@@ -318,6 +339,29 @@ async fn with_a_node_down_a_fresh_cli_never_waits_on_it() {
         worst = worst.max(put_took).max(get_took);
     }
     eprintln!("slowest put or get from a fresh CLI with a node down: {worst:?}");
+
+    // A value too long for a command line goes through standard input, and
+    // one over the value limit is refused with a clear message.
+    let big: Vec<u8> = (0..300 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+    let put = stdin_cli(dir.path(), &addrs, &["put", "big", "--file", "-"], &big);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let (get, _) = timed_cli(dir.path(), &addrs, &["get", "big"]);
+    assert_eq!(
+        get.stdout.strip_suffix(b"\n").unwrap_or(&get.stdout),
+        &big[..]
+    );
+    let huge = vec![b'x'; 1024 * 1024 + 1];
+    let refused = stdin_cli(dir.path(), &addrs, &["put", "huge", "--file", "-"], &huge);
+    assert_eq!(refused.status.code(), Some(2), "a usage error");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("value limit"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     // A whole attempt on the dead node would take two seconds.
     assert!(
         worst < Duration::from_millis(1500),

@@ -58,12 +58,18 @@ pub enum ClientCommand {
         /// The key.
         key: String,
     },
-    /// Sets KEY to VALUE.
+    /// Sets KEY to VALUE, or to the bytes of `--file` (`-`: standard
+    /// input), for values that do not fit on a command line.
     Put {
         /// The key.
         key: String,
         /// The value.
-        value: String,
+        #[arg(required_unless_present = "file")]
+        value: Option<String>,
+        /// Read the value from this file instead (`-` for standard input);
+        /// at most the 1 MiB value limit is read.
+        #[arg(long, conflicts_with = "value")]
+        file: Option<PathBuf>,
     },
     /// Removes KEY (exit 1 when it was absent).
     Del {
@@ -260,6 +266,29 @@ fn ids(nodes: &[NodeId]) -> String {
         .join(",")
 }
 
+/// The value of `put --file`: the file's bytes, or standard input's for
+/// `-`. Reads one byte past the value limit at most, so an oversize input
+/// is refused with the limit's message without being held whole.
+fn read_value(path: &std::path::Path) -> crate::error::Result<Vec<u8>> {
+    use std::io::Read;
+    let max = crate::kv::Limits::default().max_value;
+    let cap = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    let mut value = Vec::new();
+    let read = if path.as_os_str() == "-" {
+        std::io::stdin().lock().take(cap).read_to_end(&mut value)
+    } else {
+        std::fs::File::open(path).and_then(|f| f.take(cap).read_to_end(&mut value))
+    };
+    read.map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    if value.len() > max {
+        return Err(Error::Invalid(format!(
+            "{} holds more than the {max}-byte value limit",
+            path.display()
+        )));
+    }
+    Ok(value)
+}
+
 fn state_name(s: NodeState) -> &'static str {
     match s {
         NodeState::Active => "active",
@@ -289,8 +318,13 @@ async fn execute(g: &Globals, c: &Client, cmd: ClientCommand, out: &mut dyn Writ
                 None => (exit::NOT_FOUND, Some(format!("key not found: {key}"))),
             })
         }
-        ClientCommand::Put { key, value } => {
-            c.put(key.as_bytes(), value.as_bytes()).await?;
+        ClientCommand::Put { key, value, file } => {
+            let value = match (value, file) {
+                (Some(v), _) => v.into_bytes(),
+                (None, Some(path)) => read_value(&path)?,
+                (None, None) => return Err(Error::Invalid("put needs a VALUE or --file".into())),
+            };
+            c.put(key.as_bytes(), &value).await?;
             if g.json {
                 print_json(out, &json!({"key": key, "written": true}));
             }
