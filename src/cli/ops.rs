@@ -3,7 +3,7 @@
 //! the catalog lists (a node that does not answer is shown as such, never
 //! skipped silently) and prints a table or one JSON document.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::time::Duration;
 
@@ -343,36 +343,87 @@ pub(super) async fn decommission(
 }
 
 pub(super) async fn check(g: &Globals, c: &Client, out: &mut dyn Write) -> Outcome {
+    // One deadline for the whole command: every group's check entry is
+    // proposed at once, and each node is asked for all its digests in one
+    // request per poll.
+    let deadline = tokio::time::Instant::now() + g.timeout;
     let catalog = c.refresh_catalog().await?;
+    let groups: Vec<_> = catalog
+        .groups
+        .values()
+        .filter(|i| i.id != CATALOG_GROUP)
+        .cloned()
+        .collect();
+    let mut proposals = tokio::task::JoinSet::new();
+    for info in &groups {
+        let (c, id) = (c.clone(), info.id);
+        proposals.spawn(async move { (id, c.checksum(id).await) });
+    }
+    let mut index_of: BTreeMap<GroupId, u64> = BTreeMap::new();
+    let proposed = tokio::time::timeout_at(deadline, async {
+        while let Some(done) = proposals.join_next().await {
+            let (id, answer) =
+                done.map_err(|e| Error::Invalid(format!("check task failed: {e}")))?;
+            index_of.insert(id, answer?.0);
+        }
+        Ok::<(), Error>(())
+    })
+    .await;
+    match proposed {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(Error::Unreachable(format!(
+                "{} of {} groups did not take a check entry within --timeout",
+                groups.len() - index_of.len(),
+                groups.len()
+            )))
+        }
+    }
+    // Every voter records its digest when it applies the check entry; poll
+    // (within the deadline) until each has.
+    let mut digests: BTreeMap<(GroupId, NodeId), Option<u64>> = groups
+        .iter()
+        .flat_map(|i| i.voters.iter().map(move |v| ((i.id, *v), None)))
+        .collect();
+    loop {
+        let waiting: BTreeSet<NodeId> = digests
+            .iter()
+            .filter(|(_, d)| d.is_none())
+            .map(|((_, n), _)| *n)
+            .collect();
+        let mut asks = tokio::task::JoinSet::new();
+        for n in waiting {
+            let Some(info) = catalog.nodes.get(&n) else {
+                continue;
+            };
+            let (c, addr) = (c.clone(), info.addr.clone());
+            asks.spawn(async move { (n, c.checksums_of(&addr).await) });
+        }
+        while let Some(done) = asks.join_next().await {
+            let Ok((n, Ok(all))) = done else { continue };
+            for (grp, index, digest) in all {
+                if index_of.get(&grp) == Some(&index) {
+                    if let Some(slot) = digests.get_mut(&(grp, n)) {
+                        *slot = Some(digest);
+                    }
+                }
+            }
+        }
+        if digests.values().all(Option::is_some) || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut docs = Vec::new();
     let mut differ = false;
     let mut unknown = false;
-    for info in catalog.groups.values().filter(|i| i.id != CATALOG_GROUP) {
-        let (index, _) = c.checksum(info.id).await?;
-        // Every voter records its digest when it applies the check entry;
-        // wait (within the timeout) until each has.
-        let deadline = tokio::time::Instant::now() + g.timeout;
-        let mut digests: BTreeMap<NodeId, Option<u64>> = BTreeMap::new();
-        loop {
-            for v in &info.voters {
-                if matches!(digests.get(v), Some(Some(_))) {
-                    continue;
-                }
-                let Some(n) = catalog.nodes.get(v) else {
-                    continue;
-                };
-                let found = c.checksums_of(&n.addr).await.ok().and_then(|all| {
-                    all.into_iter()
-                        .find(|(grp, i, _)| *grp == info.id && *i == index)
-                        .map(|(_, _, d)| d)
-                });
-                digests.insert(*v, found);
-            }
-            if digests.values().all(Option::is_some) || tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    for info in &groups {
+        let index = index_of.get(&info.id).copied().unwrap_or(0);
+        let digests: BTreeMap<NodeId, Option<u64>> = info
+            .voters
+            .iter()
+            .map(|v| (*v, digests.get(&(info.id, *v)).copied().flatten()))
+            .collect();
         let known: Vec<u64> = digests.values().flatten().copied().collect();
         let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
         for d in &known {
