@@ -247,8 +247,13 @@ impl Engine {
             last
         };
         let db = Arc::new(db);
+        let wal = Arc::new(Mutex::new(wal));
         let checkpointer = match sync {
-            Some(sync) => Some(Arc::new(Checkpointer::start(db.clone(), sync)?)),
+            Some(sync) => Some(Arc::new(Checkpointer::start(
+                db.clone(),
+                wal.clone(),
+                sync,
+            )?)),
             None => None,
         };
         Ok(Engine {
@@ -256,7 +261,7 @@ impl Engine {
             stats: Arc::default(),
             next_log_seq: Arc::new(AtomicU64::new(next)),
             overlay: SharedOverlay::default(),
-            wal: Arc::new(Mutex::new(wal)),
+            wal,
             log_rows: LogRows::default(),
             checkpointer,
             buffers: RoundBuffers::default(),
@@ -442,11 +447,13 @@ impl Engine {
         if let Some(cp) = &self.checkpointer {
             cp.wait()?;
         }
+        // redb's write lock before the log's, as rounds and the checkpoint
+        // thread take them.
+        let txn = self.db.begin_write()?;
         let mut log_rows = self.log_rows.lock().unwrap_or_else(|p| p.into_inner());
         let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
         let upto = wal.next_seq() - 1;
         wal.sync_if_dirty().map_err(io_error)?;
-        let txn = self.db.begin_write()?;
         write_log_rows(&txn, &log_rows, upto)?;
         txn.open_table(META)?
             .insert(META_WAL_APPLIED, u64_bytes(upto).as_slice())?;
@@ -753,3 +760,5 @@ pub const INIT_TERM: u64 = 5;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_damage;

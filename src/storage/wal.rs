@@ -134,6 +134,9 @@ pub(crate) struct Wal {
     end: u64,
     /// Sequence number of the next record.
     next_seq: u64,
+    /// Sequence number of the last record known to be on disk (synced, or
+    /// before the active file started).
+    synced: u64,
     /// Whether the active file has appends not yet synced.
     dirty: bool,
     /// Files already preallocated.
@@ -151,6 +154,7 @@ impl Wal {
             active: 0,
             end: 0,
             next_seq: 1,
+            synced: 0,
             dirty: false,
             allocated: [false; 2],
             buf: Vec::new(),
@@ -171,11 +175,13 @@ impl Wal {
     /// Switches appends to the other file, from its offset 0, numbering
     /// from `next_seq`; preallocates that file the first time. Only once
     /// redb durably holds everything that file held, and with the file
-    /// being left synced (see [`Self::sync_if_dirty`]).
+    /// being left synced (see [`Self::sync_if_dirty`]): every record before
+    /// `next_seq` is then on disk.
     pub(crate) fn restart(&mut self, next_seq: u64) -> io::Result<()> {
         self.active = 1 - self.active;
         self.end = 0;
         self.next_seq = next_seq;
+        self.synced = next_seq.saturating_sub(1);
         self.dirty = false;
         if !self.allocated[self.active] {
             preallocate(self.files[self.active].as_ref(), self.cfg.prealloc_bytes)?;
@@ -216,6 +222,17 @@ impl Wal {
     pub(crate) fn sync(&mut self) -> io::Result<()> {
         self.files[self.active].sync_data()?;
         self.dirty = false;
+        self.synced = self.next_seq - 1;
+        Ok(())
+    }
+
+    /// Syncs the active file unless every record up to `seq` is on disk
+    /// already. For a commit that makes redb durable up to record `seq`:
+    /// redb must never be durably ahead of the log (see `checkpoint`).
+    pub(crate) fn sync_through(&mut self, seq: u64) -> io::Result<()> {
+        if seq > self.synced {
+            self.sync()?;
+        }
         Ok(())
     }
 
