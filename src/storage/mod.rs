@@ -26,6 +26,7 @@ mod round;
 mod schema;
 mod syncfile;
 mod wal;
+mod walscan;
 
 pub use group::GroupStorage;
 pub use memdisk::{MemDisk, MemFile};
@@ -57,7 +58,7 @@ use schema::{
     META_INCARNATION, META_LOG_ROWS_APPLIED, META_NODE_ID, META_WAL_APPLIED, RAFT_STATE, SESSIONS,
 };
 use syncfile::{SyncControl, SyncFile};
-use wal::Wal;
+use wal::{NamedLogFile, Wal};
 
 /// Counters of the storage engine, shared with whoever wants to read them.
 #[derive(Debug, Default)]
@@ -152,6 +153,10 @@ pub fn wal_paths(db: &Path) -> [std::path::PathBuf; 2] {
     [db.with_extension("wal.0"), db.with_extension("wal.1")]
 }
 
+/// What a node's operator is told to do when its data cannot be trusted.
+const WIPE_ADVICE: &str = "start the node with --wipe-and-join to discard its data \
+     and rejoin the cluster from its peers";
+
 fn open_rw(path: &Path) -> Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .read(true)
@@ -174,7 +179,10 @@ impl Engine {
         let (file, sync) = SyncFile::open(open_rw(path)?).map_err(io_error)?;
         let db = Database::builder().create_with_backend(file)?;
         let [a, b] = wal_paths(path);
-        let log: [Box<dyn LogFile>; 2] = [Box::new(open_rw(&a)?), Box::new(open_rw(&b)?)];
+        let log: [NamedLogFile; 2] = [
+            (a.display().to_string(), Box::new(open_rw(&a)?)),
+            (b.display().to_string(), Box::new(open_rw(&b)?)),
+        ];
         Self::init(db, log, WalConfig::FILE, Some(sync))
     }
 
@@ -217,7 +225,7 @@ impl Engine {
 
     fn init(
         db: Database,
-        log: [Box<dyn LogFile>; 2],
+        log: [NamedLogFile; 2],
         cfg: WalConfig,
         sync: Option<Arc<SyncControl>>,
     ) -> Result<Engine> {
@@ -581,7 +589,19 @@ fn replay(db: &Database, mut wal: Wal) -> Result<Wal> {
             detail: format!("log rows up to {rows_applied}, other writes only to {applied}"),
         });
     }
-    let records = wal.records().map_err(io_error)?;
+    let scan = wal.read(rows_applied + 1).map_err(io_error)?;
+    // A record some later one proves was synced, missing: named where its
+    // file's run broke off, or else (no run stops just before it, as when a
+    // log file is missing or foreign) refused as a gap below.
+    let damage = scan.damage(rows_applied + 1);
+    let damaged = |d: &walscan::Damage| Error::Corrupt {
+        what: "round log",
+        detail: format!("{d}: records this node acknowledged are lost; {WIPE_ADVICE}"),
+    };
+    if let Some(d) = damage.as_ref().filter(|d| d.located()) {
+        return Err(damaged(d));
+    }
+    let records = scan.records;
     let redo: Vec<_> = records.range(rows_applied + 1..).collect();
     let mut expect = rows_applied + 1;
     for (seq, _) in &redo {
@@ -604,9 +624,12 @@ fn replay(db: &Database, mut wal: Wal) -> Result<Wal> {
             detail: format!(
                 "the database and the log hold records up to {last} but the log {then} \
                  (the database holds Raft log rows up to record {rows_applied} and every \
-                 other write up to record {applied})"
+                 other write up to record {applied}); {WIPE_ADVICE}"
             ),
         });
+    }
+    if let Some(d) = &damage {
+        return Err(damaged(d));
     }
     if !redo.is_empty() {
         let txn = db.begin_write()?;

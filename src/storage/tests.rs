@@ -438,7 +438,7 @@ fn each_round_logs_only_its_own_ops_though_rounds_share_buffers() {
         append_round(&e, &mut s, B + i, 100 * i as usize);
         assert!(!e.begin_round().unwrap().commit(0).unwrap());
     }
-    let records = e.wal.lock().unwrap().records().unwrap();
+    let records = e.wal.lock().unwrap().read(1).unwrap().records;
     let ours: Vec<_> = records.range(first..).map(|(_, body)| body).collect();
     assert_eq!(ours.len(), 3, "one record per round that staged something");
     for (i, body) in ours.iter().enumerate() {
