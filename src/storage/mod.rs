@@ -157,32 +157,66 @@ pub fn wal_paths(db: &Path) -> [std::path::PathBuf; 2] {
 const WIPE_ADVICE: &str = "start the node with --wipe-and-join to discard its data \
      and rejoin the cluster from its peers";
 
-fn open_rw(path: &Path) -> Result<std::fs::File> {
-    std::fs::OpenOptions::new()
+fn path_error(path: &Path, e: std::io::Error) -> Error {
+    Error::Storage(redb::Error::Io(std::io::Error::new(
+        e.kind(),
+        format!("{}: {e}", path.display()),
+    )))
+}
+
+/// Opens the file at `path` for reading and writing, creating it if
+/// needed; says whether it did. A file it creates is synced (its inode),
+/// but its name is durable only once its directory is (see [`sync_dir`]).
+fn open_rw(path: &Path) -> Result<(std::fs::File, bool)> {
+    let existed = path.try_exists().map_err(|e| path_error(path, e))?;
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|e| {
-            Error::Storage(redb::Error::Io(std::io::Error::new(
-                e.kind(),
-                format!("{}: {e}", path.display()),
-            )))
-        })
+        .map_err(|e| path_error(path, e))?;
+    if !existed {
+        file.sync_all().map_err(|e| path_error(path, e))?;
+    }
+    Ok((file, !existed))
+}
+
+/// The directory that holds `path`.
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Makes the entries of the directory `dir` durable, so that the files
+/// created or removed in it stay so after a power cut.
+fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(test)]
+    tests_damage::note_dir_sync(dir);
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| path_error(dir, e))
 }
 
 impl Engine {
     /// Opens (or creates) the database file at `path` and its round log
     /// beside it (see [`wal_paths`]).
     pub fn open(path: &Path) -> Result<Engine> {
-        let (file, sync) = SyncFile::open(open_rw(path)?).map_err(io_error)?;
-        let db = Database::builder().create_with_backend(file)?;
         let [a, b] = wal_paths(path);
+        let (db_file, new_db) = open_rw(path)?;
+        let (a_file, new_a) = open_rw(&a)?;
+        let (b_file, new_b) = open_rw(&b)?;
+        if new_db || new_a || new_b {
+            sync_dir(parent_dir(path))?;
+        }
         let log: [NamedLogFile; 2] = [
-            (a.display().to_string(), Box::new(open_rw(&a)?)),
-            (b.display().to_string(), Box::new(open_rw(&b)?)),
+            (a.display().to_string(), Box::new(a_file)),
+            (b.display().to_string(), Box::new(b_file)),
         ];
+        let (file, sync) = SyncFile::open(db_file).map_err(io_error)?;
+        let db = Database::builder().create_with_backend(file)?;
         Self::init(db, log, WalConfig::FILE, Some(sync))
     }
 
@@ -210,15 +244,19 @@ impl Engine {
     }
 
     /// Deletes the database file at `path` and its round log: a node's whole
-    /// state.
+    /// state. Once it returns, a power cut cannot bring them back.
     pub fn remove(path: &Path) -> Result<()> {
         let [a, b] = wal_paths(path);
+        let mut removed = false;
         for p in [path.to_path_buf(), a, b] {
             match std::fs::remove_file(&p) {
-                Ok(()) => {}
+                Ok(()) => removed = true,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Error::Invalid(format!("{}: {e}", p.display()))),
             }
+        }
+        if removed {
+            sync_dir(parent_dir(path))?;
         }
         Ok(())
     }

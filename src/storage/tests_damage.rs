@@ -1,11 +1,29 @@
 //! Scenarios of a damaged disk and of power cuts around a checkpoint: a
 //! damaged round log record with synced ones after it refuses the node,
-//! a torn unsynced tail does not, and a checkpoint never makes redb
-//! durable ahead of the log.
+//! a torn unsynced tail does not, a checkpoint never makes redb durable
+//! ahead of the log, and creating or removing a node's files syncs their
+//! directory.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
 
 use super::tests::{append_round, assert_holds_rounds, bootstrapped, catalog, group_of, B};
 use super::wal::HEADER;
 use super::*;
+
+thread_local! {
+    /// Directories this thread synced, for the tests that look for them.
+    static DIR_SYNCS: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Records that this thread synced `dir` (called by `sync_dir`).
+pub(super) fn note_dir_sync(dir: &Path) {
+    DIR_SYNCS.with(|d| d.borrow_mut().push(dir.to_path_buf()));
+}
+
+fn take_dir_syncs() -> Vec<PathBuf> {
+    DIR_SYNCS.with(|d| std::mem::take(&mut *d.borrow_mut()))
+}
 
 /// The offset and sequence number of each record of `file`'s run, read
 /// from the length and sequence fields alone (for an undamaged file the
@@ -215,4 +233,26 @@ fn power_cuts_at_each_step_of_a_checkpoint_behind_an_unsynced_redb_round_lose_no
         drop(e);
         assert_holds_rounds(image, rounds, 2048);
     }
+}
+
+#[test]
+fn creating_and_removing_a_nodes_files_syncs_their_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    take_dir_syncs();
+    let e = Engine::open(&path).unwrap();
+    assert_eq!(take_dir_syncs(), vec![dir.path().to_path_buf()]);
+    e.bootstrap(NodeId(1), &catalog()).unwrap();
+    drop(e);
+    let e = Engine::open(&path).unwrap();
+    assert_eq!(take_dir_syncs(), Vec::<PathBuf>::new(), "nothing new");
+    assert_eq!(e.node_id().unwrap(), Some(NodeId(1)));
+    drop(e);
+    Engine::remove(&path).unwrap();
+    assert_eq!(take_dir_syncs(), vec![dir.path().to_path_buf()]);
+    for p in std::iter::once(path.clone()).chain(wal_paths(&path)) {
+        assert!(!p.exists(), "{} is left", p.display());
+    }
+    Engine::remove(&path).unwrap();
+    assert_eq!(take_dir_syncs(), Vec::<PathBuf>::new(), "nothing removed");
 }
