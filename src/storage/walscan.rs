@@ -123,7 +123,7 @@ impl LogScan {
         while let Some(r) = record_at(data, at, |seq, _| end.next.is_none_or(|n| seq == n)) {
             self.note(file, at, &r);
             self.records.insert(r.seq, r.body.to_vec());
-            end.next = Some(r.seq + 1);
+            end.next = Some(r.seq.saturating_add(1));
             end.count += 1;
             at = r.end;
         }
