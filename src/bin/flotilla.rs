@@ -79,7 +79,8 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         join: Vec<String>,
         /// If the seeds belong to another cluster than this data directory,
-        /// discard this node's data and join them instead of refusing.
+        /// or the directory's data is damaged, discard this node's data and
+        /// join them instead of refusing.
         #[arg(long)]
         wipe_and_join: bool,
         /// After this long without reaching any peer, ask the seeds where

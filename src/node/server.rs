@@ -140,7 +140,16 @@ impl NodeServer {
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| Error::Invalid(format!("{}: {e}", cfg.data_dir.display())))?;
         let db_path = cfg.data_dir.join("flotilla.redb");
-        let mut engine = Engine::open(&db_path)?;
+        let mut engine = match Engine::open(&db_path) {
+            // Damaged data, which the operator chose to discard (the error
+            // tells them how).
+            Err(e @ Error::Corrupt { .. }) if cfg.wipe_and_join && !cfg.join.is_empty() => {
+                tracing::warn!(error = %e, "wiping this node's damaged data to join the seeds' cluster");
+                Engine::remove(&db_path)?;
+                Engine::open(&db_path)?
+            }
+            opened => opened?,
+        };
         let node = engine.node_id()?.unwrap_or_default();
         let transport = Transport::bind(node, cfg.listen, &identity)?;
         if let (Some(ours), false) = (engine.cluster_id()?, cfg.join.is_empty()) {

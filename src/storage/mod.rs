@@ -154,8 +154,8 @@ pub fn wal_paths(db: &Path) -> [std::path::PathBuf; 2] {
 }
 
 /// What a node's operator is told to do when its data cannot be trusted.
-const WIPE_ADVICE: &str = "start the node with --wipe-and-join to discard its data \
-     and rejoin the cluster from its peers";
+const WIPE_ADVICE: &str = "start the node with --wipe-and-join (and --join naming \
+     its peers) to discard its data and rejoin the cluster from its peers";
 
 fn path_error(path: &Path, e: std::io::Error) -> Error {
     Error::Storage(redb::Error::Io(std::io::Error::new(
