@@ -1,6 +1,7 @@
 use raft::eraftpb::Entry;
 use raft::Storage as _;
 
+use super::redo::decode_all;
 use super::*;
 
 /// Where a founding member's log starts.
