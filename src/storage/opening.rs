@@ -101,7 +101,10 @@ pub(super) fn replay(db: &Database, mut wal: Wal) -> Result<Wal> {
     let damage = scan.damage(rows_applied + 1);
     let damaged = |d: &Damage| Error::Corrupt {
         what: "round log",
-        detail: format!("{d}: records this node acknowledged are lost; {WIPE_ADVICE}"),
+        detail: format!(
+            "{d}: records this node had made durable, and may have acknowledged, are lost; \
+             {WIPE_ADVICE}"
+        ),
     };
     if let Some(d) = damage.as_ref().filter(|d| d.located()) {
         return Err(damaged(d));

@@ -44,19 +44,21 @@
 //! synced mark of any intact record in either file. A mark of `m` proves
 //! that every record up to `m` had been fdatasynced before that record was
 //! written, so each of those that redb still needs must be readable; one
-//! that is not is damage, and opening refuses the node (`replay` in
-//! `storage`, with `walscan` doing the reading) naming the file, the
-//! offset where its file's run broke off and the record's number. Unsynced records carry no such proof
-//! for each other: the page cache may write a later unsynced record back
-//! and lose an earlier one in a power cut, and that is still a torn tail.
-//! The mark is cheap: eight bytes a record and no extra I/O; the scan runs
-//! only when a node opens, and it hashes a candidate only after its
-//! sequence and mark are plausible (the mark at most one record per header
-//! length behind the sequence, and past what redb holds), which zeros,
-//! garbage and records from before a reuse almost never are. Records left
-//! from an earlier use of a file, or from the unsynced tail before a crash
-//! the node recovered from, carry marks redb already holds, so they never
-//! accuse the current records.
+//! that is not is damage, and opening refuses the node (`opening`, with
+//! `walscan` doing the reading) naming the file, the offset where its
+//! file's run broke off and the record's number. Unsynced records carry no
+//! such proof for each other: the page cache may write a later unsynced
+//! record back and lose an earlier one in a power cut, and that is still a
+//! torn tail. Records left from an earlier use of a file, or from the
+//! unsynced tail before a crash the node recovered from, carry marks redb
+//! already holds, so they never accuse the current records.
+//!
+//! The cost: eight bytes a record and no extra I/O while writing. The scan
+//! runs only when a node opens, and hashes a candidate only once its mark
+//! reaches what redb still needs and trails its sequence by no more records
+//! than fit in the file, which zeros, garbage and old records almost never
+//! do (two full 3 MiB files: 15 to 22 ms in a test build on a quiet
+//! machine, up to 110 ms while other builds ran).
 //!
 //! Left out: damage to the last synced records that no later intact record
 //! vouches for (nothing was written after their sync, or what was written
