@@ -204,3 +204,76 @@ async fn a_node_of_another_cluster_is_refused_unless_told_to_wipe() {
     x.stop();
     y.stop();
 }
+
+/// Polls `node` until it is ready in cluster `cluster`.
+async fn wait_ready_in(admin: &Client, node: &NodeServer, cluster: u64) {
+    let start_t = Instant::now();
+    loop {
+        assert!(
+            start_t.elapsed() < DEADLINE,
+            "the node did not join: {}",
+            node.lifecycle()
+        );
+        if let Some(RpcResponse::Status(r)) = admin.call(node.addr(), &RpcRequest::Status).await {
+            if r.lifecycle == Lifecycle::Ready.to_string() && r.cluster_id == Some(cluster) {
+                return;
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A round log record (the layout in `src/storage/wal.rs`) whose synced
+/// mark vouches for records up to `seq - 1`.
+fn round_log_record(seq: u64) -> Vec<u8> {
+    let synced = seq - 1;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&seq.to_le_bytes());
+    h.update(&synced.to_le_bytes());
+    let mut out = 0u32.to_le_bytes().to_vec();
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&synced.to_le_bytes());
+    out.extend_from_slice(&h.digest().to_le_bytes());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_round_log_is_damaged_is_refused_unless_told_to_wipe() {
+    use std::os::unix::fs::FileExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let certs_dir = dir.path().join("certs");
+    certs::create(&certs_dir, &["127.0.0.1".into()], false).unwrap();
+    let admin = Client::new(&certs_dir, Role::Admin);
+    let y = start(dir.path(), &certs_dir, "y", vec![]).await;
+    let cluster = init(&admin, &y).await;
+    let seeds = vec![y.addr().to_string()];
+    let x = start(dir.path(), &certs_dir, "x", seeds.clone()).await;
+    wait_ready_in(&admin, &x, cluster).await;
+    x.stop();
+
+    // A record far ahead vouches for a million records the log lacks: as
+    // if the ones after the clean stop's checkpoint were damaged.
+    let wal = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("x").join("flotilla.wal.0"))
+        .unwrap();
+    wal.write_all_at(&round_log_record(1 << 20), 1 << 20)
+        .unwrap();
+    drop(wal);
+    let mut cfg = config(dir.path(), &certs_dir, "x", seeds);
+    let err = NodeServer::start(cfg.clone())
+        .await
+        .err()
+        .expect("a node with a damaged round log must be refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("corrupt round log") && msg.contains("--wipe-and-join"),
+        "{msg}"
+    );
+
+    cfg.wipe_and_join = true;
+    let x = NodeServer::start(cfg).await.unwrap();
+    wait_ready_in(&admin, &x, cluster).await;
+    x.stop();
+    y.stop();
+}

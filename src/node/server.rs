@@ -147,7 +147,9 @@ impl NodeServer {
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| Error::Invalid(format!("{}: {e}", cfg.data_dir.display())))?;
         let db_path = cfg.data_dir.join("flotilla.redb");
-        let mut engine = open_or_wipe(&db_path, cfg.wipe_and_join)?;
+        // Without seeds a wiped node would wait for `init`, a cluster of its
+        // own: data is discarded only to join one.
+        let mut engine = open_or_wipe(&db_path, cfg.wipe_and_join && !cfg.join.is_empty())?;
         engine.ensure_store_id(random_store_id())?;
         let node = engine.node_id()?.unwrap_or_default();
         let transport = Transport::bind(node, cfg.listen, &identity)?;

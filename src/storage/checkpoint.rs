@@ -16,6 +16,16 @@
 //! commit and its sync) before it moves the round log to the file that one
 //! made free, so the disk always holds every record since the last durable
 //! checkpoint. A failed checkpoint fails that wait, and the node stops.
+//!
+//! A checkpoint's transaction also carries whatever rounds committed to
+//! redb without a sync since the job was handed over (a group-0 apply, an
+//! overlay flush), and its synced commit makes their writes and their
+//! round log position durable too. Their records may not be synced yet
+//! (such rounds need no sync of their own), and redb durably ahead of the
+//! log would refuse the node after a power cut: so the thread syncs the
+//! log up to that position first, with redb's write lock held so that no
+//! round can move it meanwhile. Lock order, as in rounds: redb's write
+//! lock, then the round log's.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -24,6 +34,7 @@ use redb::Database;
 
 use super::round::{io_error, write_log_rows};
 use super::syncfile::SyncControl;
+use super::wal::Wal;
 use crate::error::{Error, Result};
 
 /// The checkpoint thread of an engine on a real file.
@@ -37,6 +48,8 @@ struct Shared {
     /// Signalled whenever `state` changes.
     changed: Condvar,
     sync: Arc<SyncControl>,
+    /// The engine's round log, synced before a checkpoint commits.
+    wal: Arc<Mutex<Wal>>,
 }
 
 #[derive(Default)]
@@ -64,12 +77,17 @@ impl Shared {
 
 impl Checkpointer {
     /// Starts the thread that checkpoints `db`, whose file's syncs `sync`
-    /// controls.
-    pub(crate) fn start(db: Arc<Database>, sync: Arc<SyncControl>) -> Result<Checkpointer> {
+    /// controls and whose round log is `wal`.
+    pub(crate) fn start(
+        db: Arc<Database>,
+        wal: Arc<Mutex<Wal>>,
+        sync: Arc<SyncControl>,
+    ) -> Result<Checkpointer> {
         let shared = Arc::new(Shared {
             state: Mutex::default(),
             changed: Condvar::new(),
             sync,
+            wal,
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
@@ -177,7 +195,7 @@ fn run(db: &Database, shared: &Shared) {
             }
         };
         let start = std::time::Instant::now();
-        let result = checkpoint(db, &shared.sync, &rows, upto);
+        let result = checkpoint(db, shared, &rows, upto);
         let mut st = shared.lock();
         st.busy = false;
         match result {
@@ -195,10 +213,18 @@ fn run(db: &Database, shared: &Shared) {
     }
 }
 
-/// Writes `rows` into redb and commits with a sync that runs behind.
-fn checkpoint(db: &Database, sync: &SyncControl, rows: &[u8], upto: u64) -> Result<()> {
+/// Writes `rows` into redb, syncs the round log as far as the commit
+/// reaches (see the module doc), and commits with a sync that runs behind.
+fn checkpoint(db: &Database, shared: &Shared, rows: &[u8], upto: u64) -> Result<()> {
     let txn = db.begin_write()?;
-    write_log_rows(&txn, rows, upto)?;
+    let reaches = write_log_rows(&txn, rows, upto)?;
+    shared
+        .wal
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .sync_through(reaches)
+        .map_err(io_error)?;
+    let sync = &shared.sync;
     sync.defer_next();
     let committed = txn.commit();
     sync.clear_defer();

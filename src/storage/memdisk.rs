@@ -53,10 +53,14 @@ impl MemDisk {
         self.log.clone()
     }
 
-    /// The round log's files, as the round log opens them.
-    pub(crate) fn log_backends(&self) -> [Box<dyn super::wal::LogFile>; 2] {
-        self.log_files()
-            .map(|f| Box::new(f) as Box<dyn super::wal::LogFile>)
+    /// The round log's files, as the round log opens them, named
+    /// `memory wal.0` and `memory wal.1`.
+    pub(crate) fn log_backends(&self) -> [super::wal::NamedLogFile; 2] {
+        let [a, b] = self.log_files();
+        [
+            ("memory wal.0".to_string(), Box::new(a)),
+            ("memory wal.1".to_string(), Box::new(b)),
+        ]
     }
 
     /// What this disk would hold after a power cut now: every write since

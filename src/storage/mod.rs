@@ -3,8 +3,9 @@
 //!
 //! Layout and records live in `schema`; `group` is the per-group log mirror
 //! that implements raft-rs's `Storage`; `round` is the write side of one
-//! driver round; `wal` the round log that makes rounds durable and `redo`
-//! the records it holds. The central rule: **one driver round is one redb
+//! driver round; `wal` the round log that makes rounds durable, `redo`
+//! the records it holds, and `opening` the files' creation and the log's
+//! replay when a node opens. The central rule: **one driver round is one redb
 //! write transaction**, for all groups together, made durable by one
 //! fsync however many groups had work (group commit). [`Stats`] counts
 //! rounds, commits and syncs so tests and benchmarks can check that rule.
@@ -20,12 +21,14 @@
 mod checkpoint;
 mod group;
 mod memdisk;
+mod opening;
 mod overlay;
 mod redo;
 mod round;
 mod schema;
 mod syncfile;
 mod wal;
+mod walscan;
 
 pub use group::GroupStorage;
 pub use memdisk::{MemDisk, MemFile};
@@ -49,8 +52,8 @@ use crate::types::{GroupId, NodeId, CATALOG_GROUP};
 use crate::wire;
 use checkpoint::Checkpointer;
 use group::RestoredLog;
+use opening::{open_rw, parent_dir, replay, sync_dir};
 use overlay::{GroupOverlay, Merged, SharedOverlay};
-use redo::{decode_all, Tables};
 use round::{io_error, write_log_rows, LogRows, RoundBuffers};
 use schema::{
     decode_log_record, APPLIED, CHECKSUMS, FORMAT, KV, LOG, META, META_CATALOG, META_CLUSTER_ID,
@@ -58,7 +61,7 @@ use schema::{
     META_WAL_APPLIED, RAFT_STATE, SESSIONS,
 };
 use syncfile::{SyncControl, SyncFile};
-use wal::Wal;
+use wal::{NamedLogFile, Wal};
 
 /// Counters of the storage engine, shared with whoever wants to read them.
 #[derive(Debug, Default)]
@@ -153,29 +156,23 @@ pub fn wal_paths(db: &Path) -> [std::path::PathBuf; 2] {
     [db.with_extension("wal.0"), db.with_extension("wal.1")]
 }
 
-fn open_rw(path: &Path) -> Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| {
-            Error::Storage(redb::Error::Io(std::io::Error::new(
-                e.kind(),
-                format!("{}: {e}", path.display()),
-            )))
-        })
-}
-
 impl Engine {
     /// Opens (or creates) the database file at `path` and its round log
     /// beside it (see [`wal_paths`]).
     pub fn open(path: &Path) -> Result<Engine> {
-        let (file, sync) = SyncFile::open(open_rw(path)?).map_err(io_error)?;
-        let db = Database::builder().create_with_backend(file)?;
         let [a, b] = wal_paths(path);
-        let log: [Box<dyn LogFile>; 2] = [Box::new(open_rw(&a)?), Box::new(open_rw(&b)?)];
+        let (db_file, new_db) = open_rw(path)?;
+        let (a_file, new_a) = open_rw(&a)?;
+        let (b_file, new_b) = open_rw(&b)?;
+        if new_db || new_a || new_b {
+            sync_dir(parent_dir(path))?;
+        }
+        let log: [NamedLogFile; 2] = [
+            (a.display().to_string(), Box::new(a_file)),
+            (b.display().to_string(), Box::new(b_file)),
+        ];
+        let (file, sync) = SyncFile::open(db_file).map_err(io_error)?;
+        let db = Database::builder().create_with_backend(file)?;
         Self::init(db, log, WalConfig::FILE, Some(sync))
     }
 
@@ -203,22 +200,26 @@ impl Engine {
     }
 
     /// Deletes the database file at `path` and its round log: a node's whole
-    /// state.
+    /// state. Once it returns, a power cut cannot bring them back.
     pub fn remove(path: &Path) -> Result<()> {
         let [a, b] = wal_paths(path);
+        let mut removed = false;
         for p in [path.to_path_buf(), a, b] {
             match std::fs::remove_file(&p) {
-                Ok(()) => {}
+                Ok(()) => removed = true,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Error::Invalid(format!("{}: {e}", p.display()))),
             }
+        }
+        if removed {
+            sync_dir(parent_dir(path))?;
         }
         Ok(())
     }
 
     fn init(
         db: Database,
-        log: [Box<dyn LogFile>; 2],
+        log: [NamedLogFile; 2],
         cfg: WalConfig,
         sync: Option<Arc<SyncControl>>,
     ) -> Result<Engine> {
@@ -262,8 +263,13 @@ impl Engine {
             last
         };
         let db = Arc::new(db);
+        let wal = Arc::new(Mutex::new(wal));
         let checkpointer = match sync {
-            Some(sync) => Some(Arc::new(Checkpointer::start(db.clone(), sync)?)),
+            Some(sync) => Some(Arc::new(Checkpointer::start(
+                db.clone(),
+                wal.clone(),
+                sync,
+            )?)),
             None => None,
         };
         Ok(Engine {
@@ -271,7 +277,7 @@ impl Engine {
             stats: Arc::default(),
             next_log_seq: Arc::new(AtomicU64::new(next)),
             overlay: SharedOverlay::default(),
-            wal: Arc::new(Mutex::new(wal)),
+            wal,
             log_rows: LogRows::default(),
             checkpointer,
             buffers: RoundBuffers::default(),
@@ -486,11 +492,13 @@ impl Engine {
         if let Some(cp) = &self.checkpointer {
             cp.wait()?;
         }
+        // redb's write lock before the log's, as rounds and the checkpoint
+        // thread take them.
+        let txn = self.db.begin_write()?;
         let mut log_rows = self.log_rows.lock().unwrap_or_else(|p| p.into_inner());
         let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
         let upto = wal.next_seq() - 1;
         wal.sync_if_dirty().map_err(io_error)?;
-        let txn = self.db.begin_write()?;
         write_log_rows(&txn, &log_rows, upto)?;
         txn.open_table(META)?
             .insert(META_WAL_APPLIED, u64_bytes(upto).as_slice())?;
@@ -593,84 +601,6 @@ impl Engine {
         }
         Ok(out)
     }
-}
-
-/// Brings redb up to date with the round log: applies, in one synced
-/// commit, every record after the last one redb holds, and the Raft log ops
-/// of the records before it that only a checkpoint would have written (see
-/// `round`), then starts the log again. Refuses a log that does not continue
-/// where redb stopped.
-fn replay(db: &Database, mut wal: Wal) -> Result<Wal> {
-    let (applied, rows_applied) = {
-        let txn = db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        let position = |key| -> Result<Option<u64>> {
-            meta.get(key)?
-                .map(|v| bytes_u64("round log position", v.value()))
-                .transpose()
-        };
-        let applied = position(META_WAL_APPLIED)?.unwrap_or(0);
-        (applied, position(META_LOG_ROWS_APPLIED)?.unwrap_or(applied))
-    };
-    if rows_applied > applied {
-        return Err(Error::Corrupt {
-            what: "round log position",
-            detail: format!("log rows up to {rows_applied}, other writes only to {applied}"),
-        });
-    }
-    let records = wal.records().map_err(io_error)?;
-    let redo: Vec<_> = records.range(rows_applied + 1..).collect();
-    let mut expect = rows_applied + 1;
-    for (seq, _) in &redo {
-        if **seq != expect {
-            break;
-        }
-        expect += 1;
-    }
-    let last = expect - 1;
-    // Every record redb lacks anything of must be there, in order; records
-    // after a gap past that point cannot be trusted either.
-    if last < applied || redo.len() as u64 != last - rows_applied {
-        let then = redo
-            .iter()
-            .map(|(s, _)| **s)
-            .find(|s| *s > last)
-            .map_or("ends".to_string(), |s| format!("resumes at {s}"));
-        return Err(Error::Corrupt {
-            what: "round log",
-            detail: format!(
-                "the database and the log hold records up to {last} but the log {then} \
-                 (the database holds Raft log rows up to record {rows_applied} and every \
-                 other write up to record {applied})"
-            ),
-        });
-    }
-    if !redo.is_empty() {
-        let txn = db.begin_write()?;
-        {
-            let mut t = Tables::open(&txn)?;
-            for (seq, body) in &redo {
-                for op in decode_all(body)? {
-                    if **seq > applied || op.is_log_row() {
-                        op.apply(&mut t)?;
-                    }
-                }
-            }
-            t.meta
-                .insert(META_WAL_APPLIED, u64_bytes(last).as_slice())?;
-            t.meta
-                .insert(META_LOG_ROWS_APPLIED, u64_bytes(last).as_slice())?;
-        }
-        txn.commit()?;
-        tracing::info!(
-            records = redo.len(),
-            from = rows_applied + 1,
-            to = last,
-            "round log replayed"
-        );
-    }
-    wal.restart(last + 1).map_err(io_error)?;
-    Ok(wal)
 }
 
 /// A digest of one group's KV rows and client sessions, in key order: the
@@ -797,3 +727,5 @@ pub const INIT_TERM: u64 = 5;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_damage;

@@ -307,7 +307,9 @@ fn commit_unsynced(mut txn: WriteTransaction) -> Result<()> {
 }
 
 /// Writes the deferred Raft log ops `rows` into `txn`, which then holds the
-/// log as of round log record `upto`.
+/// log as of round log record `upto`. Returns the record up to which `txn`
+/// then holds every write: `upto`, or later when rounds after that record
+/// committed to redb already.
 ///
 /// Only their net effect is written: a record deleted before the checkpoint
 /// is never written, and each group's remaining records become one row (see
@@ -316,7 +318,7 @@ fn commit_unsynced(mut txn: WriteTransaction) -> Result<()> {
 /// mirror still lists the original records; deleting the earlier ones is a
 /// no-op, and the merged row goes with the last one, which compaction only
 /// drops once every entry of the row is compacted.
-pub(crate) fn write_log_rows(txn: &WriteTransaction, rows: &[u8], upto: u64) -> Result<()> {
+pub(crate) fn write_log_rows(txn: &WriteTransaction, rows: &[u8], upto: u64) -> Result<u64> {
     let mut t = Tables::open(txn)?;
     let mut puts: BTreeMap<u64, &[u8]> = BTreeMap::new();
     for op in decode_all(rows)? {
@@ -367,7 +369,7 @@ pub(crate) fn write_log_rows(txn: &WriteTransaction, rows: &[u8], upto: u64) -> 
         t.meta
             .insert(META_WAL_APPLIED, upto.to_le_bytes().as_slice())?;
     }
-    Ok(())
+    Ok(applied.max(upto))
 }
 
 /// The tables a round reads before it has a write transaction.

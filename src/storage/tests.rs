@@ -1,18 +1,19 @@
 use raft::eraftpb::Entry;
 use raft::Storage as _;
 
+use super::redo::decode_all;
 use super::*;
 
 /// Where a founding member's log starts.
-const B: u64 = INIT_INDEX;
+pub(super) const B: u64 = INIT_INDEX;
 use crate::catalog::Catalog;
 
-fn catalog() -> Catalog {
+pub(super) fn catalog() -> Catalog {
     let nodes: Vec<_> = (1..=3).map(|i| (NodeId(i), format!("n{i}"))).collect();
     Catalog::bootstrap(99, 64, &nodes, 4, 3).unwrap()
 }
 
-fn entry(index: u64, term: u64) -> Entry {
+pub(super) fn entry(index: u64, term: u64) -> Entry {
     Entry {
         index,
         term,
@@ -22,13 +23,13 @@ fn entry(index: u64, term: u64) -> Entry {
 }
 
 /// An engine on `disk`, bootstrapped as node 1 of [`catalog`].
-fn bootstrapped(disk: &MemDisk) -> Engine {
+pub(super) fn bootstrapped(disk: &MemDisk) -> Engine {
     let e = Engine::open_backend(disk.clone()).unwrap();
     e.bootstrap(NodeId(1), &catalog()).unwrap();
     e
 }
 
-fn group_of(engine: &Engine, g: u64) -> GroupStorage {
+pub(super) fn group_of(engine: &Engine, g: u64) -> GroupStorage {
     engine
         .load_groups()
         .unwrap()
@@ -303,7 +304,7 @@ fn a_round_that_only_applies_is_not_synced_and_a_crash_loses_only_it() {
 
 /// Applies `rows` (a `None` value deletes) to group 1 in one round, with
 /// apply index `applied`; flushes the overlay in that round when `flush`.
-fn apply_round(e: &Engine, rows: &[(&str, Option<&str>)], applied: u64, flush: bool) {
+pub(super) fn apply_round(e: &Engine, rows: &[(&str, Option<&str>)], applied: u64, flush: bool) {
     use crate::kv::KvStore as _;
     let round = e.begin_round().unwrap();
     {
@@ -326,7 +327,7 @@ fn apply_round(e: &Engine, rows: &[(&str, Option<&str>)], applied: u64, flush: b
     round.commit(0).unwrap();
 }
 
-fn scan_all(e: &Engine) -> Vec<(String, String)> {
+pub(super) fn scan_all(e: &Engine) -> Vec<(String, String)> {
     e.scan(GroupId(1), b"", None, 100)
         .unwrap()
         .into_iter()
@@ -407,7 +408,7 @@ fn a_crash_loses_the_overlay_and_restarts_from_the_last_flush() {
 }
 
 /// Appends one entry of `bytes` bytes to group 1 in its own synced round.
-fn append_round(e: &Engine, s: &mut GroupStorage, index: u64, bytes: usize) {
+pub(super) fn append_round(e: &Engine, s: &mut GroupStorage, index: u64, bytes: usize) {
     let es = vec![Entry {
         index,
         term: 1,
@@ -438,7 +439,7 @@ fn each_round_logs_only_its_own_ops_though_rounds_share_buffers() {
         append_round(&e, &mut s, B + i, 100 * i as usize);
         assert!(!e.begin_round().unwrap().commit(0).unwrap());
     }
-    let records = e.wal.lock().unwrap().records().unwrap();
+    let records = e.wal.lock().unwrap().read(1).unwrap().records;
     let ours: Vec<_> = records.range(first..).map(|(_, body)| body).collect();
     assert_eq!(ours.len(), 3, "one record per round that staged something");
     for (i, body) in ours.iter().enumerate() {
@@ -522,7 +523,7 @@ fn a_round_of_log_entries_alone_never_waits_for_redbs_write_lock() {
 
 /// Opens `disk` and checks that group 1 holds exactly the `rounds` entries
 /// [`append_round`] wrote, each of `bytes` bytes.
-fn assert_holds_rounds(disk: MemDisk, rounds: u64, bytes: usize) {
+pub(super) fn assert_holds_rounds(disk: MemDisk, rounds: u64, bytes: usize) {
     let e = Engine::open_backend(disk).unwrap();
     let s = group_of(&e, 1);
     assert_eq!(s.last_index().unwrap(), B + rounds);
