@@ -136,12 +136,38 @@ enum CertsCommand {
         /// Directory to write them to.
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
-        /// Hosts (IP addresses or DNS names) the node certificate is valid for.
+        /// Hosts (IP addresses or DNS names) the node certificates are valid for.
         #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
         hosts: Vec<String>,
+        /// Give nodes 1 to N a key each (node-1.crt, ...) instead of one
+        /// shared node.crt.
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = flotilla::certs::DEFAULT_CA_DAYS)]
+        ca_days: u32,
+        /// Days the node, admin and client certificates are valid.
+        #[arg(long, default_value_t = flotilla::certs::DEFAULT_DAYS)]
+        days: u32,
         /// Replace an existing CA (every certificate it signed stops working).
         #[arg(long)]
         force: bool,
+    },
+    /// Signs node-NAME.crt with the CA in DIR (keeping node-NAME.key if it
+    /// exists, so that renewing keeps the key the catalog pins).
+    Node {
+        /// Directory with ca.crt and ca.key.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// The node's name: `flotilla start --cert-name NAME` presents it.
+        #[arg(long)]
+        name: String,
+        /// Hosts (IP addresses or DNS names) the certificate is valid for.
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
+        hosts: Vec<String>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = flotilla::certs::DEFAULT_DAYS)]
+        days: u32,
     },
 }
 
@@ -175,9 +201,31 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Demo { keys } => flotilla::demo::run(&mut std::io::stdout(), keys)?,
         Command::Certs {
-            command: CertsCommand::Create { dir, hosts, force },
+            command:
+                CertsCommand::Create {
+                    dir,
+                    hosts,
+                    nodes,
+                    ca_days,
+                    days,
+                    force,
+                },
         } => {
-            for path in flotilla::certs::create(&dir, &hosts, force)? {
+            let validity = flotilla::certs::Validity { ca_days, days };
+            for path in flotilla::certs::create_set(&dir, &hosts, nodes, validity, force)? {
+                println!("wrote {}", path.display());
+            }
+        }
+        Command::Certs {
+            command:
+                CertsCommand::Node {
+                    dir,
+                    name,
+                    hosts,
+                    days,
+                },
+        } => {
+            for path in flotilla::certs::issue_node(&dir, &name, &hosts, days)? {
                 println!("wrote {}", path.display());
             }
         }
