@@ -59,7 +59,7 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
-    /// Runs a node until Ctrl-C or SIGTERM.
+    /// Runs a node until Ctrl-C or SIGTERM; SIGHUP reloads its certificate.
     Start {
         /// A TOML file of node settings (keys as the flags, with `_`);
         /// flags given here win over it.
@@ -74,6 +74,10 @@ enum Command {
         /// Address peers and clients should use, when not the listen address.
         #[arg(long)]
         advertise: Option<SocketAddr>,
+        /// Present node-NAME.crt and node-NAME.key from the certificates
+        /// directory [default: the shared node.crt and node.key].
+        #[arg(long)]
+        cert_name: Option<String>,
         /// Seed nodes to join through, comma-separated. Without seeds the
         /// node waits for `flotilla init`.
         #[arg(long, value_delimiter = ',')]
@@ -234,6 +238,7 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             listen,
             advertise,
+            cert_name,
             join,
             wipe_and_join,
             isolation_timeout,
@@ -263,6 +268,7 @@ fn main() -> anyhow::Result<()> {
                     .unwrap_or_else(|| PathBuf::from("certs"));
                 let mut cfg = NodeConfig::new(data_dir, listen, certs_dir);
                 cfg.advertise = advertise.or(file.advertise);
+                cfg.cert_name = cert_name.or(file.cert_name);
                 cfg.join = if join.is_empty() {
                     file.join.unwrap_or_default()
                 } else {
@@ -285,11 +291,16 @@ fn main() -> anyhow::Result<()> {
                     cfg.join_policy.max_backoff = d;
                     cfg.join_policy.initial_backoff = cfg.join_policy.initial_backoff.min(d);
                 }
+                let mut hangups = flotilla::node::ops::Hangups::new()?;
                 let node = NodeServer::start(cfg).await?;
                 eprintln!("flotilla node listening on {}", node.addr());
                 loop {
                     tokio::select! {
                         _ = flotilla::node::ops::shutdown_signal() => break,
+                        _ = hangups.next() => match node.reload_certificates() {
+                            Ok(()) => eprintln!("reloaded the node certificate"),
+                            Err(e) => eprintln!("kept the node certificate: {e}"),
+                        },
                         _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
                             if let Lifecycle::Failed { reason } = node.lifecycle() {
                                 node.stop();

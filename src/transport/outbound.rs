@@ -59,7 +59,7 @@ async fn connect(t: &Transport, to: NodeId) -> Option<quinn::SendStream> {
     let server_name = peer.addr.ip().to_string();
     let conn = t
         .endpoint
-        .connect_with(t.client_config.clone(), peer.addr, &server_name)
+        .connect_with(t.client_config(), peer.addr, &server_name)
         .ok()?
         .await;
     let conn = match conn {

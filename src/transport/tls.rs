@@ -47,6 +47,24 @@ impl TlsIdentity {
         })
     }
 
+    /// Loads the identity a node presents from a certificates directory:
+    /// `ca.crt`, and `node-NAME.crt`/`.key` when the node has a name, else
+    /// the shared `node.crt`/`node.key` ([`crate::certs::node_files`]).
+    pub fn load_node(dir: &Path, name: Option<&str>) -> Result<TlsIdentity> {
+        let (crt, key) = crate::certs::node_files(dir, name)?;
+        if !crt.exists() {
+            let hint = match name {
+                Some(n) => format!(
+                    "no such file; `flotilla certs node --dir {} --name {n}` makes it",
+                    dir.display()
+                ),
+                None => "no such file; pass --cert-name NAME to present node-NAME.crt".into(),
+            };
+            return Err(cert_err(&crt, hint));
+        }
+        TlsIdentity::load(&dir.join(crate::certs::CA_CERT), &crt, &key)
+    }
+
     fn roots(&self) -> Result<Arc<RootCertStore>> {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca.clone()).map_err(|e| Error::Certificate {
