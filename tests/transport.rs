@@ -411,3 +411,162 @@ async fn a_reloaded_certificate_serves_new_connections_and_old_ones_keep_working
     open.close(0u32.into(), b"done");
     b.close();
 }
+
+/// A UDP relay on loopback between one dialer and `target`, which the test
+/// can cut (every packet dropped, both ways) and heal.
+struct Relay {
+    /// Where the dialer should send.
+    addr: SocketAddr,
+    /// Set while the link is cut.
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Relay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::net::UdpSocket;
+        let front = Arc::new(UdpSocket::bind(loopback()).await.unwrap());
+        let back = Arc::new(UdpSocket::bind(loopback()).await.unwrap());
+        let addr = front.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let dialer = Arc::new(Mutex::new(None::<SocketAddr>));
+        let forward = {
+            let (front, back, cut, dialer) =
+                (front.clone(), back.clone(), cut.clone(), dialer.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                    *dialer.lock().unwrap() = Some(from);
+                    if !cut.load(Ordering::Relaxed) {
+                        let _ = back.send_to(&buf[..n], target).await;
+                    }
+                }
+            })
+        };
+        let backward = {
+            let cut = cut.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok((n, _)) = back.recv_from(&mut buf).await {
+                    let to = *dialer.lock().unwrap();
+                    if let (Some(to), false) = (to, cut.load(Ordering::Relaxed)) {
+                        let _ = front.send_to(&buf[..n], to).await;
+                    }
+                }
+            })
+        };
+        Relay {
+            addr,
+            cut,
+            tasks: vec![forward, backward],
+        }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// How long after a link is cut the sender must have noticed: far below
+/// QUIC's 5 s idle timeout, which was all that noticed it before.
+const NOTICE_WITHIN: Duration = Duration::from_secs(3);
+/// Between two looks at a condition being polled.
+const POLL: Duration = Duration::from_millis(10);
+/// How long after a link heals a batch must get through: what a group
+/// needs to elect a leader within 2 s of losing its old one.
+const HEALED_WITHIN: Duration = Duration::from_secs(2);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_is_redialled_promptly_once_it_heals() {
+    let dir = tempfile::tempdir().unwrap();
+    let validity = certs::Validity::default();
+    certs::create_set(dir.path(), &["127.0.0.1".into()], Some(2), validity, false).unwrap();
+    let (tx_b, rx_b) = mpsc::channel();
+    let b = bound(NodeId(2), &node_identity(dir.path(), "2"), tx_b);
+    let relay = Relay::start(b.local_addr().unwrap()).await;
+    let (tx_a, _rx_a) = mpsc::channel();
+    let a = bound(NodeId(1), &node_identity(dir.path(), "1"), tx_a);
+    a.set_peer(NodeId(2), relay.addr, None);
+    deliver(&a, NodeId(2), &rx_b, 1).await;
+
+    for round in 0..2u64 {
+        // Cut the link while batches flow, until the sender says the peer
+        // is down (its sends stop being accepted).
+        relay.set_cut(true);
+        let mut sender = a.sender();
+        let cut_at = Instant::now();
+        while sender.send(NodeId(2), vec![append(2, 100 + round)]) {
+            assert!(
+                cut_at.elapsed() < NOTICE_WITHIN,
+                "the cut was not noticed within {NOTICE_WITHIN:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        let noticed = cut_at.elapsed();
+
+        // Heal it: the next sends get through promptly.
+        relay.set_cut(false);
+        while rx_b.try_recv().is_ok() {}
+        let healed_at = Instant::now();
+        loop {
+            sender.send(NodeId(2), vec![append(2, 200 + round)]);
+            if rx_b.recv_timeout(Duration::from_millis(10)).is_ok() {
+                break;
+            }
+            assert!(
+                healed_at.elapsed() < HEALED_WITHIN,
+                "nothing got through within {HEALED_WITHIN:?} of the link healing"
+            );
+        }
+        eprintln!(
+            "round {round}: cut noticed after {noticed:?}; delivered {:?} after healing",
+            healed_at.elapsed()
+        );
+    }
+    a.close();
+    b.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dev_cluster_pins_each_nodes_own_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_flotilla"));
+    let mut out = Vec::new();
+    let (procs, _) = flotilla::node::ops::spawn_cluster(exe, 3, dir.path(), Some(1), &mut out)
+        .await
+        .unwrap();
+    let caller = flotilla::node::ops::Caller::new(&procs.certs_dir).unwrap();
+    let catalog = match caller
+        .call(procs.addrs[0], &RpcRequest::Catalog)
+        .await
+        .unwrap()
+    {
+        RpcResponse::Catalog(bytes) => flotilla::catalog::Catalog::decode(&bytes).unwrap(),
+        other => panic!("unexpected answer {other:?}"),
+    };
+    assert_eq!(catalog.nodes.len(), 3);
+    for (i, addr) in procs.addrs.iter().enumerate() {
+        let node = catalog
+            .nodes
+            .values()
+            .find(|n| n.addr == addr.to_string())
+            .unwrap_or_else(|| panic!("no node at {addr} in {:?}", catalog.nodes));
+        let own = node_pin(&procs.certs_dir, &(i + 1).to_string());
+        assert_eq!(
+            node.spki_sha256,
+            own.to_vec(),
+            "node {} at {addr}",
+            node.id.0
+        );
+    }
+    drop(procs);
+}

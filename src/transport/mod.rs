@@ -11,9 +11,14 @@
 //!
 //! Outbound, each peer has one task owning one connection and one
 //! long-lived unidirectional stream on which the Raft messages of all
-//! groups bound for that peer travel in batches; it reconnects with
-//! exponential backoff. The driver thread hands it batches through a
-//! channel ([`QuicSender`]), so the driver never waits on the network.
+//! groups bound for that peer travel in batches; a connection that closes
+//! or whose peer falls silent is replaced at once, and failed dials back
+//! off for at most a quarter second while the peer was reached recently.
+//! The driver thread hands it batches through a channel ([`QuicSender`]),
+//! so the driver never waits on the network.
+//!
+//! [`Transport::reload`] swaps the certificate this node presents (on
+//! SIGHUP): new connections use the new one, open ones carry on.
 //!
 //! Requests from clients and operators use a bidirectional stream each
 //! ([`rpc`]); the certificate's role decides which requests are allowed.
@@ -137,6 +142,9 @@ pub struct Transport {
     /// How this node dials peers; replaced by [`Transport::reload`]. A std
     /// lock: held only to clone or swap it.
     client_config: RwLock<quinn::ClientConfig>,
+    /// How this node dials peers to send them Raft traffic (it pings them
+    /// often); replaced by [`Transport::reload`].
+    peer_config: RwLock<quinn::ClientConfig>,
     /// The certificate this node presents: its key's pin and its expiry.
     cert: RwLock<CertInfo>,
     /// Peers by node id. A std lock: held only to copy an entry.
@@ -170,6 +178,7 @@ impl Transport {
             node: AtomicU64::new(node.0),
             endpoint,
             client_config: RwLock::new(identity.client_config()?),
+            peer_config: RwLock::new(identity.peer_client_config()?),
             cert: RwLock::new(CertInfo::of(identity)?),
             peers: RwLock::default(),
             inbox: RwLock::default(),
@@ -275,6 +284,14 @@ impl Transport {
             .clone()
     }
 
+    /// The configuration this node dials peers with to send Raft traffic.
+    fn peer_config(&self) -> quinn::ClientConfig {
+        self.peer_config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// When the certificate this node presents expires, in seconds since
     /// the Unix epoch.
     pub fn cert_not_after(&self) -> i64 {
@@ -303,11 +320,13 @@ impl Transport {
         }
         let server = identity.server_config()?;
         let client = identity.client_config()?;
+        let peers = identity.peer_client_config()?;
         self.endpoint.set_server_config(Some(server));
         *self
             .client_config
             .write()
             .unwrap_or_else(|p| p.into_inner()) = client;
+        *self.peer_config.write().unwrap_or_else(|p| p.into_inner()) = peers;
         *self.cert.write().unwrap_or_else(|p| p.into_inner()) = new;
         tracing::info!(
             node_id = self.node().0,
