@@ -139,8 +139,9 @@ pub struct Transport {
     /// This node's id; 0 until a joining node is admitted.
     node: AtomicU64,
     endpoint: quinn::Endpoint,
-    /// How this node dials peers; replaced by [`Transport::reload`]. A std
-    /// lock: held only to clone or swap it.
+    /// How this node dials other nodes to make requests (joins,
+    /// announcements); replaced by [`Transport::reload`]. A std lock: held
+    /// only to clone or swap it.
     client_config: RwLock<quinn::ClientConfig>,
     /// How this node dials peers to send them Raft traffic (it pings them
     /// often); replaced by [`Transport::reload`].
@@ -276,7 +277,8 @@ impl Transport {
         QuicSender::new(self.clone())
     }
 
-    /// The configuration this node dials peers with.
+    /// The configuration this node dials other nodes with to make
+    /// requests.
     pub fn client_config(&self) -> quinn::ClientConfig {
         self.client_config
             .read()
