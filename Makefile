@@ -38,6 +38,6 @@ bench-compare:
 build:
 	$(CARGO) build --release
 
-## Development certificates in certs/ (a CA, node, admin and client certificates).
+## Development certificates in certs/ (a CA, a key each for nodes 1 to 3, admin and client).
 certs:
-	$(CARGO) run --release --bin flotilla -- certs create --dir certs --hosts 127.0.0.1,localhost
+	$(CARGO) run --release --bin flotilla -- certs create --dir certs --hosts 127.0.0.1,localhost --nodes 3

@@ -59,7 +59,7 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
-    /// Runs a node until Ctrl-C or SIGTERM.
+    /// Runs a node until Ctrl-C or SIGTERM; SIGHUP reloads its certificate.
     Start {
         /// A TOML file of node settings (keys as the flags, with `_`);
         /// flags given here win over it.
@@ -74,6 +74,10 @@ enum Command {
         /// Address peers and clients should use, when not the listen address.
         #[arg(long)]
         advertise: Option<SocketAddr>,
+        /// Present node-NAME.crt and node-NAME.key from the certificates
+        /// directory [default: the shared node.crt and node.key].
+        #[arg(long)]
+        cert_name: Option<String>,
         /// Seed nodes to join through, comma-separated. Without seeds the
         /// node waits for `flotilla init`.
         #[arg(long, value_delimiter = ',')]
@@ -143,12 +147,38 @@ enum CertsCommand {
         /// Directory to write them to.
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
-        /// Hosts (IP addresses or DNS names) the node certificate is valid for.
+        /// Hosts (IP addresses or DNS names) the node certificates are valid for.
         #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
         hosts: Vec<String>,
+        /// Give nodes 1 to N a key each (node-1.crt, ...) instead of one
+        /// shared node.crt.
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = flotilla::certs::DEFAULT_CA_DAYS)]
+        ca_days: u32,
+        /// Days the node, admin and client certificates are valid.
+        #[arg(long, default_value_t = flotilla::certs::DEFAULT_DAYS)]
+        days: u32,
         /// Replace an existing CA (every certificate it signed stops working).
         #[arg(long)]
         force: bool,
+    },
+    /// Signs node-NAME.crt with the CA in DIR (keeping node-NAME.key if it
+    /// exists, so that renewing keeps the key the catalog pins).
+    Node {
+        /// Directory with ca.crt and ca.key.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// The node's name: `flotilla start --cert-name NAME` presents it.
+        #[arg(long)]
+        name: String,
+        /// Hosts (IP addresses or DNS names) the certificate is valid for.
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
+        hosts: Vec<String>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = flotilla::certs::DEFAULT_DAYS)]
+        days: u32,
     },
 }
 
@@ -182,9 +212,31 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Demo { keys } => flotilla::demo::run(&mut std::io::stdout(), keys)?,
         Command::Certs {
-            command: CertsCommand::Create { dir, hosts, force },
+            command:
+                CertsCommand::Create {
+                    dir,
+                    hosts,
+                    nodes,
+                    ca_days,
+                    days,
+                    force,
+                },
         } => {
-            for path in flotilla::certs::create(&dir, &hosts, force)? {
+            let validity = flotilla::certs::Validity { ca_days, days };
+            for path in flotilla::certs::create_set(&dir, &hosts, nodes, validity, force)? {
+                println!("wrote {}", path.display());
+            }
+        }
+        Command::Certs {
+            command:
+                CertsCommand::Node {
+                    dir,
+                    name,
+                    hosts,
+                    days,
+                },
+        } => {
+            for path in flotilla::certs::issue_node(&dir, &name, &hosts, days)? {
                 println!("wrote {}", path.display());
             }
         }
@@ -193,6 +245,7 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             listen,
             advertise,
+            cert_name,
             join,
             wipe_and_join,
             dead_after,
@@ -223,6 +276,7 @@ fn main() -> anyhow::Result<()> {
                     .unwrap_or_else(|| PathBuf::from("certs"));
                 let mut cfg = NodeConfig::new(data_dir, listen, certs_dir);
                 cfg.advertise = advertise.or(file.advertise);
+                cfg.cert_name = cert_name.or(file.cert_name);
                 cfg.join = if join.is_empty() {
                     file.join.unwrap_or_default()
                 } else {
@@ -253,11 +307,16 @@ fn main() -> anyhow::Result<()> {
                     cfg.join_policy.max_backoff = d;
                     cfg.join_policy.initial_backoff = cfg.join_policy.initial_backoff.min(d);
                 }
+                let mut hangups = flotilla::node::ops::Hangups::new()?;
                 let node = NodeServer::start(cfg).await?;
                 eprintln!("flotilla node listening on {}", node.addr());
                 loop {
                     tokio::select! {
                         _ = flotilla::node::ops::shutdown_signal() => break,
+                        _ = hangups.next() => match node.reload_certificates() {
+                            Ok(()) => eprintln!("reloaded the node certificate"),
+                            Err(e) => eprintln!("kept the node certificate: {e}"),
+                        },
                         _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
                             if let Lifecycle::Failed { reason } = node.lifecycle() {
                                 node.stop();

@@ -2,6 +2,10 @@
 //! decommission` and `check`. Each gathers what it needs from every node
 //! the catalog lists (a node that does not answer is shown as such, never
 //! skipped silently) and prints a table or one JSON document.
+//!
+//! `status` also warns of certificates that expire within
+//! [`crate::certs::expiry::WARN_DAYS`] or have expired: each node's (from
+//! its report) and the CLI's own.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -74,6 +78,12 @@ pub(super) async fn status(g: &Globals, c: &Client, out: &mut dyn Write) -> Outc
     let reports = reports(c).await?;
     let leaders = leaders(&reports);
     let mut nodes = Vec::new();
+    // Certificates in play, with their expiry: the CLI's own, then each
+    // node's.
+    let mut holders = Vec::new();
+    if let Some(t) = own_cert_not_after(g) {
+        holders.push(("this CLI's certificate".to_string(), t));
+    }
     for (id, addr, r) in &reports {
         let (lifecycle, groups, leads, lag) = match r {
             Some(r) => {
@@ -97,11 +107,17 @@ pub(super) async fn status(g: &Globals, c: &Client, out: &mut dyn Write) -> Outc
             None => ("unreachable".to_string(), 0, 0, None),
         };
         let state = standing(catalog.nodes.get(id).map(|n| n.state), r.is_some());
+        let cert = r.as_ref().map(|r| r.cert_not_after);
         nodes.push(json!({
             "id": id.0, "addr": addr, "state": state, "lifecycle": lifecycle, "live": r.is_some(),
             "groups": groups, "leads": leads, "apply_lag": lag,
+            "cert_not_after": cert.map(crate::certs::expiry::date),
         }));
+        if let Some(t) = cert {
+            holders.push((format!("node {}'s certificate", id.0), t));
+        }
     }
+    let warnings = cert_warnings(&holders, crate::certs::unix_now());
     let total = catalog.groups.len();
     let with_leader = leaders.len();
     // Voters as the leaders' Raft configurations have them: the catalog's
@@ -116,6 +132,7 @@ pub(super) async fn status(g: &Globals, c: &Client, out: &mut dyn Write) -> Outc
         "epoch": catalog.epoch,
         "nodes": nodes,
         "groups": summary,
+        "warnings": warnings,
     });
     if g.json {
         print_json(out, &doc);
@@ -173,6 +190,9 @@ pub(super) async fn status(g: &Globals, c: &Client, out: &mut dyn Write) -> Outc
                 let _ = writeln!(out, "{word} nodes: {} ({what})", which.join(", "));
             }
         }
+        for w in &warnings {
+            let _ = writeln!(out, "warning: {w}");
+        }
     }
     let healthy = with_leader == total && reports.iter().all(|(_, _, r)| r.is_some());
     Ok(if healthy {
@@ -180,6 +200,30 @@ pub(super) async fn status(g: &Globals, c: &Client, out: &mut dyn Write) -> Outc
     } else {
         (exit::UNAVAILABLE, Some("the cluster is degraded".into()))
     })
+}
+
+/// When the certificate this CLI presents expires, if it can be read.
+fn own_cert_not_after(g: &Globals) -> Option<i64> {
+    use rustls::pki_types::pem::PemObject;
+    let path = crate::client::ClientConfig::from_certs_dir(vec![], &g.certs_dir).cert;
+    let der = rustls::pki_types::CertificateDer::from_pem_file(path).ok()?;
+    crate::certs::not_after(&der).ok()
+}
+
+/// One warning for each certificate (named, with its expiry) that has
+/// expired or expires within the warning period at `now`.
+fn cert_warnings(certs: &[(String, i64)], now: i64) -> Vec<String> {
+    certs
+        .iter()
+        .filter_map(|(what, not_after)| {
+            crate::certs::expiry::warning(*not_after, now).map(|w| {
+                format!(
+                    "{what} {w} ({}); renew it with `flotilla certs`",
+                    crate::certs::expiry::date(*not_after)
+                )
+            })
+        })
+        .collect()
 }
 
 pub(super) async fn groups(g: &Globals, c: &Client, out: &mut dyn Write) -> Outcome {
@@ -483,4 +527,33 @@ pub(super) async fn check(g: &Globals, c: &Client, out: &mut dyn Write) -> Outco
     } else {
         (exit::OK, None)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cert_warnings;
+
+    #[test]
+    fn status_warns_of_each_certificate_near_or_past_its_end() {
+        const DAY: i64 = 86_400;
+        let now = 1_800_000_000;
+        let certs = vec![
+            ("this CLI's certificate".to_string(), now + 365 * DAY),
+            ("node 1's certificate".to_string(), now + 12 * DAY + 60),
+            ("node 2's certificate".to_string(), now - 2 * DAY),
+            ("node 3's certificate".to_string(), now + 31 * DAY),
+        ];
+        let warnings = cert_warnings(&certs, now);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("node 1's certificate expires in 12 day(s)"),
+            "{}",
+            warnings[0]
+        );
+        assert!(
+            warnings[1].starts_with("node 2's certificate expired 2 day(s) ago"),
+            "{}",
+            warnings[1]
+        );
+    }
 }

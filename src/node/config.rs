@@ -11,6 +11,7 @@
 //! advertise = "10.0.0.5:7000"
 //! join = ["10.0.0.5:7000", "10.0.0.6:7000", "10.0.0.7:7000"]
 //! certs_dir = "/etc/flotilla/certs"
+//! cert_name = "east-1"
 //! isolation_timeout = "30s"
 //! dead_after = "5m"
 //! tick = "100ms"
@@ -41,6 +42,8 @@ pub struct FileConfig {
     pub join: Option<Vec<String>>,
     /// Directory with the certificates.
     pub certs_dir: Option<PathBuf>,
+    /// The node's certificate name (`node-NAME.crt`).
+    pub cert_name: Option<String>,
     /// How long without reaching a peer before asking the seeds.
     #[serde(default, with = "opt_duration")]
     pub isolation_timeout: Option<Duration>,
@@ -123,6 +126,7 @@ mod tests {
             advertise = "127.0.0.2:7000"
             join = ["127.0.0.1:7000", "127.0.0.1:7001"]
             certs_dir = "/c"
+            cert_name = "east-1"
             isolation_timeout = "2s"
             tick = "50ms"
             join_attempts = 3
@@ -134,6 +138,7 @@ mod tests {
         assert_eq!(cfg.data_dir, Some(PathBuf::from("/d")));
         assert_eq!(cfg.listen, Some("127.0.0.1:7000".parse().expect("addr")));
         assert_eq!(cfg.join.as_deref().map(<[String]>::len), Some(2));
+        assert_eq!(cfg.cert_name.as_deref(), Some("east-1"));
         assert_eq!(cfg.isolation_timeout, Some(Duration::from_secs(2)));
         assert_eq!(cfg.tick, Some(Duration::from_millis(50)));
         assert_eq!(cfg.join_attempts, Some(3));

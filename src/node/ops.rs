@@ -122,6 +122,13 @@ pub fn render(addr: SocketAddr, r: &NodeReport) -> String {
         "  replayed {} entries ({} bytes) from its own log at start; peers sent {} entries ({} bytes) since",
         r.replayed_entries, r.replayed_bytes, r.raft_entries_in, r.raft_bytes_in
     );
+    let warning = certs::expiry::warning(r.cert_not_after, certs::unix_now())
+        .map_or(String::new(), |w| format!(" (WARNING: it {w})"));
+    let _ = writeln!(
+        out,
+        "  certificate valid until {}{warning}",
+        certs::expiry::date(r.cert_not_after)
+    );
     let _ = writeln!(
         out,
         "  {:<6} {:<8} {:<12} {:>6} {:>8} {:>8}",
@@ -181,6 +188,33 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// SIGHUPs, the signal that asks a node to reload its certificate.
+pub struct Hangups {
+    /// The signal stream; none where the platform has no SIGHUP.
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Hangups {
+    /// Starts listening. Must run inside a tokio runtime.
+    pub fn new() -> Result<Hangups> {
+        Ok(Hangups {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| Error::Invalid(format!("cannot listen for SIGHUP: {e}")))?,
+        })
+    }
+
+    /// Resolves on the next SIGHUP (never, without SIGHUP).
+    pub async fn next(&mut self) {
+        #[cfg(unix)]
+        if self.signal.recv().await.is_some() {
+            return;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
 /// Node processes started by [`spawn_cluster`]; dropping it kills them.
 pub struct Processes {
     children: Vec<std::process::Child>,
@@ -235,7 +269,8 @@ pub async fn dev(
 }
 
 /// Starts `nodes` node processes of `exe` on loopback under `dir` (fresh
-/// data directories; certificates made if missing), initialises the
+/// data directories; certificates made if missing, a key of its own for
+/// each node, named by its place in the start order), initialises the
 /// cluster with `data_groups` data groups (the default when `None`), and
 /// waits until every node is ready and every group led with its replicas.
 /// Returns the processes and each node's report.
@@ -247,8 +282,22 @@ pub async fn spawn_cluster(
     out: &mut (dyn std::io::Write + Send),
 ) -> Result<(Processes, Vec<(SocketAddr, NodeReport)>)> {
     let certs_dir = dir.join("certs");
+    let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
     if !certs_dir.join(CA_CERT).exists() {
-        certs::create(&certs_dir, &["127.0.0.1".into(), "localhost".into()], false)?;
+        certs::create_set(
+            &certs_dir,
+            &hosts,
+            Some(nodes),
+            certs::Validity::default(),
+            false,
+        )?;
+    }
+    // A directory from an earlier run may lack some nodes' certificates
+    // (fewer nodes then, or one shared node.crt): sign what is missing.
+    for name in (1..=nodes).map(|i| i.to_string()) {
+        if !certs::node_files(&certs_dir, Some(&name))?.0.exists() {
+            certs::issue_node(&certs_dir, &name, &hosts, certs::DEFAULT_DAYS)?;
+        }
     }
     let addrs: Vec<SocketAddr> = (0..nodes)
         .map(|_| free_port().map(|p| SocketAddr::from(([127, 0, 0, 1], p))))
@@ -284,6 +333,7 @@ pub async fn spawn_cluster(
                 "--certs-dir",
             ])
             .arg(&certs_dir)
+            .args(["--cert-name", &(i + 1).to_string()])
             .stdout(Stdio::null())
             .stderr(log);
         if let Some(g) = data_groups {

@@ -33,7 +33,7 @@ use super::Lifecycle;
 use crate::catalog::{
     Catalog, CatalogCommand, NodeState, DEFAULT_DATA_GROUPS, DEFAULT_REPLICAS, DEFAULT_VSHARDS,
 };
-use crate::certs::{spki_sha256, Role};
+use crate::certs::spki_sha256;
 use crate::error::{Error, Result};
 use crate::multiraft::runner::{DriverHandle, Runner};
 use crate::multiraft::{Driver, DriverConfig, Proposal, Replayed, Reply};
@@ -69,8 +69,10 @@ pub struct NodeConfig {
     pub advertise: Option<SocketAddr>,
     /// Seeds to join through.
     pub join: Vec<String>,
-    /// Directory with `ca.crt`, `node.crt` and `node.key`.
+    /// Directory with `ca.crt` and the node's certificate and key.
     pub certs_dir: PathBuf,
+    /// Present `node-NAME.crt`/`.key`; without a name, `node.crt`/`.key`.
+    pub cert_name: Option<String>,
     /// How hard to try joining.
     pub join_policy: JoinPolicy,
     /// Real time per driver tick.
@@ -99,6 +101,7 @@ impl NodeConfig {
             advertise: None,
             join: Vec::new(),
             certs_dir,
+            cert_name: None,
             join_policy: JoinPolicy::default(),
             tick: Duration::from_millis(100),
             data_groups: DEFAULT_DATA_GROUPS,
@@ -141,8 +144,7 @@ impl NodeServer {
     /// Opens the data directory, binds the transport and takes the restart,
     /// join or wait path. Must run inside a tokio runtime.
     pub async fn start(cfg: NodeConfig) -> Result<Arc<NodeServer>> {
-        let (crt, key) = crate::certs::role_files(&cfg.certs_dir, Role::Node);
-        let identity = TlsIdentity::load(&cfg.certs_dir.join(crate::certs::CA_CERT), &crt, &key)?;
+        let identity = TlsIdentity::load_node(&cfg.certs_dir, cfg.cert_name.as_deref())?;
         let spki = spki_sha256(&identity.cert)?;
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| Error::Invalid(format!("{}: {e}", cfg.data_dir.display())))?;
@@ -408,9 +410,15 @@ impl NodeServer {
     }
 
     fn client_config(&self) -> Result<quinn::ClientConfig> {
-        let (crt, key) = crate::certs::role_files(&self.cfg.certs_dir, Role::Node);
-        TlsIdentity::load(&self.cfg.certs_dir.join(crate::certs::CA_CERT), &crt, &key)?
-            .client_config()
+        Ok(self.transport.client_config())
+    }
+
+    /// Reads the node's certificate files again and presents them to new
+    /// connections (see [`Transport::reload`]); on SIGHUP.
+    pub fn reload_certificates(&self) -> Result<()> {
+        let name = self.cfg.cert_name.as_deref();
+        self.transport
+            .reload(&TlsIdentity::load_node(&self.cfg.certs_dir, name)?)
     }
 
     async fn init(self: &Arc<Self>) -> Result<u64> {
@@ -543,6 +551,7 @@ impl NodeServer {
             replayed_bytes: replayed.bytes,
             raft_bytes_in,
             raft_entries_in,
+            cert_not_after: self.transport.cert_not_after(),
         };
         let Some(h) = self.handle() else {
             return RpcResponse::Status(report(None, vec![]));

@@ -1,4 +1,15 @@
 //! Accepting peers and reading their frames.
+//!
+//! A Raft frame passes three checks before its messages reach the inbox:
+//! the peer's certificate has the node role; if the catalog pins a key for
+//! the node the frame names as its sender, the certificate holds that key;
+//! and every message in it names that same node as its own sender. A
+//! message that names another is dropped and counted (the rest of the
+//! frame is delivered): without that last check one node's certificate
+//! could speak, inside its batches, for any node of the cluster. Raft
+//! itself only breaks the rule when a follower forwards a leadership
+//! transfer (the message names the transferee); Flotilla asks only leaders
+//! to transfer, so such a message never travels.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -158,8 +169,14 @@ async fn serve_stream(t: Arc<Transport>, conn: Connection, cert: &PeerCert, mut 
                     }
                 }
                 let mut msgs = Vec::with_capacity(batch.len());
+                let mut impostors = Vec::new();
                 for (group, m) in batch {
                     match m.into_raft() {
+                        // The frame's sender is the node the handshake
+                        // proved (its pin matched) or, while it has no pin
+                        // yet, the node it says it is; either way each
+                        // message must come from that node and no other.
+                        Ok(msg) if msg.from != from.0 => impostors.push((group, msg.from)),
                         Ok(msg) => {
                             t.stats
                                 .raft_entries_in
@@ -173,6 +190,20 @@ async fn serve_stream(t: Arc<Transport>, conn: Connection, cert: &PeerCert, mut 
                             return;
                         }
                     }
+                }
+                if let Some((group, claimed)) = impostors.first() {
+                    t.stats
+                        .refused_senders
+                        .fetch_add(impostors.len() as u64, Ordering::Relaxed);
+                    tracing::warn!(
+                        node_id = t.node().0,
+                        peer = %peer,
+                        from = from.0,
+                        claimed,
+                        group_id = group.0,
+                        refused = impostors.len(),
+                        "raft messages claiming a sender other than the peer's node refused"
+                    );
                 }
                 t.stats.frames_in.fetch_add(1, Ordering::Relaxed);
                 t.stats

@@ -11,9 +11,14 @@
 //!
 //! Outbound, each peer has one task owning one connection and one
 //! long-lived unidirectional stream on which the Raft messages of all
-//! groups bound for that peer travel in batches; it reconnects with
-//! exponential backoff. The driver thread hands it batches through a
-//! channel ([`QuicSender`]), so the driver never waits on the network.
+//! groups bound for that peer travel in batches; a connection that closes
+//! or whose peer falls silent is replaced at once, and failed dials back
+//! off for at most a quarter second while the peer was reached recently.
+//! The driver thread hands it batches through a channel ([`QuicSender`]),
+//! so the driver never waits on the network.
+//!
+//! [`Transport::reload`] swaps the certificate this node presents (on
+//! SIGHUP): new connections use the new one, open ones carry on.
 //!
 //! Requests from clients and operators use a bidirectional stream each
 //! ([`rpc`]); the certificate's role decides which requests are allowed.
@@ -69,6 +74,9 @@ pub struct TransportStats {
     pub refused_roles: AtomicU64,
     /// Raft frames from a node whose key does not match its pin.
     pub refused_pins: AtomicU64,
+    /// Raft messages whose own sender is not the node the frame came
+    /// from: one node certificate speaking for another node.
+    pub refused_senders: AtomicU64,
     /// Requests refused because of the caller's role.
     pub refused_requests: AtomicU64,
     /// Bytes of accepted Raft frames: what leaders sent this node.
@@ -92,12 +100,54 @@ struct Peer {
     pin: Option<[u8; 32]>,
 }
 
+/// What the transport keeps of the certificate it presents.
+#[derive(Clone, Copy, Debug)]
+struct CertInfo {
+    /// SHA-256 of its SubjectPublicKeyInfo: what peers pin.
+    spki: [u8; 32],
+    /// Its expiry, in seconds since the Unix epoch.
+    not_after: i64,
+}
+
+impl CertInfo {
+    /// What `identity` presents; refused when it has expired (peers would
+    /// refuse every handshake), warned about when it expires soon.
+    fn of(identity: &TlsIdentity) -> Result<CertInfo> {
+        let info = CertInfo {
+            spki: crate::certs::spki_sha256(&identity.cert)?,
+            not_after: crate::certs::not_after(&identity.cert)?,
+        };
+        let until = crate::certs::expiry::date(info.not_after);
+        match crate::certs::expiry::warning(info.not_after, crate::certs::unix_now()) {
+            Some(crate::certs::expiry::Expiry::Expired { .. }) => Err(Error::Certificate {
+                path: "node certificate".into(),
+                detail: format!(
+                    "it expired at {until}; renew it with `flotilla certs node` (which keeps the key)"
+                ),
+            }),
+            Some(soon) => {
+                tracing::warn!(not_after = %until, expiry = %soon, "the node certificate expires soon");
+                Ok(info)
+            }
+            None => Ok(info),
+        }
+    }
+}
+
 /// A node's QUIC endpoint.
 pub struct Transport {
     /// This node's id; 0 until a joining node is admitted.
     node: AtomicU64,
     endpoint: quinn::Endpoint,
-    client_config: quinn::ClientConfig,
+    /// How this node dials other nodes to make requests (joins,
+    /// announcements); replaced by [`Transport::reload`]. A std lock: held
+    /// only to clone or swap it.
+    client_config: RwLock<quinn::ClientConfig>,
+    /// How this node dials peers to send them Raft traffic (it pings them
+    /// often); replaced by [`Transport::reload`].
+    peer_config: RwLock<quinn::ClientConfig>,
+    /// The certificate this node presents: its key's pin and its expiry.
+    cert: RwLock<CertInfo>,
     /// Peers by node id. A std lock: held only to copy an entry.
     peers: RwLock<BTreeMap<NodeId, Peer>>,
     /// Where inbound Raft batches go; set once the driver runs.
@@ -128,7 +178,9 @@ impl Transport {
         let t = Arc::new(Transport {
             node: AtomicU64::new(node.0),
             endpoint,
-            client_config: identity.client_config()?,
+            client_config: RwLock::new(identity.client_config()?),
+            peer_config: RwLock::new(identity.peer_client_config()?),
+            cert: RwLock::new(CertInfo::of(identity)?),
             peers: RwLock::default(),
             inbox: RwLock::default(),
             service: RwLock::default(),
@@ -223,6 +275,67 @@ impl Transport {
     /// A [`crate::multiraft::runner::Transport`] for the driver thread.
     pub fn sender(self: &Arc<Self>) -> QuicSender {
         QuicSender::new(self.clone())
+    }
+
+    /// The configuration this node dials other nodes with to make
+    /// requests.
+    pub fn client_config(&self) -> quinn::ClientConfig {
+        self.client_config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The configuration this node dials peers with to send Raft traffic.
+    fn peer_config(&self) -> quinn::ClientConfig {
+        self.peer_config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// When the certificate this node presents expires, in seconds since
+    /// the Unix epoch.
+    pub fn cert_not_after(&self) -> i64 {
+        self.cert
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .not_after
+    }
+
+    /// Presents `identity` from now on: new connections, both accepted and
+    /// dialled, use it; open connections keep the certificate they started
+    /// with and go on working. Refused, with the old identity kept, when
+    /// the new certificate does not match its key, has expired, or holds
+    /// another key than the one presented so far (peers pin that key, so
+    /// they would refuse this node).
+    pub fn reload(&self, identity: &TlsIdentity) -> Result<()> {
+        let new = CertInfo::of(identity)?;
+        let old = *self.cert.read().unwrap_or_else(|p| p.into_inner());
+        if new.spki != old.spki {
+            return Err(Error::Certificate {
+                path: "new node certificate".into(),
+                detail: "it holds another key than the one this node's peers pin; renew with the same key \
+                         (`flotilla certs node` keeps node-NAME.key); keeping the current one"
+                    .into(),
+            });
+        }
+        let server = identity.server_config()?;
+        let client = identity.client_config()?;
+        let peers = identity.peer_client_config()?;
+        self.endpoint.set_server_config(Some(server));
+        *self
+            .client_config
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = client;
+        *self.peer_config.write().unwrap_or_else(|p| p.into_inner()) = peers;
+        *self.cert.write().unwrap_or_else(|p| p.into_inner()) = new;
+        tracing::info!(
+            node_id = self.node().0,
+            not_after = %crate::certs::expiry::date(new.not_after),
+            "node certificate reloaded"
+        );
+        Ok(())
     }
 
     /// Closes every connection and stops listening.

@@ -1,10 +1,31 @@
 //! Dialing peers and streaming batches to them.
+//!
+//! Each peer has one task that owns one connection and one stream. A
+//! connection that is gone is replaced at once: the task notices its close
+//! (a write that fails, the peer or QUIC closing it) and redials without
+//! waiting, and a watchdog closes a connection whose peer has been silent
+//! for [`STALL_TIMEOUT`] although this side keeps pinging it every
+//! [`super::tls::PEER_PING`]. Without the watchdog a link cut for less
+//! than QUIC's idle timeout left the connection open but backed off: QUIC
+//! spaces its retransmissions further apart the longer nothing is
+//! acknowledged, so after a cut of a few seconds the first message through
+//! could come seconds after the link healed, and groups that needed that
+//! link to elect a leader waited for it.
+//!
+//! Dials that fail are retried after a delay that doubles from
+//! [`RECONNECT_MIN`], up to [`RECONNECT_RECENT_MAX`] for a peer this task
+//! reached within [`RECENTLY`] (it is probably about to come back) and up
+//! to [`RECONNECT_MAX`] otherwise (it may be gone for good). A dial that
+//! gets no answer within [`DIAL_TIMEOUT`] is abandoned and started over,
+//! rather than left to QUIC's handshake retransmissions, which wait about a
+//! second before the first resend.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::frame::{write_frame, Frame};
 use super::Transport;
@@ -14,10 +35,27 @@ use crate::multiraft::GroupMessage;
 use crate::types::NodeId;
 use crate::wire::message::WireMessage;
 
-/// First reconnect delay; doubles per failure.
+/// First delay after a failed dial; doubles per failure.
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
-/// Longest reconnect delay: a peer that comes back is found within this.
+/// Longest delay between dials to a peer reached within [`RECENTLY`]: one
+/// that comes back is found within this, well inside an election timeout.
+const RECONNECT_RECENT_MAX: Duration = Duration::from_millis(250);
+/// Longest delay between dials to a peer not reached for a while: it may
+/// be gone for good, and dialling it costs a handshake attempt each time.
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// How long a peer counts as recently reached after its connection ended.
+const RECENTLY: Duration = Duration::from_secs(60);
+/// How long one dial may take: a handshake on a LAN takes milliseconds; one
+/// whose first packets were lost is faster started over than resent.
+const DIAL_TIMEOUT: Duration = Duration::from_millis(500);
+/// Silence from a peer after which its connection is replaced: several
+/// pings ([`super::tls::PEER_PING`]) went unanswered. Short enough that a
+/// healed link carries traffic again well within an election timeout.
+pub(super) const STALL_TIMEOUT: Duration = Duration::from_millis(600);
+/// How often the watchdog looks at a connection.
+const STALL_CHECK: Duration = Duration::from_millis(100);
+/// QUIC error code for a connection closed because the peer went silent.
+const STALLED: u32 = 0x48;
 
 /// The handle of one peer's outbound task.
 pub(super) struct PeerSender {
@@ -54,18 +92,24 @@ impl runner::Transport for QuicSender {
     }
 }
 
-async fn connect(t: &Transport, to: NodeId) -> Option<quinn::SendStream> {
+/// Dials `to` and opens the stream its batches travel on; `None` when the
+/// peer is unknown, does not answer within [`DIAL_TIMEOUT`], or presents a
+/// key other than its pin.
+async fn connect(t: &Transport, to: NodeId) -> Option<(quinn::Connection, quinn::SendStream)> {
     let peer = t.peer(to)?;
     let server_name = peer.addr.ip().to_string();
-    let conn = t
+    let connecting = t
         .endpoint
-        .connect_with(t.client_config.clone(), peer.addr, &server_name)
-        .ok()?
-        .await;
-    let conn = match conn {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::debug!(node_id = t.node().0, peer = to.0, error = %e, "dial failed");
+        .connect_with(t.peer_config(), peer.addr, &server_name)
+        .ok()?;
+    let conn = match tokio::time::timeout(DIAL_TIMEOUT, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "dial failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(timeout = ?DIAL_TIMEOUT, "dial unanswered; starting over");
             return None;
         }
     };
@@ -88,7 +132,77 @@ async fn connect(t: &Transport, to: NodeId) -> Option<quinn::SendStream> {
             return None;
         }
     }
-    conn.open_uni().await.ok()
+    let stream = conn.open_uni().await.ok()?;
+    Some((conn, stream))
+}
+
+/// Closes `conn` once nothing has come from the peer for
+/// [`STALL_TIMEOUT`]; ends when the connection does.
+async fn watch(conn: quinn::Connection) {
+    let mut heard = conn.stats().udp_rx.datagrams;
+    let mut heard_at = Instant::now();
+    let mut ticks = tokio::time::interval(STALL_CHECK);
+    loop {
+        tokio::select! {
+            _ = conn.closed() => return,
+            _ = ticks.tick() => {}
+        }
+        let now = conn.stats().udp_rx.datagrams;
+        if now != heard {
+            heard = now;
+            heard_at = Instant::now();
+        } else if heard_at.elapsed() >= STALL_TIMEOUT {
+            tracing::info!(silent = ?heard_at.elapsed(), "peer silent; replacing the connection");
+            conn.close(STALLED.into(), b"peer silent");
+            return;
+        }
+    }
+}
+
+/// How one connection ended.
+enum Ended {
+    /// The connection is gone; dial again at once.
+    Gone,
+    /// The transport dropped this peer's sender; the task is over.
+    Closed,
+}
+
+/// Streams batches from `rx` to the peer until the connection is gone.
+async fn stream_batches(
+    t: &Transport,
+    conn: &quinn::Connection,
+    mut stream: quinn::SendStream,
+    rx: &mut mpsc::UnboundedReceiver<Vec<GroupMessage>>,
+) -> Ended {
+    loop {
+        let batch = tokio::select! {
+            b = rx.recv() => b,
+            e = conn.closed() => {
+                tracing::debug!(error = %e, "connection to peer closed");
+                return Ended::Gone;
+            }
+        };
+        let Some(mut batch) = batch else {
+            return Ended::Closed;
+        };
+        // Coalesce whatever else is already queued into the same frame.
+        while let Ok(more) = rx.try_recv() {
+            batch.extend(more);
+        }
+        let frame = Frame::Raft {
+            from: t.node(),
+            batch: batch
+                .iter()
+                .map(|m| (m.group, WireMessage::from(&m.msg)))
+                .collect(),
+        };
+        if let Err(e) = write_frame(&mut stream, &frame).await {
+            tracing::debug!(error = %e, "stream to peer broke");
+            return Ended::Gone;
+        }
+        t.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+        t.reached_peer();
+    }
 }
 
 async fn peer_task(
@@ -100,42 +214,33 @@ async fn peer_task(
     let span = tracing::debug_span!("peer", node_id = t.node().0, peer = to.0);
     let _g = span.enter();
     let mut delay = RECONNECT_MIN;
+    // When a connection to this peer last ended; none before the first.
+    let mut last_up: Option<Instant> = None;
     loop {
-        let Some(mut stream) = connect(&t, to).await else {
-            up.store(false, Ordering::Relaxed);
+        let Some((conn, stream)) = connect(&t, to).await else {
             // Drop what queued while down; Raft resends what matters.
             while rx.try_recv().is_ok() {}
             if rx.is_closed() {
                 return;
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(RECONNECT_MAX);
+            let ceiling = match last_up {
+                Some(at) if at.elapsed() < RECENTLY => RECONNECT_RECENT_MAX,
+                _ => RECONNECT_MAX,
+            };
+            delay = (delay * 2).min(ceiling);
             continue;
         };
         delay = RECONNECT_MIN;
         up.store(true, Ordering::Relaxed);
         t.reached_peer();
-        while let Some(mut batch) = rx.recv().await {
-            // Coalesce whatever else is already queued into the same frame.
-            while let Ok(more) = rx.try_recv() {
-                batch.extend(more);
-            }
-            let frame = Frame::Raft {
-                from: t.node(),
-                batch: batch
-                    .iter()
-                    .map(|m| (m.group, WireMessage::from(&m.msg)))
-                    .collect(),
-            };
-            if let Err(e) = write_frame(&mut stream, &frame).await {
-                tracing::debug!(error = %e, "stream to peer broke");
-                break;
-            }
-            t.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-            t.reached_peer();
-        }
+        t.runtime
+            .spawn(watch(conn.clone()).instrument(span.clone()));
+        let ended = stream_batches(&t, &conn, stream, &mut rx).await;
         up.store(false, Ordering::Relaxed);
-        if rx.is_closed() {
+        conn.close(0u32.into(), b"replaced");
+        last_up = Some(Instant::now());
+        if matches!(ended, Ended::Closed) || rx.is_closed() {
             return;
         }
     }

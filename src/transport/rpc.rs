@@ -183,6 +183,9 @@ pub struct NodeReport {
     pub raft_bytes_in: u64,
     /// Log entries peers have sent it since it started.
     pub raft_entries_in: u64,
+    /// When the certificate it presents expires, in seconds since the Unix
+    /// epoch.
+    pub cert_not_after: i64,
 }
 
 /// What kind of failure an [`RpcError`] is: what the caller must do.
