@@ -33,6 +33,10 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// The hard bound around each call, over [`OP_TIMEOUT`]: what the client
 /// library's own deadline would miss (a stuck connect) ends here.
 const HARD_TIMEOUT: Duration = Duration::from_secs(3);
+/// What a schedule counts for the wait after each heal (the run waits for
+/// the real recovery): about what a kill or pause takes on a small
+/// machine, so that `run` is close to the length of the fault phase.
+const RECOVERY_GUESS: Duration = Duration::from_secs(1);
 /// Calls per client at most: a bound on the loop far above what a
 /// 300-second run reaches on a small machine.
 const MAX_CALLS: u64 = 10_000_000;
@@ -84,8 +88,8 @@ pub struct Planned {
     pub quiet: Duration,
 }
 
-/// Draws the faults for about `run` of fault and quiet time over `nodes`
-/// nodes; without `partitions`, only kills and pauses.
+/// Draws the faults for about `run` of faults, recoveries and quiet time
+/// over `nodes` nodes; without `partitions`, only kills and pauses.
 pub fn schedule(seed: u64, run: Duration, nodes: usize, partitions: bool) -> Vec<Planned> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let kinds: &[u8] = if partitions {
@@ -113,7 +117,7 @@ pub fn schedule(seed: u64, run: Duration, nodes: usize, partitions: bool) -> Vec
             };
             let hold = Duration::from_millis(rng.random_range(2_000..=3_500));
             let quiet = Duration::from_millis(rng.random_range(1_000..=1_500));
-            planned += hold + quiet;
+            planned += hold + quiet + RECOVERY_GUESS;
             out.push(Planned { fault, hold, quiet });
             if planned >= run {
                 break;
