@@ -256,7 +256,7 @@ async fn a_cluster_under_faults_stays_linearizable_and_recovers() {
     let s = settings();
     let plan = nemesis::schedule(s.seed, s.run, NODES, s.partitions);
     println!(
-        "nemesis: seed {} (replay: FLOTILLA_NEMESIS_SEED={} FLOTILLA_NEMESIS_SECONDS={}), {} faults, {}; no added delay (no netem on this kernel)",
+        "nemesis: seed {} (replay: FLOTILLA_NEMESIS_SEED={} FLOTILLA_NEMESIS_SECONDS={}), {} faults, {}; links run WITHOUT added delay (that needs netem)",
         s.seed,
         s.seed,
         s.run.as_secs(),
@@ -394,6 +394,7 @@ async fn a_cluster_under_faults_stays_linearizable_and_recovers() {
 
     let history = rec.snapshot();
     nemesis::print_table(&windows, &history);
+    let checking = Instant::now();
     let verdict = tokio::task::spawn_blocking({
         let history = history.clone();
         move || history::check(&history, CHECK_BUDGET)
@@ -401,8 +402,9 @@ async fn a_cluster_under_faults_stays_linearizable_and_recovers() {
     .await
     .unwrap();
     println!(
-        "\nnemesis: {} calls recorded; linearizability: {verdict:?}; flotilla check: clean",
-        history.len()
+        "\nnemesis: {} calls recorded; linearizability ({:.1} s to check): {verdict:?}; flotilla check: clean",
+        history.len(),
+        checking.elapsed().as_secs_f64()
     );
     if let Verdict::Violation { key, stuck, .. } = &verdict {
         let near = |e: &&history::Entry| {
