@@ -251,6 +251,31 @@ fn check_replicas(c: &Cluster) {
     }
 }
 
+/// A seed names one schedule; each round of it strikes every kind of
+/// fault once, so even a short run meets all of them.
+#[test]
+fn a_seed_draws_one_schedule_and_every_round_has_every_kind() {
+    let run = Duration::from_secs(60);
+    let a = nemesis::schedule(7, run, NODES, true);
+    assert_eq!(a, nemesis::schedule(7, run, NODES, true));
+    assert_ne!(a, nemesis::schedule(8, run, NODES, true));
+    let kind = |f: &Fault| std::mem::discriminant(f);
+    let first: std::collections::BTreeSet<String> = a[..5]
+        .iter()
+        .map(|p| format!("{:?}", kind(&p.fault)))
+        .collect();
+    assert_eq!(first.len(), 5, "{a:?}");
+    let quiet = nemesis::schedule(7, run, NODES, false);
+    assert!(quiet
+        .iter()
+        .all(|p| matches!(p.fault, Fault::Kill(_) | Fault::Pause(_))));
+    for p in &a {
+        if let Fault::OneWay { from, to } = p.fault {
+            assert_ne!(from, to);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_under_faults_stays_linearizable_and_recovers() {
     let s = settings();

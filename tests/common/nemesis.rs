@@ -78,7 +78,7 @@ impl Fault {
 }
 
 /// One step of a schedule.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Planned {
     /// What strikes.
     pub fault: Fault,
