@@ -202,14 +202,7 @@ async fn wait_recovered(
 ) -> Duration {
     let start = Instant::now();
     loop {
-        let history = rec.snapshot();
-        let answered = keys.iter().all(|k| {
-            history.iter().any(|e| {
-                e.key == *k
-                    && e.invoked >= healed
-                    && !matches!(e.outcome, Outcome::Failed | Outcome::Unknown)
-            })
-        });
+        let answered = rec.answered_since(healed, keys);
         let rs = reports(&c.caller, &c.addrs).await;
         if answered && rs.len() == NODES && rs.iter().all(|r| r.lifecycle == "ready") {
             return rec.now() - healed;
@@ -331,11 +324,11 @@ async fn a_cluster_under_faults_stays_linearizable_and_recovers() {
     }
 
     let certs = c.dir.path().join("certs");
-    let connect = || async {
+    let connect = |deadline: Duration| {
         let endpoints = c.addrs.iter().map(|a| a.to_string()).collect();
         let mut config = ClientConfig::from_certs_dir(endpoints, &certs);
-        config.timeout = nemesis::OP_TIMEOUT;
-        Client::connect(config).await.unwrap()
+        config.timeout = deadline;
+        async move { Client::connect(config).await.unwrap() }
     };
     let keys: Arc<Vec<Vec<u8>>> = Arc::new(
         (0..KEYS)
@@ -346,17 +339,20 @@ async fn a_cluster_under_faults_stays_linearizable_and_recovers() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = tokio::task::JoinSet::new();
     for id in 0..CLIENTS {
-        let client = connect().await;
+        let deadline = nemesis::DEADLINES[id % nemesis::DEADLINES.len()];
+        let client = connect(deadline).await;
         workers.spawn(nemesis::run_client(
             id,
             client,
+            deadline,
             keys.clone(),
             rec.clone(),
             stop.clone(),
             s.seed,
         ));
     }
-    let observer = connect().await;
+    let long = flotilla::client::DEFAULT_TIMEOUT;
+    let observer = connect(long).await;
 
     let mut windows: Vec<Window> = Vec::new();
     for p in &plan {
@@ -401,7 +397,7 @@ async fn a_cluster_under_faults_stays_linearizable_and_recovers() {
     for k in keys.iter() {
         let start = Instant::now();
         while matches!(
-            rec.call(FINAL_READER, &observer, k, Call::Get).await,
+            rec.call(FINAL_READER, &observer, long, k, Call::Get).await,
             Outcome::Failed | Outcome::Unknown
         ) {
             assert!(

@@ -26,13 +26,20 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// A client call's deadline, retries included: longer than an election
-/// (1 to 2 s at the default 100 ms tick), short enough that a fault costs
-/// each client a few calls, not the whole hold.
-pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
-/// The hard bound around each call, over [`OP_TIMEOUT`]: what the client
-/// library's own deadline would miss (a stuck connect) ends here.
-const HARD_TIMEOUT: Duration = Duration::from_secs(3);
+/// Each client's deadline per call, retries included, by client index
+/// modulo two. The library's default (5 s) outlasts an election (1 to 2 s
+/// at the default 100 ms tick) and leaves room, after one attempt that a
+/// silent node used up (2 s), to try another: those clients see few
+/// timeouts. The short one times out under most faults, so the history
+/// holds calls of unknown outcome, which are where a lost or doubled write
+/// would hide.
+pub const DEADLINES: [Duration; 2] = [
+    Duration::from_millis(1_500),
+    flotilla::client::DEFAULT_TIMEOUT,
+];
+/// How far past its deadline a call is cut off regardless: what the
+/// client library's own deadline would miss (a stuck connect) ends here.
+const OVERRUN: Duration = Duration::from_secs(1);
 /// What a schedule counts for the wait after each heal (the run waits for
 /// the real recovery): about what a kill or pause takes on a small
 /// machine, so that `run` is close to the length of the fault phase.
@@ -136,6 +143,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// An empty record whose time zero is now.
     pub fn new() -> Recorder {
         Recorder {
             start: Instant::now(),
@@ -148,6 +156,7 @@ impl Recorder {
         self.start.elapsed()
     }
 
+    /// A copy of every call recorded so far.
     pub fn snapshot(&self) -> Vec<Entry> {
         self.entries
             .lock()
@@ -155,10 +164,33 @@ impl Recorder {
             .clone()
     }
 
-    /// Makes one call and records it; returns its outcome.
-    pub async fn call(&self, client: usize, c: &Client, key: &[u8], call: Call) -> Outcome {
+    /// Whether every key in `keys` has answered a call invoked at or
+    /// after `since`. Reads back from the newest call only as far as
+    /// calls that completed before `since`.
+    pub fn answered_since(&self, since: Duration, keys: &[Vec<u8>]) -> bool {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let recent: Vec<&Entry> = entries
+            .iter()
+            .rev()
+            .take_while(|e| e.completed >= since)
+            .filter(|e| e.invoked >= since)
+            .filter(|e| !matches!(e.outcome, Outcome::Failed | Outcome::Unknown))
+            .collect();
+        keys.iter().all(|k| recent.iter().any(|e| e.key == *k))
+    }
+
+    /// Makes one call, given `deadline` (the one `c` was configured
+    /// with), and records it; returns its outcome.
+    pub async fn call(
+        &self,
+        client: usize,
+        c: &Client,
+        deadline: Duration,
+        key: &[u8],
+        call: Call,
+    ) -> Outcome {
         let invoked = self.now();
-        let answer = tokio::time::timeout(HARD_TIMEOUT, async {
+        let answer = tokio::time::timeout(deadline + OVERRUN, async {
             match &call {
                 Call::Get => c.get(key).await.map(Outcome::Read),
                 Call::Put { value } => c.put(key, value).await.map(|()| Outcome::Written),
@@ -193,11 +225,12 @@ impl Recorder {
     }
 }
 
-/// One client's closed loop until `stop`: 40% gets, 30% puts, 30% CAS
+/// One client's closed loop until `stop`, each call within `deadline`: 40% gets, 30% puts, 30% CAS
 /// that expect the last value this client saw for the key.
 pub async fn run_client(
     id: usize,
     client: Client,
+    deadline: Duration,
     keys: Arc<Vec<Vec<u8>>>,
     rec: Arc<Recorder>,
     stop: Arc<AtomicBool>,
@@ -223,7 +256,7 @@ pub async fn run_client(
             Call::Put { value } => Some(value.clone()),
             _ => None,
         };
-        match rec.call(id, &client, &keys[k], call).await {
+        match rec.call(id, &client, deadline, &keys[k], call).await {
             Outcome::Read(v) => last_seen[k] = v,
             Outcome::Written => last_seen[k] = written,
             Outcome::Cas { swapped, current } => {
@@ -242,11 +275,13 @@ pub async fn run_client(
 pub struct Window {
     /// The fault.
     pub fault: Fault,
-    /// The node it struck, when that was decided at the time.
+    /// The node it struck (for a one-way loss, the sender).
     pub target: Option<usize>,
-    /// When it struck, healed, and the next step began (run time).
+    /// When it struck, in run time.
     pub struck: Duration,
+    /// When it was healed.
     pub healed: Duration,
+    /// When the next step struck (or the clients stopped).
     pub ended: Duration,
     /// From heal until every key had answered a call again and every
     /// node answered as ready.
