@@ -241,3 +241,22 @@ pub(super) fn linearize(ops: &[Entry], budget: u64) -> Found {
     }
     Found::Order
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Placed;
+
+    #[test]
+    fn a_placed_set_is_its_full_prefix_and_the_rest() {
+        // Operations 0..=69 placed, then 72 and 130.
+        let mut bits = vec![0u64; 3];
+        for op in (0..70).chain([72, 130]) {
+            bits[op / 64] |= 1 << (op % 64);
+        }
+        let p = Placed::of(&bits);
+        assert_eq!((p.below, p.beyond), (70, vec![72, 130]));
+        assert_eq!(Placed::of(&[0, 0]).below, 0);
+        assert_eq!(Placed::of(&[u64::MAX, u64::MAX]).beyond, Vec::<u32>::new());
+        assert_eq!(Placed::of(&[u64::MAX, u64::MAX]).below, 128);
+    }
+}

@@ -425,3 +425,30 @@ fn pruning_agrees_with_brute_force_when_values_are_unique() {
     }
     assert!(pruned_any > 100, "pruning happened in {pruned_any} rounds");
 }
+
+/// Hundreds of operations, so the memo's sets span many words: puts
+/// overlapping each other and reads between them, then a final read that
+/// is right or stale.
+#[test]
+fn long_histories_are_decided_both_ways() {
+    let mut h = Vec::new();
+    for i in 0..300u64 {
+        let (from, to) = (10 * i, 10 * i + 15);
+        h.push(put(0, from, to, &format!("a{i}"), Outcome::Written));
+        let seen = if i == 0 {
+            None
+        } else {
+            v(&format!("a{}", i - 1))
+        };
+        h.push(get(1, from + 1, from + 2, seen));
+    }
+    let end = 10 * 300 + 20;
+    let mut right = h.clone();
+    right.push(get(1, end, end + 1, v("a299")));
+    assert!(linearizable(&right), "{:?}", check(&right, BUDGET));
+    // a298 would pass: the last two puts overlap, so a298 may land last.
+    // a297 completed before a299 began, so it cannot.
+    let mut stale = h;
+    stale.push(get(1, end, end + 1, v("a297")));
+    assert!(!linearizable(&stale));
+}
