@@ -1,17 +1,25 @@
 # Flotilla: the two commands a newcomer needs are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test lint bench bench-compare build certs
+.PHONY: run test lint nemesis bench bench-compare build certs
 
 ## Build, make dev certificates, start a local 3-node cluster, show its status and a few
 ## writes and reads; Ctrl-C stops it. `flotilla demo` is the in-process simulation instead.
 run:
 	$(CARGO) run --release --bin flotilla -- dev --nodes 3 --dir data/dev
 
-## The whole test suite (unit, simulation scenarios, 200 randomized seeds), plus lints.
+## The whole test suite (unit, simulation scenarios, 200 randomized seeds, a 30 s
+## fault run against node processes: with partitions as root, else without), plus lints.
 test: lint
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
+
+## The fault test alone, long, with its table: `make nemesis SECONDS=300 SEED=N`
+## (SEED empty: drawn and printed; a seed replays its schedule). Partitions need root.
+SECONDS ?= 300
+SEED ?=
+nemesis:
+	FLOTILLA_NEMESIS_SECONDS=$(SECONDS) FLOTILLA_NEMESIS_SEED=$(SEED) $(CARGO) test --test nemesis -- --nocapture
 
 ## Formatting and clippy, warnings as errors.
 lint:

@@ -39,6 +39,8 @@
 //! - [`certs`]: the cluster CA and role-bearing certificates.
 //! - [`transport`]: QUIC with mutual TLS between nodes, frames, refusals.
 //! - [`node`]: lifecycle and the join loop.
+//! - [`history`]: client histories of fault tests and their
+//!   linearizability check.
 //! - [`sim`]: a deterministic in-process cluster for tests and the demo.
 //! - [`local`]: drivers on real threads wired in memory, for benchmarks.
 //!
@@ -53,6 +55,7 @@ pub mod cli;
 pub mod client;
 pub mod demo;
 pub mod error;
+pub mod history;
 pub mod kv;
 pub mod local;
 pub mod multiraft;

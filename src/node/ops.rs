@@ -24,7 +24,14 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// A caller's endpoint and identity: the admin certificate when the
 /// directory has one, else the client certificate.
 pub struct Caller {
-    endpoint: quinn::Endpoint,
+    /// The endpoint for IPv4 nodes, bound to the unspecified address so
+    /// the route to each node picks the source address (one bound to
+    /// loopback cannot send to a node elsewhere).
+    v4: quinn::Endpoint,
+    /// The endpoint for IPv6 nodes, opened on first use: a host without
+    /// IPv6 should still reach IPv4 nodes. A std `Mutex`: held only to
+    /// clone or store the handle, never across an await.
+    v6: std::sync::Mutex<Option<quinn::Endpoint>>,
     config: quinn::ClientConfig,
 }
 
@@ -38,23 +45,36 @@ impl Caller {
         };
         let (crt, key) = role_files(certs_dir, role);
         let id = TlsIdentity::load(&certs_dir.join(CA_CERT), &crt, &key)?;
-        let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .map_err(|e| Error::Unreachable(format!("cannot open a client endpoint: {e}")))?;
         Ok(Caller {
-            endpoint,
+            v4: client_endpoint(SocketAddr::from(([0, 0, 0, 0], 0)))?,
+            v6: std::sync::Mutex::new(None),
             config: id.client_config()?,
         })
+    }
+
+    /// The endpoint to reach `addr` from: the one of its address family.
+    fn endpoint(&self, addr: SocketAddr) -> Result<quinn::Endpoint> {
+        if addr.is_ipv4() {
+            return Ok(self.v4.clone());
+        }
+        let mut v6 = self.v6.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = v6.as_ref() {
+            return Ok(e.clone());
+        }
+        let e = client_endpoint(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)))?;
+        *v6 = Some(e.clone());
+        Ok(e)
     }
 
     /// One request; a node that does not answer within [`CALL_TIMEOUT`]
     /// is reported unreachable.
     pub async fn call(&self, addr: SocketAddr, req: &RpcRequest) -> Result<RpcResponse> {
-        let answer =
-            tokio::time::timeout(CALL_TIMEOUT, call(&self.endpoint, &self.config, addr, req))
-                .await
-                .map_err(|_| {
-                    Error::Unreachable(format!("{addr} did not answer within {CALL_TIMEOUT:?}"))
-                })?;
+        let endpoint = self.endpoint(addr)?;
+        let answer = tokio::time::timeout(CALL_TIMEOUT, call(&endpoint, &self.config, addr, req))
+            .await
+            .map_err(|_| {
+                Error::Unreachable(format!("{addr} did not answer within {CALL_TIMEOUT:?}"))
+            })?;
         match answer? {
             RpcResponse::Error(e) => Err(e.into()),
             r => Ok(r),
@@ -104,6 +124,12 @@ impl Caller {
             other => Err(Error::Invalid(format!("unexpected answer {other:?}"))),
         }
     }
+}
+
+/// A client endpoint bound to `local`.
+fn client_endpoint(local: SocketAddr) -> Result<quinn::Endpoint> {
+    quinn::Endpoint::client(local)
+        .map_err(|e| Error::Unreachable(format!("cannot open a client endpoint: {e}")))
 }
 
 /// Renders a node report as aligned text.

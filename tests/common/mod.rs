@@ -65,12 +65,33 @@ pub fn spawn_with(
     join: Option<&str>,
     extra: &[&str],
 ) -> Child {
+    spawn_via(&[], dir, i, addr, join, extra)
+}
+
+/// Like [`spawn_with`], started through `launcher`: a program and its
+/// arguments that run the rest of the command line (`ip netns exec NS`).
+/// `ip netns exec` execs the node, so the child is the node itself.
+pub fn spawn_via(
+    launcher: &[String],
+    dir: &Path,
+    i: usize,
+    addr: SocketAddr,
+    join: Option<&str>,
+    extra: &[&str],
+) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join(format!("n{i}.log")))
         .unwrap();
-    let mut cmd = Process::new(EXE);
+    let mut cmd = match launcher.split_first() {
+        Some((program, args)) => {
+            let mut c = Process::new(program);
+            c.args(args).arg(EXE);
+            c
+        }
+        None => Process::new(EXE),
+    };
     cmd.arg("start")
         .arg("--data-dir")
         .arg(dir.join(format!("n{i}")))
@@ -115,12 +136,17 @@ pub fn seed_list(addrs: &[SocketAddr]) -> String {
 /// FLOTILLA_KEEP_TEST_DIRS set it outlives the test (pass or fail), for
 /// reading the node logs; its path is printed.
 pub fn test_dir() -> tempfile::TempDir {
+    test_dir_for(&["127.0.0.1".into()])
+}
+
+/// [`test_dir`] with node certificates for `hosts`.
+pub fn test_dir_for(hosts: &[String]) -> tempfile::TempDir {
     let mut dir = tempfile::tempdir().unwrap();
     if std::env::var_os("FLOTILLA_KEEP_TEST_DIRS").is_some() {
         dir.disable_cleanup(true);
         eprintln!("test directory: {}", dir.path().display());
     }
-    certs::create(&dir.path().join("certs"), &["127.0.0.1".into()], false).unwrap();
+    certs::create(&dir.path().join("certs"), hosts, false).unwrap();
     dir
 }
 
