@@ -21,10 +21,12 @@ SEED ?=
 nemesis:
 	FLOTILLA_NEMESIS_SECONDS=$(SECONDS) FLOTILLA_NEMESIS_SEED=$(SEED) $(CARGO) test --test nemesis -- --nocapture
 
-## Formatting and clippy, warnings as errors.
+## Formatting and clippy, warnings as errors; the library alone, without the
+## tooling (`--no-default-features`: what an application embedding the client builds).
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --lib --no-default-features -- -D warnings
 
 ## Criterion micro-benchmarks: frames, storage group commit, idle groups, the
 ## in-process driver cluster, restart replay.

@@ -48,9 +48,11 @@
 //! randomness: time arrives as ticks and randomness as a seed, which is what
 //! lets [`sim`] replay any run from its seed.
 
+#[cfg(feature = "tooling")]
 pub mod bench;
 pub mod catalog;
 pub mod certs;
+#[cfg(feature = "tooling")]
 pub mod cli;
 pub mod client;
 pub mod demo;
