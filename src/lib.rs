@@ -37,8 +37,13 @@
 //! - [`catalog`]: group 0's state machine and routing.
 //! - [`wire`]: rkyv encodings with validation.
 //! - [`certs`]: the cluster CA and role-bearing certificates.
+//! - [`api`]: the requests, answers and typed errors of client and node.
 //! - [`transport`]: QUIC with mutual TLS between nodes, frames, refusals.
-//! - [`node`]: lifecycle and the join loop.
+//! - [`node`]: lifecycle, the join loop, and the request handlers.
+//! - [`client`]: the client library, the one way anything talks to nodes.
+//! - `cli`, `bench`: the `flotilla` command's own code, compiled only with
+//!   the default feature `tooling`; an application embedding the client
+//!   turns default features off.
 //! - [`history`]: client histories of fault tests and their
 //!   linearizability check.
 //! - [`sim`]: a deterministic in-process cluster for tests and the demo.
@@ -48,6 +53,7 @@
 //! randomness: time arrives as ticks and randomness as a seed, which is what
 //! lets [`sim`] replay any run from its seed.
 
+pub mod api;
 #[cfg(feature = "tooling")]
 pub mod bench;
 pub mod catalog;

@@ -20,7 +20,6 @@ use flotilla::catalog::NodeState;
 use flotilla::certs::{self, CA_CERT};
 use flotilla::client::{Client, ClientConfig, KeyRange};
 use flotilla::kv::{BatchOp, KvStore};
-use flotilla::node::ops::Caller;
 use flotilla::storage::Engine;
 use flotilla::types::{GroupId, NodeId};
 use flotilla::Error;
@@ -69,7 +68,7 @@ fn stdout(o: &Output) -> String {
 }
 
 /// The node leading `group`, from the nodes' own reports.
-async fn leader_of(caller: &Caller, addrs: &[SocketAddr], group: GroupId) -> Option<NodeId> {
+async fn leader_of(caller: &Client, addrs: &[SocketAddr], group: GroupId) -> Option<NodeId> {
     reports(caller, addrs).await.iter().find_map(|r| {
         r.groups
             .iter()
@@ -84,7 +83,7 @@ async fn the_client_and_the_cli_against_four_processes() {
     let certs_dir = dir.path().join("certs");
     let (addrs, mut nodes) = spawn_cluster(dir.path(), 4);
     init(dir.path(), addrs[0]).await;
-    let caller = Caller::new(&certs_dir).unwrap();
+    let caller = caller(&certs_dir);
     let rs = wait_for(&caller, &addrs, "four nodes did not settle", |rs| {
         settled(rs, 4)
     })

@@ -15,10 +15,9 @@ use std::process::{Command as Process, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
+use flotilla::api::NodeReport;
 use flotilla::catalog::{Catalog, NodeState};
 use flotilla::client::{Client, ClientConfig};
-use flotilla::node::ops::Caller;
-use flotilla::transport::rpc::NodeReport;
 use flotilla::types::NodeId;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -111,14 +110,14 @@ async fn a_wiped_node_rejoins_at_its_old_address_as_a_new_node_and_takes_its_pla
     let dir = test_dir();
     let (addrs, mut nodes) = spawn_cluster(dir.path(), 3);
     init(dir.path(), addrs[0]).await;
-    let caller = Caller::new(&dir.path().join("certs")).unwrap();
+    let caller = caller(&dir.path().join("certs"));
     wait_for(&caller, &addrs, "cluster formed", |rs| settled(rs, 3)).await;
     let client = Client::connect(client_config(dir.path(), &addrs))
         .await
         .unwrap();
     write_keys(&client, 40).await;
 
-    let victim = caller.status(addrs[2]).await.unwrap().node;
+    let victim = caller.node_status(addrs[2]).await.unwrap().node;
     let child = nodes.0.get_mut(&2).unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
@@ -194,13 +193,13 @@ async fn a_removed_node_refuses_to_start_until_wiped_and_joins_as_a_new_node() {
     let dir = test_dir();
     let (addrs, mut nodes) = spawn_cluster(dir.path(), 4);
     init(dir.path(), addrs[0]).await;
-    let caller = Caller::new(&dir.path().join("certs")).unwrap();
+    let caller = caller(&dir.path().join("certs"));
     wait_for(&caller, &addrs, "cluster formed", |rs| settled(rs, 4)).await;
     let client = Client::connect(client_config(dir.path(), &addrs))
         .await
         .unwrap();
 
-    let leaving = caller.status(addrs[3]).await.unwrap().node;
+    let leaving = caller.node_status(addrs[3]).await.unwrap().node;
     let child = nodes.0.get_mut(&3).unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
@@ -293,7 +292,7 @@ async fn with_a_node_down_a_fresh_cli_never_waits_on_it() {
     let dir = test_dir();
     let (addrs, mut nodes) = spawn_cluster(dir.path(), 3);
     init(dir.path(), addrs[0]).await;
-    let caller = Caller::new(&dir.path().join("certs")).unwrap();
+    let caller = caller(&dir.path().join("certs"));
     wait_for(&caller, &addrs, "cluster formed", |rs| settled(rs, 3)).await;
     let (warm, _) = timed_cli(dir.path(), &addrs, &["put", "k0", "v0"]);
     assert!(warm.status.success());

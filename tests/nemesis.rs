@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use flotilla::client::{Client, ClientConfig};
 use flotilla::history::{self, Call, Outcome, Verdict};
-use flotilla::node::ops::Caller;
 use flotilla::types::NodeId;
 use nemesis::{Fault, Recorder, Window};
 use netns::{Net, Side};
@@ -93,7 +92,7 @@ struct Cluster {
     /// Each node's address, by index.
     addrs: Vec<SocketAddr>,
     /// Asks nodes for their reports.
-    caller: Caller,
+    caller: Client,
 }
 
 impl Cluster {
@@ -302,7 +301,7 @@ async fn a_cluster_under_faults_stays_linearizable_and_recovers() {
     let hosts: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
     let dir = test_dir_for(&hosts);
     let nodes = Nodes(BTreeMap::new(), dir.path().to_path_buf());
-    let caller = Caller::new(&dir.path().join("certs")).unwrap();
+    let caller = caller(&dir.path().join("certs"));
     let mut c = Cluster {
         nodes,
         net,
@@ -320,7 +319,7 @@ async fn a_cluster_under_faults_stays_linearizable_and_recovers() {
     .await;
     let mut ids = BTreeMap::new();
     for (i, a) in c.addrs.iter().enumerate() {
-        ids.insert(c.caller.status(*a).await.unwrap().node, i);
+        ids.insert(c.caller.node_status(*a).await.unwrap().node, i);
     }
 
     let certs = c.dir.path().join("certs");

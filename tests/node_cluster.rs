@@ -8,38 +8,31 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use flotilla::api::{RpcRequest, RpcResponse};
 use flotilla::catalog::Catalog;
-use flotilla::certs::{self, role_files, Role, CA_CERT};
+use flotilla::certs;
+use flotilla::client::{Client, ClientConfig};
 use flotilla::kv::{Command, Op, Response};
 use flotilla::node::join::JoinPolicy;
-use flotilla::node::ops::Caller;
 use flotilla::node::server::{NodeConfig, NodeServer};
 use flotilla::node::Lifecycle;
-use flotilla::transport::rpc::{call, RpcRequest, RpcResponse};
-use flotilla::transport::TlsIdentity;
 use flotilla::types::{GroupId, NodeId};
+use flotilla::Error;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(50);
 
-struct Client {
-    endpoint: quinn::Endpoint,
-    cfg: quinn::ClientConfig,
+/// A client with the admin certificate of `dir`, routing through `seeds`.
+fn admin(dir: &std::path::Path, seeds: &[SocketAddr]) -> Client {
+    let seeds = seeds.iter().map(|a| a.to_string()).collect();
+    let mut config = ClientConfig::from_certs_dir(seeds, dir);
+    config.timeout = DEADLINE;
+    Client::new(config).unwrap()
 }
 
-impl Client {
-    fn new(dir: &std::path::Path, role: Role) -> Client {
-        let (crt, key) = role_files(dir, role);
-        let id = TlsIdentity::load(&dir.join(CA_CERT), &crt, &key).unwrap();
-        Client {
-            endpoint: quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap(),
-            cfg: id.client_config().unwrap(),
-        }
-    }
-
-    async fn call(&self, addr: SocketAddr, req: &RpcRequest) -> Option<RpcResponse> {
-        call(&self.endpoint, &self.cfg, addr, req).await.ok()
-    }
+/// One request to the node at `addr`; `None` if it failed.
+async fn ask(admin: &Client, addr: SocketAddr, req: &RpcRequest) -> Option<RpcResponse> {
+    admin.call_node(addr, req).await.ok()
 }
 
 fn config(
@@ -77,7 +70,7 @@ async fn start(
 }
 
 async fn init(admin: &Client, node: &NodeServer) -> u64 {
-    match admin.call(node.addr(), &RpcRequest::Init).await {
+    match ask(admin, node.addr(), &RpcRequest::Init).await {
         Some(RpcResponse::Inited { cluster_id }) => cluster_id,
         other => panic!("init failed: {other:?}"),
     }
@@ -92,20 +85,19 @@ async fn init_then_join_forms_a_three_replica_cluster() {
     let seed = n1.addr().to_string();
     let n2 = start(dir.path(), &certs_dir, "n2", vec![seed.clone()]).await;
     let n3 = start(dir.path(), &certs_dir, "n3", vec![seed]).await;
-    let admin = Client::new(&certs_dir, Role::Admin);
+    let admin = admin(&certs_dir, &[n1.addr(), n2.addr(), n3.addr()]);
 
-    let Some(RpcResponse::Inited { cluster_id }) = admin.call(n1.addr(), &RpcRequest::Init).await
+    let Some(RpcResponse::Inited { cluster_id }) = ask(&admin, n1.addr(), &RpcRequest::Init).await
     else {
         panic!("init failed");
     };
-    let again = admin.call(n1.addr(), &RpcRequest::Init).await;
+    let again = admin.call_node(n1.addr(), &RpcRequest::Init).await;
     assert!(
-        matches!(again, Some(RpcResponse::Error(ref e)) if e.message.contains("already belongs")),
+        matches!(again, Err(Error::Invalid(ref m)) if m.contains("already belongs")),
         "{again:?}"
     );
 
     let nodes = [&n1, &n2, &n3];
-    let mut addr_of: BTreeMap<NodeId, SocketAddr> = BTreeMap::new();
     let start_t = Instant::now();
     loop {
         assert!(
@@ -116,8 +108,7 @@ async fn init_then_join_forms_a_three_replica_cluster() {
         let mut ready = 0;
         let mut voters: BTreeMap<GroupId, usize> = BTreeMap::new();
         for n in nodes {
-            if let Some(RpcResponse::Status(r)) = admin.call(n.addr(), &RpcRequest::Status).await {
-                addr_of.insert(r.node, n.addr());
+            if let Some(RpcResponse::Status(r)) = ask(&admin, n.addr(), &RpcRequest::Status).await {
                 if r.lifecycle == Lifecycle::Ready.to_string() && r.cluster_id == Some(cluster_id) {
                     ready += 1;
                 }
@@ -134,7 +125,7 @@ async fn init_then_join_forms_a_three_replica_cluster() {
 
     // A client writes through any node, following leader hints. The vshard
     // map depends only on the vshard and group counts.
-    let client = Caller::new(&certs_dir).unwrap();
+    let client = &admin;
     let routing = Catalog::bootstrap(0, 64, &[(NodeId(1), String::new())], 8, 1).unwrap();
     for i in 0..20u64 {
         let key = format!("node-{i}").into_bytes();
@@ -149,7 +140,7 @@ async fn init_then_join_forms_a_three_replica_cluster() {
             },
         };
         let r = client
-            .request_leader(&addr_of, &RpcRequest::Propose { group, command }, DEADLINE)
+            .request(&RpcRequest::Propose { group, command })
             .await;
         assert!(
             matches!(r, Ok(RpcResponse::Kv(Response::Written))),
@@ -166,7 +157,7 @@ async fn a_node_of_another_cluster_is_refused_unless_told_to_wipe() {
     let dir = tempfile::tempdir().unwrap();
     let certs_dir = dir.path().join("certs");
     certs::create(&certs_dir, &["127.0.0.1".into()], false).unwrap();
-    let admin = Client::new(&certs_dir, Role::Admin);
+    let admin = admin(&certs_dir, &[]);
     let y = start(dir.path(), &certs_dir, "y", vec![]).await;
     let theirs = init(&admin, &y).await;
     let x = start(dir.path(), &certs_dir, "x", vec![]).await;
@@ -194,7 +185,7 @@ async fn a_node_of_another_cluster_is_refused_unless_told_to_wipe() {
             "the wiped node did not join: {}",
             x.lifecycle()
         );
-        if let Some(RpcResponse::Status(r)) = admin.call(x.addr(), &RpcRequest::Status).await {
+        if let Some(RpcResponse::Status(r)) = ask(&admin, x.addr(), &RpcRequest::Status).await {
             if r.lifecycle == Lifecycle::Ready.to_string() && r.cluster_id == Some(theirs) {
                 break;
             }
@@ -214,7 +205,7 @@ async fn wait_ready_in(admin: &Client, node: &NodeServer, cluster: u64) {
             "the node did not join: {}",
             node.lifecycle()
         );
-        if let Some(RpcResponse::Status(r)) = admin.call(node.addr(), &RpcRequest::Status).await {
+        if let Some(RpcResponse::Status(r)) = ask(admin, node.addr(), &RpcRequest::Status).await {
             if r.lifecycle == Lifecycle::Ready.to_string() && r.cluster_id == Some(cluster) {
                 return;
             }
@@ -243,7 +234,7 @@ async fn a_node_whose_round_log_is_damaged_is_refused_unless_told_to_wipe() {
     let dir = tempfile::tempdir().unwrap();
     let certs_dir = dir.path().join("certs");
     certs::create(&certs_dir, &["127.0.0.1".into()], false).unwrap();
-    let admin = Client::new(&certs_dir, Role::Admin);
+    let admin = admin(&certs_dir, &[]);
     let y = start(dir.path(), &certs_dir, "y", vec![]).await;
     let cluster = init(&admin, &y).await;
     let seeds = vec![y.addr().to_string()];

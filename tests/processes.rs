@@ -18,10 +18,8 @@ use std::process::Command as Process;
 use std::time::{Duration, Instant};
 
 use common::*;
-use flotilla::catalog::Catalog;
-use flotilla::kv::{Command, Op, Response};
-use flotilla::node::ops::Caller;
-use flotilla::transport::rpc::{NodeReport, RpcRequest, RpcResponse};
+use flotilla::api::NodeReport;
+use flotilla::client::Client;
 use flotilla::types::{GroupId, NodeId};
 
 /// The bound on electing new leaders after a node dies.
@@ -39,43 +37,21 @@ fn formed(rs: &[NodeReport], nodes: usize) -> bool {
     settled(rs, nodes) && rs.iter().map(|r| r.groups.len()).max() == Some(33) && spread
 }
 
-async fn put(caller: &Caller, addrs: &BTreeMap<NodeId, SocketAddr>, routing: &Catalog, seq: u64) {
-    let key = format!("p{seq}").into_bytes();
-    let group = routing.group_of(&key);
-    let command = Command {
-        client: 5,
-        seq,
-        ack_below: seq,
-        op: Op::Put {
-            key,
-            value: seq.to_le_bytes().to_vec(),
-        },
-    };
-    let r = caller
-        .request_leader(addrs, &RpcRequest::Propose { group, command }, DEADLINE)
+/// Writes `p{seq}` through the client library, which finds the leader.
+async fn put(client: &Client, seq: u64) {
+    let r = client
+        .put(format!("p{seq}").as_bytes(), &seq.to_le_bytes())
         .await;
-    assert!(
-        matches!(r, Ok(RpcResponse::Kv(Response::Written))),
-        "write {seq}: {r:?}"
-    );
+    assert!(r.is_ok(), "write {seq}: {r:?}");
 }
 
 /// Reads every key `put` wrote, `p1` to `p{last}`, linearizably, and checks
 /// each holds its value.
-async fn read_back(
-    caller: &Caller,
-    addrs: &BTreeMap<NodeId, SocketAddr>,
-    routing: &Catalog,
-    last: u64,
-) {
+async fn read_back(client: &Client, last: u64) {
     for seq in 1..=last {
-        let key = format!("p{seq}").into_bytes();
-        let group = routing.group_of(&key);
-        let r = caller
-            .request_leader(addrs, &RpcRequest::Read { group, key }, DEADLINE)
-            .await;
+        let r = client.get(format!("p{seq}").as_bytes()).await;
         assert!(
-            matches!(r, Ok(RpcResponse::Kv(Response::Value(Some(ref v)))) if *v == seq.to_le_bytes()),
+            matches!(r, Ok(Some(ref v)) if *v == seq.to_le_bytes()),
             "key p{seq}: {r:?}"
         );
     }
@@ -101,7 +77,7 @@ async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_lo
         String::from_utf8_lossy(&second.stderr)
     );
 
-    let caller = Caller::new(&dir.path().join("certs")).unwrap();
+    let caller = caller(&dir.path().join("certs"));
     let start = Instant::now();
     let mut rs = reports(&caller, &addrs).await;
     while !formed(&rs, 3) {
@@ -117,7 +93,7 @@ async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_lo
     }
     let by_id: BTreeMap<NodeId, SocketAddr> =
         addrs.iter().zip(&rs).map(|(a, r)| (r.node, *a)).collect();
-    let routing = Catalog::bootstrap(0, 1024, &[(NodeId(1), String::new())], 32, 1).unwrap();
+    let client = client_through(dir.path(), &addrs);
 
     // The status command shows the same thing to a person.
     let status = Process::new(EXE)
@@ -136,7 +112,7 @@ async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_lo
     assert!(shown.contains("33 with 3 voters"), "{shown}");
 
     for seq in 1..=100 {
-        put(&caller, &by_id, &routing, seq).await;
+        put(&client, seq).await;
     }
     // Kill -9 a node, write more, restart it without seeds.
     // Leaders are spread, so the victim leads some groups and follows in
@@ -146,7 +122,7 @@ async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_lo
     child.kill().unwrap();
     child.wait().unwrap();
     for seq in 101..=120 {
-        put(&caller, &by_id, &routing, seq).await;
+        put(&client, seq).await;
     }
     nodes
         .0
@@ -155,7 +131,7 @@ async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_lo
     // It read its log back from disk and was sent only what it lacked: the
     // 20 writes it missed plus, per group, at most a few entries of new
     // terms and probes.
-    let back = caller.status(addrs[victim]).await.unwrap();
+    let back = caller.node_status(addrs[victim]).await.unwrap();
     assert!(
         back.replayed_entries >= 100,
         "it should have replayed its own log: {back:?}"
@@ -212,12 +188,12 @@ async fn processes_form_a_cluster_and_a_killed_follower_restarts_from_its_own_lo
         "new leaders took {failover:?}, more than {FAILOVER:?}"
     );
     for seq in 121..=140 {
-        put(&caller, &by_id, &routing, seq).await;
+        put(&client, seq).await;
     }
     nodes.0.insert(g0, spawn(dir.path(), g0, addrs[g0], None));
     wait_caught_up(&caller, &addrs, addrs[g0]).await;
     // Every acknowledged write is there, read linearizably.
-    read_back(&caller, &by_id, &routing, 140).await;
+    read_back(&client, 140).await;
     drop(nodes);
     keep(dir);
 }
@@ -228,7 +204,7 @@ async fn five_nodes_started_at_once_join_one_cluster_and_a_follower_seed_redirec
     let dir = test_dir();
     let (addrs, mut nodes) = spawn_cluster(dir.path(), 5);
     init(dir.path(), addrs[2]).await;
-    let caller = Caller::new(&dir.path().join("certs")).unwrap();
+    let caller = caller(&dir.path().join("certs"));
     let rs = wait_for(&caller, &addrs, "five nodes did not settle", |rs| {
         settled(rs, 5)
     })
@@ -288,17 +264,15 @@ async fn an_isolated_node_finds_its_moved_peers_through_its_seeds() {
             spawn_with(dir.path(), i + 1, *addr, Some(&a.to_string()), &quick),
         );
     }
-    let caller = Caller::new(&dir.path().join("certs")).unwrap();
+    let caller = caller(&dir.path().join("certs"));
     let all_old = [a, old[0], old[1]];
-    let rs = wait_for(&caller, &all_old, "the cluster did not settle", |rs| {
+    wait_for(&caller, &all_old, "the cluster did not settle", |rs| {
         settled(rs, 3)
     })
     .await;
-    let routing = Catalog::bootstrap(0, 1024, &[(NodeId(1), String::new())], 32, 1).unwrap();
-    let by_id: BTreeMap<NodeId, SocketAddr> =
-        all_old.iter().zip(&rs).map(|(a, r)| (r.node, *a)).collect();
+    let client = client_through(dir.path(), &all_old);
     for seq in 1..=10 {
-        put(&caller, &by_id, &routing, seq).await;
+        put(&client, seq).await;
     }
 
     // Both peers stop and come back, with their data, on new addresses.
@@ -321,8 +295,8 @@ async fn an_isolated_node_finds_its_moved_peers_through_its_seeds() {
         |rs| settled(rs, 3),
     )
     .await;
-    let by_id: BTreeMap<NodeId, SocketAddr> =
-        all_new.iter().zip(&rs).map(|(a, r)| (r.node, *a)).collect();
+    // A client of the moved cluster, as its users would make one.
+    let client = client_through(dir.path(), &all_new);
     for (r, addr) in rs.iter().zip(&all_new) {
         assert_eq!(
             r.addr,
@@ -333,11 +307,11 @@ async fn an_isolated_node_finds_its_moved_peers_through_its_seeds() {
         );
     }
     for seq in 11..=20 {
-        put(&caller, &by_id, &routing, seq).await;
+        put(&client, seq).await;
     }
     // Node 0 takes part again: it holds every write, old and new.
     wait_caught_up(&caller, &all_new, a).await;
-    read_back(&caller, &by_id, &routing, 20).await;
+    read_back(&client, 20).await;
     let log = std::fs::read_to_string(dir.path().join("n0.log")).unwrap();
     assert!(
         log.contains("learned a peer's new address from a seed"),

@@ -1,22 +1,27 @@
 //! Three drivers in one process talking over real QUIC with mutual TLS on
 //! loopback: Raft traffic elects leaders, and a client
-//! certificate writes and reads keys through requests that follow leader
-//! hints, and a follower answers with a typed hint instead of serving.
+//! certificate writes and reads keys through the client library, which
+//! follows leader hints, and a follower answers with a typed hint (naming
+//! the group) instead of serving.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use flotilla::api::{RpcRequest, RpcResponse};
 use flotilla::catalog::Catalog;
 use flotilla::certs::{self, role_files, Role, CA_CERT};
+use flotilla::client::{Client, ClientConfig};
 use flotilla::kv::{Command, Op, Response};
 use flotilla::multiraft::runner::Runner;
 use flotilla::multiraft::{Driver, DriverConfig};
+use flotilla::node::handlers::DriverService;
+use flotilla::node::raft_link::{DriverInbox, QuicSender};
 use flotilla::storage::{Engine, MemDisk};
-use flotilla::transport::rpc::{call, RpcErrorKind, RpcRequest, RpcResponse};
 use flotilla::transport::{TlsIdentity, Transport};
 use flotilla::types::{GroupId, NodeId};
+use flotilla::Error;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_millis(20);
@@ -24,34 +29,6 @@ const TICK: Duration = Duration::from_millis(20);
 fn identity(dir: &std::path::Path, role: Role) -> TlsIdentity {
     let (crt, key) = role_files(dir, role);
     TlsIdentity::load(&dir.join(CA_CERT), &crt, &key).unwrap()
-}
-
-/// Sends `req` for `group`, following NotLeader hints, until it is answered
-/// or the deadline passes.
-async fn request(
-    client: &quinn::Endpoint,
-    cfg: &quinn::ClientConfig,
-    addrs: &BTreeMap<NodeId, SocketAddr>,
-    req: RpcRequest,
-) -> RpcResponse {
-    let start = Instant::now();
-    let mut target = NodeId(1);
-    loop {
-        assert!(start.elapsed() < DEADLINE, "no answer to {req:?}");
-        match call(client, cfg, addrs[&target], &req).await {
-            Ok(RpcResponse::Error(e))
-                if e.kind == RpcErrorKind::NotLeader || e.kind == RpcErrorKind::Retry =>
-            {
-                target = e
-                    .leader
-                    .filter(|l| addrs.contains_key(l))
-                    .unwrap_or(NodeId(target.0 % 3 + 1));
-                tokio::time::sleep(TICK).await;
-            }
-            Ok(other) => return other,
-            Err(_) => tokio::time::sleep(TICK).await,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,14 +64,23 @@ async fn three_nodes_over_quic_elect_and_serve_a_client() {
             },
         )
         .unwrap();
-        let runner = Runner::spawn(driver, t.sender(), TICK).unwrap();
+        let runner = Runner::spawn(driver, QuicSender::new(t.clone()), TICK).unwrap();
         let h = runner.handle();
-        t.serve(Arc::new(h.clone()), Arc::new(h));
+        t.serve(Arc::new(DriverInbox(h.clone())), Arc::new(DriverService(h)));
         runners.push(runner);
     }
 
-    let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let client_cfg = identity(dir.path(), Role::Client).client_config().unwrap();
+    // The client library, with a client certificate, finds the leaders.
+    let (cert, key) = role_files(dir.path(), Role::Client);
+    let client = Client::new(ClientConfig {
+        endpoints: addrs.values().map(|a| a.to_string()).collect(),
+        ca: dir.path().join(CA_CERT),
+        cert,
+        key,
+        pin: None,
+        timeout: DEADLINE,
+    })
+    .unwrap();
 
     // Writes succeed once groups have leaders over QUIC; `request` retries
     // and follows hints until then.
@@ -110,56 +96,39 @@ async fn three_nodes_over_quic_elect_and_serve_a_client() {
                 value: i.to_le_bytes().to_vec(),
             },
         };
-        let r = request(
-            &client,
-            &client_cfg,
-            &addrs,
-            RpcRequest::Propose { group, command },
-        )
-        .await;
-        assert_eq!(r, RpcResponse::Kv(Response::Written));
+        let r = client
+            .request(&RpcRequest::Propose { group, command })
+            .await;
+        assert_eq!(r.unwrap(), RpcResponse::Kv(Response::Written));
     }
     for i in 0..30u64 {
         let key = format!("quic-{i}").into_bytes();
         let group = catalog.group_of(&key);
-        let r = request(
-            &client,
-            &client_cfg,
-            &addrs,
-            RpcRequest::Read { group, key },
-        )
-        .await;
+        let r = client.request(&RpcRequest::Read { group, key }).await;
         assert_eq!(
-            r,
+            r.unwrap(),
             RpcResponse::Kv(Response::Value(Some(i.to_le_bytes().to_vec())))
         );
     }
-    // A follower names the leader instead of serving.
+    // A follower names the leader instead of serving: the redirect keeps
+    // its group across the wire.
     let group = GroupId(1);
-    let answers: Vec<RpcResponse> = {
-        let mut v = Vec::new();
-        for addr in addrs.values() {
-            v.push(
-                call(
-                    &client,
-                    &client_cfg,
-                    *addr,
-                    &RpcRequest::Read {
-                        group,
-                        key: b"quic-0".to_vec(),
-                    },
-                )
-                .await
-                .unwrap(),
-            );
-        }
-        v
-    };
-    assert!(answers
-        .iter()
-        .any(|r| matches!(r, RpcResponse::Error(e) if e.kind == RpcErrorKind::NotLeader)));
+    let mut answers = Vec::new();
+    for addr in addrs.values() {
+        let read = RpcRequest::Read {
+            group,
+            key: b"quic-0".to_vec(),
+        };
+        answers.push(client.call_node(*addr, &read).await);
+    }
+    assert!(
+        answers.iter().any(|r| matches!(
+            r,
+            Err(Error::NotLeader { group: g, leader: Some(_) }) if *g == group
+        )),
+        "{answers:?}"
+    );
 
-    client.close(0u32.into(), b"done");
     for t in transports.values() {
         t.close();
     }

@@ -16,21 +16,20 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use flotilla::api::{RpcError, RpcRequest, RpcResponse};
 use flotilla::certs::{self, role_files, Role, CA_CERT};
-use flotilla::multiraft::runner::Transport as _;
-use flotilla::multiraft::GroupMessage;
-use flotilla::transport::rpc::{RpcError, RpcRequest, RpcResponse, Service};
-use flotilla::transport::{Inbox, TlsIdentity, Transport, TransportStats};
+use flotilla::transport::rpc::Service;
+use flotilla::transport::{Inbox, RaftMessage, TlsIdentity, Transport, TransportStats};
 use flotilla::types::{GroupId, NodeId};
 use raft::eraftpb::{Entry, Message, MessageType};
 
 /// How long any one expectation may take on a loaded machine.
 const DEADLINE: Duration = Duration::from_secs(20);
 
-struct ChanInbox(Mutex<mpsc::Sender<(NodeId, Vec<GroupMessage>)>>);
+struct ChanInbox(Mutex<mpsc::Sender<(NodeId, Vec<RaftMessage>)>>);
 
 impl Inbox for ChanInbox {
-    fn deliver(&self, from: NodeId, msgs: Vec<GroupMessage>) {
+    fn deliver(&self, from: NodeId, msgs: Vec<RaftMessage>) {
         let _ = self.0.lock().unwrap().send((from, msgs));
     }
 }
@@ -44,7 +43,7 @@ fn identity(dir: &Path, role: Role) -> TlsIdentity {
 fn bound(
     node: NodeId,
     id: &TlsIdentity,
-    tx: mpsc::Sender<(NodeId, Vec<GroupMessage>)>,
+    tx: mpsc::Sender<(NodeId, Vec<RaftMessage>)>,
 ) -> Arc<Transport> {
     let t = Transport::bind(node, loopback(), id).unwrap();
     t.serve(Arc::new(ChanInbox(Mutex::new(tx))), Arc::new(NoService));
@@ -85,7 +84,7 @@ fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
-fn append(to: u64, index: u64) -> GroupMessage {
+fn append(to: u64, index: u64) -> RaftMessage {
     let msg = Message {
         msg_type: MessageType::MsgAppend,
         from: 1,
@@ -101,10 +100,7 @@ fn append(to: u64, index: u64) -> GroupMessage {
         .into(),
         ..Default::default()
     };
-    GroupMessage {
-        group: GroupId(5),
-        msg,
-    }
+    (GroupId(5), msg)
 }
 
 /// Sends from `t` to `to` until a batch arrives on `rx` (the first sends
@@ -112,13 +108,12 @@ fn append(to: u64, index: u64) -> GroupMessage {
 async fn deliver(
     t: &Arc<Transport>,
     to: NodeId,
-    rx: &mpsc::Receiver<(NodeId, Vec<GroupMessage>)>,
+    rx: &mpsc::Receiver<(NodeId, Vec<RaftMessage>)>,
     index: u64,
-) -> (NodeId, Vec<GroupMessage>) {
-    let mut sender = t.sender();
+) -> (NodeId, Vec<RaftMessage>) {
     let start = Instant::now();
     while start.elapsed() < DEADLINE {
-        sender.send(to, vec![append(to.0, index)]);
+        t.send_raft(to, vec![append(to.0, index)]);
         tokio::time::sleep(Duration::from_millis(20)).await;
         if let Ok(got) = rx.try_recv() {
             return got;
@@ -142,11 +137,10 @@ async fn wait_for(counter: &AtomicU64, at_least: u64) {
 /// Keeps sending from `t` (whose connections will be refused) until the
 /// counter moves.
 async fn send_until(t: &Arc<Transport>, to: NodeId, counter: &AtomicU64) {
-    let mut sender = t.sender();
     let start = Instant::now();
     while TransportStats::get(counter) == 0 {
         assert!(start.elapsed() < DEADLINE, "refusal never counted");
-        sender.send(to, vec![append(to.0, 1)]);
+        t.send_raft(to, vec![append(to.0, 1)]);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -167,8 +161,8 @@ async fn nodes_exchange_raft_batches_and_refuse_what_they_must() {
     let (from, msgs) = deliver(&a, NodeId(2), &rx_b, 10).await;
     assert_eq!(from, NodeId(1));
     assert_eq!(msgs.len(), 1);
-    assert_eq!(msgs[0].group, GroupId(5));
-    assert_eq!(msgs[0].msg, append(2, 10).msg);
+    assert_eq!(msgs[0].0, GroupId(5));
+    assert_eq!(msgs[0].1, append(2, 10).1);
 
     // A client certificate may connect but not speak Raft.
     let (tx_c, _rx_c) = mpsc::channel();
@@ -233,7 +227,7 @@ async fn nodes_exchange_raft_batches_and_refuse_what_they_must() {
     // After all of that, B still takes A's traffic.
     while rx_b.try_recv().is_ok() {}
     let (_, msgs) = deliver(&a, NodeId(2), &rx_b, 20).await;
-    assert!(msgs.iter().all(|m| m.group == GroupId(5)));
+    assert!(msgs.iter().all(|m| m.0 == GroupId(5)));
 
     // Pin A to a key it does not have: B refuses A's frames.
     b.set_peer(NodeId(1), a.local_addr().unwrap(), Some([0xAB; 32]));
@@ -246,21 +240,19 @@ async fn nodes_exchange_raft_batches_and_refuse_what_they_must() {
 }
 
 /// A Raft heartbeat to `to` that names `from` as its sender.
-fn heartbeat(from: u64, to: u64) -> GroupMessage {
-    GroupMessage {
-        group: GroupId(5),
-        msg: Message {
-            msg_type: MessageType::MsgHeartbeat,
-            from,
-            to,
-            term: 3,
-            ..Default::default()
-        },
-    }
+fn heartbeat(from: u64, to: u64) -> RaftMessage {
+    let msg = Message {
+        msg_type: MessageType::MsgHeartbeat,
+        from,
+        to,
+        term: 3,
+        ..Default::default()
+    };
+    (GroupId(5), msg)
 }
 
-fn messages(batch: &[GroupMessage]) -> Vec<Message> {
-    batch.iter().map(|m| m.msg.clone()).collect()
+fn messages(batch: &[RaftMessage]) -> Vec<Message> {
+    batch.iter().map(|m| m.1.clone()).collect()
 }
 
 fn node_identity(dir: &Path, name: &str) -> TlsIdentity {
@@ -293,11 +285,10 @@ async fn a_node_key_speaks_only_for_its_own_node() {
 
     // Node 1's frames carry one message of its own and one that claims to
     // come from node 3: only its own arrives; the other is counted.
-    let mut sender = a.sender();
     let start = Instant::now();
     let got = loop {
         assert!(start.elapsed() < DEADLINE, "nothing delivered");
-        sender.send(NodeId(2), vec![heartbeat(3, 2), heartbeat(1, 2)]);
+        a.send_raft(NodeId(2), vec![heartbeat(3, 2), heartbeat(1, 2)]);
         match rx_b.recv_timeout(Duration::from_millis(20)) {
             Ok(got) => break got,
             Err(_) => continue,
@@ -306,7 +297,7 @@ async fn a_node_key_speaks_only_for_its_own_node() {
     assert_eq!(got.0, NodeId(1));
     assert_eq!(
         messages(&got.1),
-        vec![heartbeat(1, 2).msg],
+        vec![heartbeat(1, 2).1],
         "the impostor message is dropped"
     );
     assert!(TransportStats::get(&b_stats.refused_senders) >= 1);
@@ -399,7 +390,7 @@ async fn a_reloaded_certificate_serves_new_connections_and_old_ones_keep_working
     let mut s = open.open_uni().await.unwrap();
     let frame = flotilla::transport::frame::Frame::Raft {
         from: NodeId(1),
-        batch: vec![(GroupId(5), (&heartbeat(1, 2).msg).into())],
+        batch: vec![(GroupId(5), (&heartbeat(1, 2).1).into())],
     };
     flotilla::transport::frame::write_frame(&mut s, &frame)
         .await
@@ -407,7 +398,7 @@ async fn a_reloaded_certificate_serves_new_connections_and_old_ones_keep_working
     s.finish().unwrap();
     wait_for(&b_stats.frames_in, before + 1).await;
     let got = rx_b.recv_timeout(DEADLINE).unwrap();
-    assert_eq!(messages(&got.1), vec![heartbeat(1, 2).msg]);
+    assert_eq!(messages(&got.1), vec![heartbeat(1, 2).1]);
     open.close(0u32.into(), b"done");
     b.close();
 }
@@ -502,9 +493,8 @@ async fn a_cut_link_is_redialled_promptly_once_it_heals() {
         // Cut the link while batches flow, until the sender says the peer
         // is down (its sends stop being accepted).
         relay.set_cut(true);
-        let mut sender = a.sender();
         let cut_at = Instant::now();
-        while sender.send(NodeId(2), vec![append(2, 100 + round)]) {
+        while a.send_raft(NodeId(2), vec![append(2, 100 + round)]) {
             assert!(
                 cut_at.elapsed() < NOTICE_WITHIN,
                 "the cut was not noticed within {NOTICE_WITHIN:?}"
@@ -518,7 +508,7 @@ async fn a_cut_link_is_redialled_promptly_once_it_heals() {
         while rx_b.try_recv().is_ok() {}
         let healed_at = Instant::now();
         loop {
-            sender.send(NodeId(2), vec![append(2, 200 + round)]);
+            a.send_raft(NodeId(2), vec![append(2, 200 + round)]);
             if rx_b.recv_timeout(Duration::from_millis(10)).is_ok() {
                 break;
             }
@@ -544,15 +534,10 @@ async fn a_dev_cluster_pins_each_nodes_own_key() {
     let (procs, _) = flotilla::node::ops::spawn_cluster(exe, 3, dir.path(), Some(1), &mut out)
         .await
         .unwrap();
-    let caller = flotilla::node::ops::Caller::new(&procs.certs_dir).unwrap();
-    let catalog = match caller
-        .call(procs.addrs[0], &RpcRequest::Catalog)
-        .await
-        .unwrap()
-    {
-        RpcResponse::Catalog(bytes) => flotilla::catalog::Catalog::decode(&bytes).unwrap(),
-        other => panic!("unexpected answer {other:?}"),
-    };
+    let seeds = vec![procs.addrs[0].to_string()];
+    let config = flotilla::client::ClientConfig::from_certs_dir(seeds, &procs.certs_dir);
+    let client = flotilla::client::Client::new(config).unwrap();
+    let catalog = client.refresh_catalog().await.unwrap();
     assert_eq!(catalog.nodes.len(), 3);
     for (i, addr) in procs.addrs.iter().enumerate() {
         let node = catalog

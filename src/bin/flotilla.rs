@@ -9,17 +9,17 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use flotilla::bench::command::BenchArgs;
 use flotilla::cli::{ClientCommand, Globals};
+use flotilla::client::{Client, ClientConfig};
 use flotilla::node::config::FileConfig;
-use flotilla::node::ops::Caller;
 
 /// jemalloc rather than the system allocator: a node allocates for every
 /// message, entry and row, and glibc's malloc spent about a fifth of the
 /// CPU of the driver benchmark.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+use flotilla::api::{RpcRequest, RpcResponse};
 use flotilla::node::server::{NodeConfig, NodeServer};
 use flotilla::node::Lifecycle;
-use flotilla::transport::rpc::{RpcRequest, RpcResponse};
 
 #[derive(Parser)]
 #[command(
@@ -330,8 +330,8 @@ fn main() -> anyhow::Result<()> {
             })?
         }
         Command::Init { endpoint } => runtime(None)?.block_on(async {
-            let caller = Caller::new(&certs)?;
-            match caller.call(endpoint, &RpcRequest::Init).await? {
+            let client = Client::new(ClientConfig::from_certs_dir(vec![], &certs))?;
+            match client.call_node(endpoint, &RpcRequest::Init).await? {
                 RpcResponse::Inited { cluster_id } => {
                     println!("initialised cluster {cluster_id:016x}")
                 }
@@ -340,8 +340,8 @@ fn main() -> anyhow::Result<()> {
             anyhow::Ok(())
         })?,
         Command::NodeStatus { endpoint } => runtime(None)?.block_on(async {
-            let caller = Caller::new(&certs)?;
-            let report = caller.status(endpoint).await?;
+            let client = Client::new(ClientConfig::from_certs_dir(vec![], &certs))?;
+            let report = client.node_status(endpoint).await?;
             print!("{}", flotilla::node::ops::render(endpoint, &report));
             anyhow::Ok(())
         })?,

@@ -14,10 +14,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::{exit, ids, print_json, state_name, table, Globals, Outcome};
+use crate::api::NodeReport;
 use crate::catalog::{Catalog, NodeState};
 use crate::client::Client;
 use crate::error::Error;
-use crate::transport::rpc::NodeReport;
 use crate::types::{GroupId, NodeId, CATALOG_GROUP};
 
 /// A table cell for a JSON field: strings bare, absent values as "-".
@@ -229,7 +229,7 @@ fn cert_warnings(certs: &[(String, i64)], now: i64) -> Vec<String> {
 pub(super) async fn groups(g: &Globals, c: &Client, out: &mut dyn Write) -> Outcome {
     let catalog = c.refresh_catalog().await?;
     let reports = reports(c).await?;
-    let mut by_group: BTreeMap<GroupId, &crate::transport::rpc::WireGroupStatus> = BTreeMap::new();
+    let mut by_group: BTreeMap<GroupId, &crate::api::GroupReport> = BTreeMap::new();
     for r in reports.iter().filter_map(|(_, _, r)| r.as_ref()) {
         for s in &r.groups {
             // The leader's view wins; otherwise any replica's.

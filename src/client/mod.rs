@@ -9,6 +9,13 @@
 //! client's id and a sequence number, so a retried write is applied once
 //! and returns the answer of its first application.
 //!
+//! This is the one client core of Flotilla: the CLI, the operator commands
+//! (`init`, `node-status`, `dev`) and the process tests all talk to nodes
+//! through it (`route`: finding the leader; `conn`: connections and
+//! failures; `admin`: one node's report, routed requests of any kind, the
+//! operator's requests). The request types are [`crate::api`]'s; nothing
+//! here depends on the node's code.
+//!
 //! ```no_run
 //! # async fn example() -> flotilla::Result<()> {
 //! use flotilla::client::{Client, ClientConfig};
@@ -30,16 +37,19 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::api::{RpcRequest, RpcResponse};
 use crate::catalog::{Catalog, NodeState};
 use crate::certs::{role_files, Role, CA_CERT};
 use crate::error::{Error, Result};
 use crate::kv::{BatchOp, Command, Op, Response};
-use crate::transport::rpc::{NodeReport, RpcRequest, RpcResponse};
-use crate::transport::tls::PIN_MISMATCH;
 use crate::transport::TlsIdentity;
 use crate::types::{GroupId, NodeId, CATALOG_GROUP};
 
+mod admin;
+mod conn;
 mod route;
+
+pub use admin::NODE_CALL_TIMEOUT;
 
 /// Default deadline of one call, retries included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -148,9 +158,11 @@ struct Routing {
 }
 
 struct Inner {
-    endpoint: quinn::Endpoint,
-    tls: quinn::ClientConfig,
+    /// Connections to nodes, by address (see `conn`).
+    conns: conn::Conns,
+    /// The configured endpoints.
     seeds: Vec<String>,
+    /// Deadline of one call, retries included.
     timeout: Duration,
     /// This client's session id (never 0).
     id: u64,
@@ -159,11 +171,6 @@ struct Inner {
     /// cluster must remember for this client.
     in_flight: Mutex<BTreeSet<u64>>,
     routing: Mutex<Routing>,
-    /// One open connection per node address.
-    conns: Mutex<BTreeMap<SocketAddr, quinn::Connection>>,
-    /// Addresses that recently failed to connect or answer, and when (see
-    /// `route`).
-    down: Mutex<BTreeMap<SocketAddr, Instant>>,
 }
 
 /// A connection to a Flotilla cluster. Cheap to clone; clones share the
@@ -182,32 +189,35 @@ impl Client {
         if config.endpoints.is_empty() {
             return Err(Error::Invalid("no endpoints given".into()));
         }
+        let client = Client::new(config)?;
+        client.refresh_catalog().await?;
+        Ok(client)
+    }
+
+    /// Loads the certificates and opens an endpoint, without asking any
+    /// node yet: for talking to nodes that may not form a cluster yet
+    /// ([`Client::call_node`]); the first request routed by group fetches
+    /// the catalog from `config.endpoints`. Must run inside a tokio runtime.
+    pub fn new(config: ClientConfig) -> Result<Client> {
         let identity = TlsIdentity::load(&config.ca, &config.cert, &config.key)?;
         let tls = identity.pinned_client_config(config.pin)?;
-        let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
-            .map_err(|e| Error::Unreachable(format!("cannot open a client endpoint: {e}")))?;
-        let client = Client {
+        Ok(Client {
             inner: Arc::new(Inner {
-                endpoint,
-                tls,
+                conns: conn::Conns::new(tls)?,
                 seeds: config.endpoints,
                 timeout: config.timeout,
                 id: rand::random::<u64>().max(1),
                 next_seq: AtomicU64::new(1),
                 in_flight: Mutex::default(),
                 routing: Mutex::default(),
-                conns: Mutex::default(),
-                down: Mutex::default(),
             }),
-        };
-        client.refresh_catalog().await?;
-        Ok(client)
+        })
     }
 
     /// Reads `key` linearizably: the answer reflects every write
     /// acknowledged before the call began. `None` when the key is absent.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let group = self.group_of(key)?;
+        let group = self.group_of(key).await?;
         let req = RpcRequest::Read {
             group,
             key: key.to_vec(),
@@ -348,56 +358,6 @@ impl Client {
         Ok(rows)
     }
 
-    /// Every node's report, as the catalog lists them: `Err` for a node
-    /// that did not answer.
-    pub async fn status(&self) -> Result<Vec<(NodeId, String, Result<NodeReport>)>> {
-        let catalog = self.refresh_catalog().await?;
-        let mut asks = tokio::task::JoinSet::new();
-        let nodes: Vec<_> = catalog
-            .nodes
-            .values()
-            .filter(|n| n.state != NodeState::Removed)
-            .map(|n| (n.id, n.addr.clone()))
-            .collect();
-        for (i, (id, addr)) in nodes.iter().cloned().enumerate() {
-            let me = self.clone();
-            asks.spawn(async move {
-                let deadline = Instant::now() + route::ATTEMPT_TIMEOUT.min(me.inner.timeout);
-                let report = match resolve(&addr).await {
-                    Ok(sock) => match me.call_within(sock, &RpcRequest::Status, deadline).await {
-                        // Another node now listens where this one did (a
-                        // node whose disk was replaced rejoined under a new
-                        // id).
-                        Ok(RpcResponse::Status(r)) if r.node != id => Err(Error::Unreachable(
-                            format!("{addr} answers as node {}", r.node.0),
-                        )),
-                        Ok(RpcResponse::Status(r)) => Ok(r),
-                        Ok(other) => Err(unexpected(&other)),
-                        Err(e) => Err(e),
-                    },
-                    Err(e) => Err(e),
-                };
-                (i, report)
-            });
-        }
-        let mut reports: BTreeMap<usize, Result<NodeReport>> = BTreeMap::new();
-        while let Some(done) = asks.join_next().await {
-            let (i, report) =
-                done.map_err(|e| Error::Invalid(format!("status task failed: {e}")))?;
-            reports.insert(i, report);
-        }
-        Ok(nodes
-            .into_iter()
-            .enumerate()
-            .map(|(i, (id, addr))| {
-                let r = reports
-                    .remove(&i)
-                    .unwrap_or_else(|| Err(Error::Unreachable(format!("{addr} was not asked"))));
-                (id, addr, r)
-            })
-            .collect())
-    }
-
     /// The catalog, from the cache when it has one.
     pub async fn catalog(&self) -> Result<Catalog> {
         let cached = self.lock_routing().catalog.clone();
@@ -464,57 +424,11 @@ impl Client {
         Err(last)
     }
 
-    /// Makes node `to` (a voter of `group`) the group's leader: the choice
-    /// is recorded in the catalog, and the group's leader hands over as soon
-    /// as `to` is caught up, and again whenever leadership drifts away.
-    pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<()> {
-        match self
-            .call_group(CATALOG_GROUP, &RpcRequest::TransferLeader { group, to })
-            .await?
-        {
-            RpcResponse::Done => Ok(()),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    /// Sets a node's state through group 0 (admin certificate only).
-    pub async fn set_node_state(&self, node: NodeId, state: NodeState) -> Result<()> {
-        match self
-            .call_group(CATALOG_GROUP, &RpcRequest::SetNodeState { node, state })
-            .await?
-        {
-            RpcResponse::Done => Ok(()),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    /// Runs a consistency check of `group` through its log; returns the
-    /// apply index it ran at and the leader's digest.
-    pub async fn checksum(&self, group: GroupId) -> Result<(u64, u64)> {
-        match self
-            .call_group(group, &RpcRequest::Checksum { group })
-            .await?
-        {
-            RpcResponse::Checksum { index, digest } => Ok((index, digest)),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    /// The last consistency check of every group on the node at `addr`:
-    /// (group, apply index, digest).
-    pub async fn checksums_of(&self, addr: &str) -> Result<Vec<(GroupId, u64, u64)>> {
-        let addr = resolve(addr).await?;
-        match self.call_once(addr, &RpcRequest::Checksums).await? {
-            RpcResponse::Checksums(c) => Ok(c),
-            other => Err(unexpected(&other)),
-        }
-    }
-
     /// Proposes a write with a fresh sequence number, retried under that
     /// same number until it is answered or the deadline passes.
     async fn write(&self, op: Op) -> Result<Response> {
         crate::kv::Limits::default().check(&op)?;
-        let group = self.group_of(op.key())?;
+        let group = self.group_of(op.key()).await?;
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         let ack_below = {
             let mut f = self
@@ -549,36 +463,22 @@ impl Client {
         self.inner.routing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn group_of(&self, key: &[u8]) -> Result<GroupId> {
-        self.lock_routing()
+    /// The group owning `key`, by the catalog (fetched first if the client
+    /// has none yet).
+    async fn group_of(&self, key: &[u8]) -> Result<GroupId> {
+        let known = self
+            .lock_routing()
             .catalog
             .as_ref()
-            .map(|c| c.group_of(key))
-            .ok_or_else(|| Error::Unreachable("no catalog yet".into()))
+            .map(|c| c.group_of(key));
+        match known {
+            Some(g) => Ok(g),
+            None => Ok(self.refresh_catalog().await?.group_of(key)),
+        }
     }
 }
 
-/// Tells certificate refusals apart from other connection failures.
-fn classify(e: Error) -> Error {
-    let text = e.to_string();
-    if text.contains(PIN_MISMATCH) {
-        Error::Certificate {
-            path: "server".into(),
-            detail: PIN_MISMATCH.into(),
-        }
-    } else if text.contains("UnknownIssuer")
-        || text.contains("BadSignature")
-        || text.contains("certificate")
-    {
-        Error::Certificate {
-            path: "server".into(),
-            detail: text,
-        }
-    } else {
-        e
-    }
-}
-
+/// The error an answer of the wrong kind stands for.
 fn unexpected(r: &RpcResponse) -> Error {
     match r {
         RpcResponse::Error(e) => Error::from(e.clone()),

@@ -10,7 +10,7 @@
 //! successive terms both proposed.
 //!
 //! An address that failed to connect or to answer is remembered as down for
-//! [`DOWN_FOR`] and is not asked again meanwhile, unless no other member is
+//! a few seconds (see `conn`) and is not asked again meanwhile, unless no other member is
 //! left to ask. So with one node of three dead, a fresh client (a CLI run)
 //! never waits a whole attempt on it: its first request reaches the live
 //! members in parallel, and later requests skip it.
@@ -26,19 +26,15 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::{classify, resolve, Client};
+use super::{resolve, Client};
+use crate::api::{RpcRequest, RpcResponse};
 use crate::error::{Action, Error, Result};
-use crate::transport::rpc::{self, RpcRequest, RpcResponse};
 use crate::types::{GroupId, NodeId};
 
-/// Longest a single attempt may wait for an answer.
-pub(super) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a believed leader may take before the other members are asked
 /// too: far above a write's normal round trip (about a millisecond), far
 /// below the attempt timeout.
 const HEDGE_AFTER: Duration = Duration::from_millis(250);
-/// How long an address that failed stays skipped.
-const DOWN_FOR: Duration = Duration::from_secs(3);
 /// First wait between retries; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_millis(300);
@@ -47,31 +43,6 @@ const MAX_BACKOFF: Duration = Duration::from_millis(300);
 type Answer = (NodeId, SocketAddr, Result<RpcResponse>);
 
 impl Client {
-    /// Whether `addr` failed recently.
-    pub(super) fn is_down(&self, addr: &SocketAddr) -> bool {
-        self.inner
-            .down
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(addr)
-            .is_some_and(|t| t.elapsed() < DOWN_FOR)
-    }
-
-    fn mark(&self, addr: SocketAddr, failed: bool) {
-        let mut down = self.inner.down.lock().unwrap_or_else(|p| p.into_inner());
-        if failed {
-            down.insert(addr, Instant::now());
-            drop(down);
-            self.inner
-                .conns
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&addr);
-        } else {
-            down.remove(&addr);
-        }
-    }
-
     /// The members of `group` to ask, believed leader first, as resolved
     /// addresses. Members recently down come last.
     async fn members(&self, group: GroupId) -> Vec<(NodeId, SocketAddr)> {
@@ -113,16 +84,29 @@ impl Client {
         let mut backoff = MIN_BACKOFF;
         let mut refreshed = false;
         loop {
-            let err = match self.fan_out(group, req, deadline).await {
-                Ok(r) => return Ok(r),
-                Err(e) => e,
+            let known = self.lock_routing().catalog.is_some();
+            let err = if known {
+                match self.fan_out(group, req, deadline).await {
+                    Ok(r) => return Ok(r),
+                    Err(e) => e,
+                }
+            } else {
+                // A client made with `Client::new` has no routing yet.
+                match self.refresh_catalog().await {
+                    Ok(_) => continue,
+                    Err(e) => e,
+                }
             };
             if err.action() == Action::Fail || Instant::now() >= deadline {
                 return Err(err);
             }
+            // A redirect without a leader, or a node that holds no replica
+            // of the group or not this key: the route may be stale.
             if matches!(
                 err,
-                Error::NotLeader { leader: None, .. } | Error::WrongGroup { .. }
+                Error::NotLeader { leader: None, .. }
+                    | Error::WrongGroup { .. }
+                    | Error::UnknownGroup(_)
             ) {
                 self.lock_routing().leaders.remove(&group);
                 let stale = self
@@ -247,61 +231,6 @@ impl Client {
                     }
                 }
             }
-        }
-    }
-
-    /// One request to one node within the client's timeout.
-    pub(super) async fn call_once(
-        &self,
-        addr: SocketAddr,
-        req: &RpcRequest,
-    ) -> Result<RpcResponse> {
-        let deadline = Instant::now() + self.inner.timeout;
-        let r = self.call_within(addr, req, deadline).await;
-        self.mark(addr, matches!(r, Err(Error::Unreachable(_))));
-        r
-    }
-
-    /// One request to one node, on a cached connection (dialled if needed),
-    /// given at most [`ATTEMPT_TIMEOUT`] and never past `deadline`.
-    pub(super) async fn call_within(
-        &self,
-        addr: SocketAddr,
-        req: &RpcRequest,
-        deadline: Instant,
-    ) -> Result<RpcResponse> {
-        let limit = ATTEMPT_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
-        let cached = self
-            .inner
-            .conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&addr)
-            .filter(|c| c.close_reason().is_none())
-            .cloned();
-        let attempt = async {
-            let conn = match cached {
-                Some(c) => c,
-                None => {
-                    let c = rpc::connect(&self.inner.endpoint, &self.inner.tls, addr)
-                        .await
-                        .map_err(classify)?;
-                    self.inner
-                        .conns
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(addr, c.clone());
-                    c
-                }
-            };
-            rpc::call_on(&conn, req).await.map_err(classify)
-        };
-        match tokio::time::timeout(limit, attempt).await {
-            Ok(Ok(RpcResponse::Error(e))) => Err(Error::from(e)),
-            Ok(r) => r,
-            Err(_) => Err(Error::Unreachable(format!(
-                "{addr} did not answer within {limit:?}"
-            ))),
         }
     }
 }

@@ -7,12 +7,15 @@
 //! whom to ask next, follows leader redirects and spaces whole passes with
 //! exponential backoff and jitter.
 //!
-//! [`server::NodeServer`] is the node process itself: storage, driver,
-//! transport and the request service, and the paths between them.
+//! [`server::NodeServer`] is the node process itself: storage, driver and
+//! transport, and the paths between them. [`handlers`] answers requests,
+//! one file per family; [`raft_link`] joins the driver to the transport.
 
 pub mod config;
+pub mod handlers;
 pub mod join;
 pub mod ops;
+pub mod raft_link;
 pub mod server;
 
 use std::fmt;

@@ -1,136 +1,18 @@
-//! Operator commands that talk to nodes: `init`, `status`, and `dev`, which
-//! runs a whole local cluster of node processes.
+//! Operator commands that talk to nodes: rendering a node's report, the
+//! signals a node listens for, and `dev`, which runs a whole local cluster
+//! of node processes. They reach nodes through the client library
+//! ([`Client`]), so they route and retry as any client does.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::catalog::Catalog;
-use crate::certs::{self, role_files, Role, CA_CERT};
+use crate::api::{NodeReport, RpcRequest, RpcResponse};
+use crate::certs::{self, CA_CERT};
+use crate::client::{Client, ClientConfig};
 use crate::error::{Error, Result};
-use crate::kv::{Command, Op, Response};
-use crate::transport::rpc::{call, NodeReport, RpcRequest, RpcResponse};
-use crate::transport::TlsIdentity;
-use crate::types::NodeId;
-
-/// How long one request may take before its node counts as unreachable:
-/// far above a loopback or LAN round trip plus a Raft commit, short enough
-/// that a dead node does not stall a command for long.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// A caller's endpoint and identity: the admin certificate when the
-/// directory has one, else the client certificate.
-pub struct Caller {
-    /// The endpoint for IPv4 nodes, bound to the unspecified address so
-    /// the route to each node picks the source address (one bound to
-    /// loopback cannot send to a node elsewhere).
-    v4: quinn::Endpoint,
-    /// The endpoint for IPv6 nodes, opened on first use: a host without
-    /// IPv6 should still reach IPv4 nodes. A std `Mutex`: held only to
-    /// clone or store the handle, never across an await.
-    v6: std::sync::Mutex<Option<quinn::Endpoint>>,
-    config: quinn::ClientConfig,
-}
-
-impl Caller {
-    /// Loads the identity from `certs_dir`. Must run inside a tokio runtime.
-    pub fn new(certs_dir: &Path) -> Result<Caller> {
-        let role = if role_files(certs_dir, Role::Admin).0.exists() {
-            Role::Admin
-        } else {
-            Role::Client
-        };
-        let (crt, key) = role_files(certs_dir, role);
-        let id = TlsIdentity::load(&certs_dir.join(CA_CERT), &crt, &key)?;
-        Ok(Caller {
-            v4: client_endpoint(SocketAddr::from(([0, 0, 0, 0], 0)))?,
-            v6: std::sync::Mutex::new(None),
-            config: id.client_config()?,
-        })
-    }
-
-    /// The endpoint to reach `addr` from: the one of its address family.
-    fn endpoint(&self, addr: SocketAddr) -> Result<quinn::Endpoint> {
-        if addr.is_ipv4() {
-            return Ok(self.v4.clone());
-        }
-        let mut v6 = self.v6.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = v6.as_ref() {
-            return Ok(e.clone());
-        }
-        let e = client_endpoint(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)))?;
-        *v6 = Some(e.clone());
-        Ok(e)
-    }
-
-    /// One request; a node that does not answer within [`CALL_TIMEOUT`]
-    /// is reported unreachable.
-    pub async fn call(&self, addr: SocketAddr, req: &RpcRequest) -> Result<RpcResponse> {
-        let endpoint = self.endpoint(addr)?;
-        let answer = tokio::time::timeout(CALL_TIMEOUT, call(&endpoint, &self.config, addr, req))
-            .await
-            .map_err(|_| {
-                Error::Unreachable(format!("{addr} did not answer within {CALL_TIMEOUT:?}"))
-            })?;
-        match answer? {
-            RpcResponse::Error(e) => Err(e.into()),
-            r => Ok(r),
-        }
-    }
-
-    /// Sends `req` to the node that leads its group: starts at the first
-    /// node of `nodes`, follows leader hints, moves on from nodes that do not
-    /// answer, and retries retryable errors until `timeout`.
-    pub async fn request_leader(
-        &self,
-        nodes: &BTreeMap<NodeId, SocketAddr>,
-        req: &RpcRequest,
-        timeout: Duration,
-    ) -> Result<RpcResponse> {
-        let all: Vec<SocketAddr> = nodes.values().copied().collect();
-        let mut target = *all
-            .first()
-            .ok_or_else(|| Error::Invalid("no node to ask".into()))?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            let err = match self.call(target, req).await {
-                Ok(r) => return Ok(r),
-                Err(e) if e.action() == crate::error::Action::Fail => return Err(e),
-                Err(e) => e,
-            };
-            if Instant::now() >= deadline {
-                return Err(err);
-            }
-            target = match &err {
-                Error::NotLeader {
-                    leader: Some(l), ..
-                } if nodes.contains_key(l) => nodes[l],
-                _ => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    let i = all.iter().position(|a| *a == target).unwrap_or(0);
-                    all[(i + 1) % all.len()]
-                }
-            };
-        }
-    }
-
-    /// A node's report.
-    pub async fn status(&self, addr: SocketAddr) -> Result<NodeReport> {
-        match self.call(addr, &RpcRequest::Status).await? {
-            RpcResponse::Status(r) => Ok(r),
-            other => Err(Error::Invalid(format!("unexpected answer {other:?}"))),
-        }
-    }
-}
-
-/// A client endpoint bound to `local`.
-fn client_endpoint(local: SocketAddr) -> Result<quinn::Endpoint> {
-    quinn::Endpoint::client(local)
-        .map_err(|e| Error::Unreachable(format!("cannot open a client endpoint: {e}")))
-}
 
 /// Renders a node report as aligned text.
 pub fn render(addr: SocketAddr, r: &NodeReport) -> String {
@@ -286,8 +168,9 @@ pub async fn dev(
         "(`flotilla status --endpoints ADDR --certs-dir {}` shows the cluster; `flotilla groups` every group)",
         procs.certs_dir.display()
     );
-    let caller = Caller::new(&procs.certs_dir)?;
-    demo_writes(&caller, &reports, out).await?;
+    let seeds = procs.addrs.iter().map(|a| a.to_string()).collect();
+    let client = Client::new(ClientConfig::from_certs_dir(seeds, &procs.certs_dir))?;
+    demo_writes(&client, out).await?;
     let _ = writeln!(out, "cluster running; press Ctrl-C to stop it");
     shutdown_signal().await;
     drop(procs);
@@ -375,12 +258,12 @@ pub async fn spawn_cluster(
         "started {nodes} nodes: {seeds} (logs in {})",
         dir.display()
     );
-    let caller = Caller::new(&certs_dir)?;
+    let client = Client::new(ClientConfig::from_certs_dir(vec![], &certs_dir))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     // Init once; a node that already belongs to a cluster (a rerun on the
     // same directory) restarts instead, which is fine too.
     loop {
-        match caller.call(addrs[0], &RpcRequest::Init).await {
+        match client.call_node(addrs[0], &RpcRequest::Init).await {
             Ok(RpcResponse::Inited { cluster_id }) => {
                 let _ = writeln!(out, "initialised cluster {cluster_id:016x}");
                 break;
@@ -400,7 +283,7 @@ pub async fn spawn_cluster(
     loop {
         reports.clear();
         for a in &addrs {
-            if let Ok(r) = caller.status(*a).await {
+            if let Ok(r) = client.node_status(*a).await {
                 reports.push((*a, r));
             }
         }
@@ -435,63 +318,23 @@ pub async fn spawn_cluster(
     Ok((procs, reports))
 }
 
-async fn demo_writes(
-    caller: &Caller,
-    reports: &[(SocketAddr, NodeReport)],
-    out: &mut (dyn std::io::Write + Send),
-) -> Result<()> {
-    let data_groups = reports
-        .iter()
-        .flat_map(|(_, r)| r.groups.iter())
-        .map(|g| g.group.0)
-        .max()
-        .unwrap_or(1);
-    let routing = Catalog::bootstrap(
-        0,
-        crate::catalog::DEFAULT_VSHARDS,
-        &[(NodeId(1), String::new())],
-        data_groups,
-        1,
-    )?;
-    let nodes: BTreeMap<NodeId, SocketAddr> = reports.iter().map(|(a, r)| (r.node, *a)).collect();
-    let timeout = Duration::from_secs(10);
+/// Writes and reads back a few keys, saying which group each went to.
+async fn demo_writes(client: &Client, out: &mut (dyn std::io::Write + Send)) -> Result<()> {
+    let catalog = client.refresh_catalog().await?;
     for i in 1..=5u64 {
         let key = format!("hello/{i}");
-        let group = routing.group_of(key.as_bytes());
-        let op = Op::Put {
-            key: key.clone().into(),
-            value: format!("world {i}").into(),
-        };
-        let command = Command {
-            client: 1,
-            seq: i,
-            ack_below: i,
-            op,
-        };
-        caller
-            .request_leader(&nodes, &RpcRequest::Propose { group, command }, timeout)
+        client
+            .put(key.as_bytes(), format!("world {i}").as_bytes())
             .await?;
-        let value = match caller
-            .request_leader(
-                &nodes,
-                &RpcRequest::Read {
-                    group,
-                    key: key.clone().into(),
-                },
-                timeout,
-            )
+        let shown = client
+            .get(key.as_bytes())
             .await?
-        {
-            RpcResponse::Kv(Response::Value(v)) => v,
-            other => return Err(Error::Invalid(format!("unexpected answer {other:?}"))),
-        };
-        let shown = value
             .map(|v| String::from_utf8_lossy(&v).into_owned())
             .unwrap_or_else(|| "(absent)".into());
         let _ = writeln!(
             out,
             "put {key} = \"world {i}\" via group {}; read back \"{shown}\"",
-            group.0
+            catalog.group_of(key.as_bytes()).0
         );
     }
     Ok(())

@@ -11,7 +11,8 @@
 //! - **wait**: no cluster id and no seeds; the node waits for `init`.
 //!
 //! Until it is running, the node answers `status` and `init`, and asks
-//! callers of anything else to retry.
+//! callers of anything else to retry; what it does with each request is
+//! [`super::handlers`]'.
 //!
 //! Once it runs, [`upkeep`] keeps its peers' addresses right: from the
 //! catalog, from its own announcements after a move, and from its seeds
@@ -23,27 +24,21 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use std::future::Future;
-use std::pin::Pin;
-
 mod upkeep;
 
 use super::join::{Answer, JoinPlan, JoinPolicy, Step};
+use super::raft_link::{DriverInbox, NoInbox, QuicSender};
 use super::Lifecycle;
-use crate::catalog::{
-    Catalog, CatalogCommand, NodeState, DEFAULT_DATA_GROUPS, DEFAULT_REPLICAS, DEFAULT_VSHARDS,
-};
+use crate::api::{RpcError, RpcRequest, RpcResponse};
+use crate::catalog::{Catalog, NodeState, DEFAULT_DATA_GROUPS, DEFAULT_REPLICAS, DEFAULT_VSHARDS};
 use crate::certs::spki_sha256;
 use crate::error::{Error, Result};
 use crate::multiraft::runner::{DriverHandle, Runner};
-use crate::multiraft::{Driver, DriverConfig, Proposal, Replayed, Reply};
+use crate::multiraft::{Driver, DriverConfig, Replayed};
 use crate::storage::Engine;
-use crate::transport::rpc::{
-    self, NodeReport, RpcError, RpcErrorKind, RpcRequest, RpcResponse, Service, WireGroupStatus,
-};
-use crate::transport::{TlsIdentity, Transport, TransportStats};
-use crate::types::{NodeId, CATALOG_GROUP};
-use crate::wire;
+use crate::transport::rpc;
+use crate::transport::{TlsIdentity, Transport};
+use crate::types::NodeId;
 
 /// How long a restarting node waits for one seed to say which cluster it
 /// belongs to before moving on.
@@ -131,7 +126,8 @@ struct State {
 /// A running node.
 pub struct NodeServer {
     cfg: NodeConfig,
-    transport: Arc<Transport>,
+    /// The node's QUIC endpoint; the request handlers read its counters.
+    pub(super) transport: Arc<Transport>,
     advertise: SocketAddr,
     spki: [u8; 32],
     /// A std lock: held only to read or swap fields, never across an await.
@@ -251,8 +247,14 @@ impl NodeServer {
         true
     }
 
-    fn handle(&self) -> Option<DriverHandle> {
+    /// The running driver, once there is one.
+    pub(super) fn driver(&self) -> Option<DriverHandle> {
         self.lock().handle.clone()
+    }
+
+    /// What the driver read back from its own log when it started.
+    pub(super) fn replayed(&self) -> Replayed {
+        self.lock().replayed
     }
 
     /// Starts the driver on the bootstrapped engine and begins serving.
@@ -277,9 +279,11 @@ impl NodeServer {
         let driver = Driver::open(engine, cfg)?;
         let replayed = driver.replayed();
         self.refresh_peers(driver.catalog());
-        let runner = Runner::spawn(driver, self.transport.sender(), self.cfg.tick)?;
+        let sender = QuicSender::new(self.transport.clone());
+        let runner = Runner::spawn(driver, sender, self.cfg.tick)?;
         let handle = runner.handle();
-        self.transport.serve(Arc::new(handle.clone()), self.clone());
+        self.transport
+            .serve(Arc::new(DriverInbox(handle.clone())), self.clone());
         {
             let mut st = self.lock();
             st.runner = Some(runner);
@@ -289,20 +293,6 @@ impl NodeServer {
         self.set_lifecycle(Lifecycle::Ready);
         self.start_upkeep(handle);
         Ok(())
-    }
-
-    /// The running driver and its catalog, or the answer for a node that
-    /// is not running.
-    async fn running(&self) -> std::result::Result<(DriverHandle, Catalog), RpcResponse> {
-        let Some(h) = self.handle() else {
-            return Err(error(&Error::Unreachable(
-                "this node has not joined a cluster yet".into(),
-            )));
-        };
-        match h.catalog().await {
-            Ok(c) => Ok((h, c)),
-            Err(_) => Err(error(&Error::Unreachable("the driver stopped".into()))),
-        }
     }
 
     async fn join_loop(self: Arc<Self>) {
@@ -395,8 +385,8 @@ impl NodeServer {
                 }
                 Ok(())
             }
-            Ok(RpcResponse::Error(e)) if e.kind == RpcErrorKind::NotLeader => {
-                Err(Some(e.leader_addr))
+            Ok(RpcResponse::Error(RpcError::NotLeader { leader_addr, .. })) => {
+                Err(Some(leader_addr))
             }
             Ok(other) => {
                 tracing::debug!(seed, answer = ?other, "join not accepted");
@@ -421,7 +411,9 @@ impl NodeServer {
             .reload(&TlsIdentity::load_node(&self.cfg.certs_dir, name)?)
     }
 
-    async fn init(self: &Arc<Self>) -> Result<u64> {
+    /// Bootstraps a new cluster on this node (once, ever) and starts its
+    /// driver; returns the cluster id.
+    pub(super) fn init(&self) -> Result<u64> {
         let cluster_id = {
             let st = self.lock();
             let engine = st
@@ -449,118 +441,11 @@ impl NodeServer {
             engine.bootstrap(NodeId(1), &catalog)?;
             cluster_id
         };
-        self.launch()?;
+        self.me
+            .upgrade()
+            .ok_or_else(|| Error::Unreachable("the node is stopping".into()))?
+            .launch()?;
         Ok(cluster_id)
-    }
-
-    async fn admit(&self, addr: String, spki_sha256: Vec<u8>, store_id: u64) -> RpcResponse {
-        let Some(h) = self.handle() else {
-            return error(&Error::Unreachable(
-                "this node has not joined a cluster yet".into(),
-            ));
-        };
-        let reply = h
-            .propose(
-                CATALOG_GROUP,
-                Proposal::Catalog(CatalogCommand::AddNode {
-                    addr,
-                    spki_sha256,
-                    store_id,
-                }),
-            )
-            .await;
-        match reply {
-            Ok(Ok(Reply::NodeAdmitted(node_id))) => match h.catalog().await {
-                Ok(c) => RpcResponse::Joined {
-                    node_id,
-                    catalog: wire::encode(&c),
-                },
-                Err(_) => error(&Error::Unreachable("the driver stopped".into())),
-            },
-            Ok(Err(e)) => not_leader_answer(&h, &e).await,
-            Ok(Ok(other)) => error(&Error::Invalid(format!("unexpected reply {other:?}"))),
-            Err(_) => error(&Error::Unreachable("the driver stopped".into())),
-        }
-    }
-
-    /// Changes a node's state through group 0. Taking a node out of
-    /// service is refused when fewer active nodes than replicas would be
-    /// left, so every group keeps its replicas.
-    async fn set_node_state(&self, node: NodeId, state: NodeState) -> RpcResponse {
-        let (h, catalog) = match self.running().await {
-            Ok(r) => r,
-            Err(answer) => return answer,
-        };
-        let Some(info) = catalog.nodes.get(&node) else {
-            return error(&Error::Invalid(format!("there is no node {}", node.0)));
-        };
-        if info.state == state {
-            return RpcResponse::Done;
-        }
-        if state == NodeState::Dead {
-            return error(&Error::Invalid(
-                "a node is declared dead by its silence, not by an operator; \
-                 decommission or remove it instead"
-                    .into(),
-            ));
-        }
-        if info.state == NodeState::Removed {
-            return error(&Error::Invalid(format!(
-                "node {} was removed; it cannot come back",
-                node.0
-            )));
-        }
-        let others = catalog
-            .nodes
-            .values()
-            .filter(|n| n.id != node && n.state == NodeState::Active)
-            .count();
-        if state != NodeState::Active && others < DEFAULT_REPLICAS {
-            return error(&Error::Invalid(format!(
-                "taking node {} out would leave {others} active nodes, fewer than the {DEFAULT_REPLICAS} replicas every group keeps",
-                node.0
-            )));
-        }
-        let reply = h
-            .propose(
-                CATALOG_GROUP,
-                Proposal::Catalog(CatalogCommand::SetNodeState { node, state }),
-            )
-            .await;
-        match reply {
-            Ok(Ok(_)) => RpcResponse::Done,
-            Ok(Err(e)) => not_leader_answer(&h, &e).await,
-            Err(_) => error(&Error::Unreachable("the driver stopped".into())),
-        }
-    }
-
-    async fn report(&self) -> RpcResponse {
-        let lifecycle = self.lifecycle().to_string();
-        let node = self.transport.node();
-        let replayed = self.lock().replayed;
-        let stats = self.transport.stats();
-        let raft_bytes_in = TransportStats::get(&stats.raft_bytes_in);
-        let raft_entries_in = TransportStats::get(&stats.raft_entries_in);
-        let report = |cluster_id, groups| NodeReport {
-            node,
-            addr: self.advertise.to_string(),
-            lifecycle: lifecycle.clone(),
-            cluster_id,
-            groups,
-            replayed_entries: replayed.entries,
-            replayed_bytes: replayed.bytes,
-            raft_bytes_in,
-            raft_entries_in,
-            cert_not_after: self.transport.cert_not_after(),
-        };
-        let Some(h) = self.handle() else {
-            return RpcResponse::Status(report(None, vec![]));
-        };
-        let (Ok(groups), Ok(catalog)) = (h.status().await, h.catalog().await) else {
-            return error(&Error::Unreachable("the driver stopped".into()));
-        };
-        let groups = groups.iter().map(WireGroupStatus::from).collect();
-        RpcResponse::Status(report(Some(catalog.cluster_id), groups))
     }
 
     /// Stops the driver and closes the transport.
@@ -691,60 +576,4 @@ fn open_or_wipe(path: &std::path::Path, wipe: bool) -> Result<Engine> {
 /// A fresh, non-zero store id.
 fn random_store_id() -> u64 {
     rand::random::<u64>().max(1)
-}
-
-fn error(e: &Error) -> RpcResponse {
-    RpcResponse::Error(RpcError::from(e))
-}
-
-/// An error answer; a redirect carries the leader's address as well.
-async fn not_leader_answer(h: &DriverHandle, e: &Error) -> RpcResponse {
-    let mut rpc_err = RpcError::from(e);
-    if let (RpcErrorKind::NotLeader, Some(l)) = (rpc_err.kind, rpc_err.leader) {
-        if let Ok(c) = h.catalog().await {
-            rpc_err.leader_addr = c.nodes.get(&l).map(|n| n.addr.clone());
-        }
-    }
-    RpcResponse::Error(rpc_err)
-}
-
-/// Drops Raft batches that arrive before the driver runs.
-struct NoInbox;
-
-impl crate::transport::Inbox for NoInbox {
-    fn deliver(&self, _from: NodeId, _msgs: Vec<crate::multiraft::GroupMessage>) {}
-}
-
-impl Service for NodeServer {
-    fn handle(&self, req: RpcRequest) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>> {
-        Box::pin(async move {
-            match req {
-                RpcRequest::Status => self.report().await,
-                RpcRequest::Join {
-                    addr,
-                    spki_sha256,
-                    store_id,
-                } => self.admit(addr, spki_sha256, store_id).await,
-                RpcRequest::Announce {
-                    node,
-                    addr,
-                    spki_sha256,
-                } => self.handle_announce(node, addr, spki_sha256).await,
-                RpcRequest::SetNodeState { node, state } => self.set_node_state(node, state).await,
-                RpcRequest::Init => match self.me.upgrade() {
-                    Some(me) => match me.init().await {
-                        Ok(cluster_id) => RpcResponse::Inited { cluster_id },
-                        Err(e) => error(&e),
-                    },
-                    None => error(&Error::Unreachable("the node is stopping".into())),
-                },
-                data => match self.handle() {
-                    Some(h) => h.handle(data).await,
-                    None => error(&Error::Unreachable(
-                        "this node has not joined a cluster yet".into(),
-                    )),
-                },
-            }
-        })
-    }
 }

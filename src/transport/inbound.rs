@@ -17,11 +17,10 @@ use std::sync::Arc;
 use quinn::{Connection, RecvStream, SendStream};
 
 use super::frame::{read_frame, read_sized_frame, write_frame, Frame};
-use super::rpc::{RpcError, RpcRequest, RpcResponse};
 use super::Transport;
+use crate::api::{RpcError, RpcRequest, RpcResponse};
 use crate::certs::{role_of, spki_sha256, Role};
 use crate::error::Error;
-use crate::multiraft::GroupMessage;
 
 /// QUIC error code for a peer refused after the handshake.
 const REFUSED: u32 = 0x46;
@@ -181,7 +180,7 @@ async fn serve_stream(t: Arc<Transport>, conn: Connection, cert: &PeerCert, mut 
                             t.stats
                                 .raft_entries_in
                                 .fetch_add(msg.entries.len() as u64, Ordering::Relaxed);
-                            msgs.push(GroupMessage { group, msg })
+                            msgs.push((group, msg))
                         }
                         Err(e) => {
                             t.stats.bad_frames.fetch_add(1, Ordering::Relaxed);

@@ -14,8 +14,12 @@
 //! groups bound for that peer travel in batches; a connection that closes
 //! or whose peer falls silent is replaced at once, and failed dials back
 //! off for at most a quarter second while the peer was reached recently.
-//! The driver thread hands it batches through a channel ([`QuicSender`]),
-//! so the driver never waits on the network.
+//! The driver thread hands it batches through a channel
+//! ([`Transport::send_raft`]), so the driver never waits on the network.
+//! The transport knows Raft messages only as (group, message) pairs
+//! ([`RaftMessage`]) and requests only as [`crate::api`] types: the node
+//! wires it to the driver ([`crate::node::raft_link`]) and to its request
+//! handlers ([`crate::node::handlers`]).
 //!
 //! [`Transport::reload`] swaps the certificate this node presents (on
 //! SIGHUP): new connections use the new one, open ones carry on.
@@ -38,24 +42,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-pub use outbound::QuicSender;
 pub use tls::TlsIdentity;
 
 use crate::error::{Error, Result};
-use crate::multiraft::runner::DriverHandle;
-use crate::multiraft::GroupMessage;
-use crate::types::NodeId;
+use crate::types::{GroupId, NodeId};
+
+/// One Raft message and the group it belongs to: what the transport
+/// carries between nodes, without knowing what a group is for.
+pub type RaftMessage = (GroupId, raft::eraftpb::Message);
 
 /// Where inbound Raft messages go.
 pub trait Inbox: Send + Sync + 'static {
     /// Hands over a batch that arrived from `from`.
-    fn deliver(&self, from: NodeId, msgs: Vec<GroupMessage>);
-}
-
-impl Inbox for DriverHandle {
-    fn deliver(&self, _from: NodeId, msgs: Vec<GroupMessage>) {
-        DriverHandle::deliver(self, msgs);
-    }
+    fn deliver(&self, from: NodeId, msgs: Vec<RaftMessage>);
 }
 
 /// Counters of what the transport saw, refusals included.
@@ -272,9 +271,16 @@ impl Transport {
         self.stats.clone()
     }
 
-    /// A [`crate::multiraft::runner::Transport`] for the driver thread.
-    pub fn sender(self: &Arc<Self>) -> QuicSender {
-        QuicSender::new(self.clone())
+    /// Queues `msgs` for the peer `to`, starting its outbound task on
+    /// first use; never waits. Returns `false`, dropping the batch, while
+    /// the peer is not connected: Raft resends what matters, and the caller
+    /// (the driver) then probes the peer instead of streaming to it.
+    pub fn send_raft(self: &Arc<Self>, to: NodeId, msgs: Vec<RaftMessage>) -> bool {
+        let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        let s = senders
+            .entry(to)
+            .or_insert_with(|| outbound::PeerSender::start(self.clone(), to));
+        s.send(msgs)
     }
 
     /// The configuration this node dials other nodes with to make

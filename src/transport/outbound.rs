@@ -28,10 +28,8 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::frame::{write_frame, Frame};
-use super::Transport;
+use super::{RaftMessage, Transport};
 use crate::certs::spki_sha256;
-use crate::multiraft::runner;
-use crate::multiraft::GroupMessage;
 use crate::types::NodeId;
 use crate::wire::message::WireMessage;
 
@@ -59,36 +57,24 @@ const STALLED: u32 = 0x48;
 
 /// The handle of one peer's outbound task.
 pub(super) struct PeerSender {
-    tx: mpsc::UnboundedSender<Vec<GroupMessage>>,
+    tx: mpsc::UnboundedSender<Vec<RaftMessage>>,
     /// Whether the task holds an open stream to the peer.
     up: Arc<AtomicBool>,
 }
 
-/// The driver thread's [`runner::Transport`] over QUIC.
-pub struct QuicSender {
-    t: Arc<Transport>,
-}
-
-impl QuicSender {
-    pub(super) fn new(t: Arc<Transport>) -> Self {
-        QuicSender { t }
+impl PeerSender {
+    /// Starts the outbound task of the peer `to`.
+    pub(super) fn start(t: Arc<Transport>, to: NodeId) -> PeerSender {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let up = Arc::new(AtomicBool::new(false));
+        t.runtime.spawn(peer_task(t.clone(), to, rx, up.clone()));
+        PeerSender { tx, up }
     }
-}
 
-impl runner::Transport for QuicSender {
-    fn send(&mut self, to: NodeId, msgs: Vec<GroupMessage>) -> bool {
-        let mut senders = self.t.senders.lock().unwrap_or_else(|p| p.into_inner());
-        let s = senders.entry(to).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let up = Arc::new(AtomicBool::new(false));
-            self.t
-                .runtime
-                .spawn(peer_task(self.t.clone(), to, rx, up.clone()));
-            PeerSender { tx, up }
-        });
-        // While the peer is down, drop the batch: Raft retransmits, and the
-        // `false` makes leaders probe the peer instead of streaming to it.
-        s.up.load(Ordering::Relaxed) && s.tx.send(msgs).is_ok()
+    /// Queues a batch; `false` (and the batch dropped) while the peer is
+    /// down: Raft retransmits, and leaders probe the peer meanwhile.
+    pub(super) fn send(&self, msgs: Vec<RaftMessage>) -> bool {
+        self.up.load(Ordering::Relaxed) && self.tx.send(msgs).is_ok()
     }
 }
 
@@ -172,7 +158,7 @@ async fn stream_batches(
     t: &Transport,
     conn: &quinn::Connection,
     mut stream: quinn::SendStream,
-    rx: &mut mpsc::UnboundedReceiver<Vec<GroupMessage>>,
+    rx: &mut mpsc::UnboundedReceiver<Vec<RaftMessage>>,
 ) -> Ended {
     loop {
         let batch = tokio::select! {
@@ -193,7 +179,7 @@ async fn stream_batches(
             from: t.node(),
             batch: batch
                 .iter()
-                .map(|m| (m.group, WireMessage::from(&m.msg)))
+                .map(|(group, msg)| (*group, WireMessage::from(msg)))
                 .collect(),
         };
         if let Err(e) = write_frame(&mut stream, &frame).await {
@@ -208,7 +194,7 @@ async fn stream_batches(
 async fn peer_task(
     t: Arc<Transport>,
     to: NodeId,
-    mut rx: mpsc::UnboundedReceiver<Vec<GroupMessage>>,
+    mut rx: mpsc::UnboundedReceiver<Vec<RaftMessage>>,
     up: Arc<AtomicBool>,
 ) {
     let span = tracing::debug_span!("peer", node_id = t.node().0, peer = to.0);

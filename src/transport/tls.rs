@@ -207,8 +207,51 @@ fn liveness(ping: std::time::Duration) -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
-/// What a pin mismatch says, so callers can tell it from other failures.
+/// What a pin mismatch says.
 pub const PIN_MISMATCH: &str = "the server key matches neither the pinned SPKI SHA-256 nor the CA";
+
+/// TLS alerts that refuse a certificate (RFC 8446 section 6.2), the ones
+/// rustls sends for each `CertificateError`; `AccessDenied` is this
+/// module's own pin check ([`PinnedServer`]).
+const CERTIFICATE_ALERTS: [rustls::AlertDescription; 10] = [
+    rustls::AlertDescription::BadCertificate,
+    rustls::AlertDescription::UnsupportedCertificate,
+    rustls::AlertDescription::CertificateRevoked,
+    rustls::AlertDescription::CertificateExpired,
+    rustls::AlertDescription::CertificateUnknown,
+    rustls::AlertDescription::UnknownCA,
+    rustls::AlertDescription::AccessDenied,
+    rustls::AlertDescription::DecryptError,
+    rustls::AlertDescription::CertificateRequired,
+    rustls::AlertDescription::BadCertificateStatusResponse,
+];
+
+/// Why a connection failed, when the reason is a refused certificate: the
+/// handshake ended with a certificate alert, raised here (this side
+/// refused the peer's certificate) or by the peer (it refused ours). `None`
+/// for every other failure (timeouts, resets, a peer that went away).
+pub fn certificate_refusal(e: &quinn::ConnectionError) -> Option<String> {
+    let (code, by_peer, reason) = match e {
+        quinn::ConnectionError::TransportError(t) => (u64::from(t.code), false, t.reason.clone()),
+        quinn::ConnectionError::ConnectionClosed(c) => (
+            u64::from(c.error_code),
+            true,
+            String::from_utf8_lossy(&c.reason).into_owned(),
+        ),
+        _ => return None,
+    };
+    // QUIC carries a TLS alert as the error code 0x100 + alert.
+    let alert = code.checked_sub(0x100).and_then(|a| u8::try_from(a).ok())?;
+    let alert = rustls::AlertDescription::from(alert);
+    if !CERTIFICATE_ALERTS.contains(&alert) {
+        return None;
+    }
+    Some(match (by_peer, alert) {
+        (false, rustls::AlertDescription::AccessDenied) => PIN_MISMATCH.to_string(),
+        (false, _) => format!("the peer's certificate was refused ({alert:?}): {reason}"),
+        (true, _) => format!("the peer refused this certificate ({alert:?})"),
+    })
+}
 
 /// Verifies the server's chain against the CA, then its key against a pin.
 #[derive(Debug)]
@@ -235,7 +278,11 @@ impl rustls::client::danger::ServerCertVerifier for PinnedServer {
         )?;
         match crate::certs::spki_sha256(end_entity) {
             Ok(spki) if spki == self.pin => Ok(verified),
-            _ => Err(rustls::Error::General(PIN_MISMATCH.into())),
+            // The one application check of a server certificate; the
+            // alert it sends (access denied) is how callers know it.
+            _ => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            )),
         }
     }
 
@@ -259,5 +306,31 @@ impl rustls::client::danger::ServerCertVerifier for PinnedServer {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::AlertDescription;
+
+    /// A handshake this side ended with `alert`.
+    fn raised(alert: AlertDescription) -> quinn::ConnectionError {
+        quinn::ConnectionError::TransportError(
+            quinn::TransportErrorCode::crypto(u8::from(alert)).into(),
+        )
+    }
+
+    #[test]
+    fn certificate_alerts_are_told_apart_from_other_failures() {
+        assert!(certificate_refusal(&raised(AlertDescription::UnknownCA)).is_some());
+        assert!(certificate_refusal(&raised(AlertDescription::CertificateExpired)).is_some());
+        assert_eq!(
+            certificate_refusal(&raised(AlertDescription::AccessDenied)).as_deref(),
+            Some(PIN_MISMATCH)
+        );
+        assert!(certificate_refusal(&raised(AlertDescription::NoApplicationProtocol)).is_none());
+        assert!(certificate_refusal(&quinn::ConnectionError::TimedOut).is_none());
+        assert!(certificate_refusal(&quinn::ConnectionError::Reset).is_none());
     }
 }

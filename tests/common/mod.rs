@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
+use flotilla::api::NodeReport;
 use flotilla::certs;
-use flotilla::node::ops::Caller;
-use flotilla::transport::rpc::NodeReport;
+use flotilla::client::{Client, ClientConfig};
 
 pub const EXE: &str = env!("CARGO_BIN_EXE_flotilla");
 pub const DEADLINE: Duration = Duration::from_secs(90);
@@ -155,6 +155,22 @@ pub fn keep(dir: tempfile::TempDir) {
     drop(dir);
 }
 
+/// A client with the certificates in `certs_dir` (the admin's), for asking
+/// nodes one by one; it learns routing from no seed, so it asks nodes
+/// only through [`Client::call_node`] and [`Client::node_status`].
+pub fn caller(certs_dir: &Path) -> Client {
+    Client::new(ClientConfig::from_certs_dir(vec![], certs_dir)).unwrap()
+}
+
+/// A client with the certificates of the test directory `dir`, routing
+/// through the nodes at `addrs`, with [`DEADLINE`] for every call.
+pub fn client_through(dir: &Path, addrs: &[SocketAddr]) -> Client {
+    let seeds = addrs.iter().map(|a| a.to_string()).collect();
+    let mut config = ClientConfig::from_certs_dir(seeds, &dir.join("certs"));
+    config.timeout = DEADLINE;
+    Client::new(config).unwrap()
+}
+
 /// Runs `flotilla init` against `addr` until it succeeds.
 pub async fn init(dir: &Path, addr: SocketAddr) {
     let start = Instant::now();
@@ -179,7 +195,7 @@ pub async fn init(dir: &Path, addr: SocketAddr) {
 
 /// Polls the nodes at `addrs` until `done` holds for their reports.
 pub async fn wait_for(
-    caller: &Caller,
+    caller: &Client,
     addrs: &[SocketAddr],
     what: &str,
     done: impl Fn(&[NodeReport]) -> bool,
@@ -193,7 +209,7 @@ pub async fn wait_for(
         if start.elapsed() >= DEADLINE {
             let mut silent = Vec::new();
             for a in addrs {
-                if let Err(e) = caller.status(*a).await {
+                if let Err(e) = caller.node_status(*a).await {
                     silent.push(format!("{a}: {e}"));
                 }
             }
@@ -233,10 +249,10 @@ pub fn settled(rs: &[NodeReport], nodes: usize) -> bool {
         && led.values().all(|v| *v == 3)
 }
 
-pub async fn reports(caller: &Caller, addrs: &[SocketAddr]) -> Vec<NodeReport> {
+pub async fn reports(caller: &Client, addrs: &[SocketAddr]) -> Vec<NodeReport> {
     let mut out = Vec::new();
     for a in addrs {
-        if let Ok(r) = caller.status(*a).await {
+        if let Ok(r) = caller.node_status(*a).await {
             out.push(r);
         }
     }
@@ -245,7 +261,7 @@ pub async fn reports(caller: &Caller, addrs: &[SocketAddr]) -> Vec<NodeReport> {
 
 /// Waits until the node at `addr` is ready and has applied every group up
 /// to its leader's commit index.
-pub async fn wait_caught_up(caller: &Caller, addrs: &[SocketAddr], addr: SocketAddr) {
+pub async fn wait_caught_up(caller: &Client, addrs: &[SocketAddr], addr: SocketAddr) {
     let start = Instant::now();
     loop {
         assert!(
@@ -262,7 +278,7 @@ pub async fn wait_caught_up(caller: &Caller, addrs: &[SocketAddr], addr: SocketA
                     .map(|g| (g.group, g.commit))
             })
             .collect();
-        if let Ok(me) = caller.status(addr).await {
+        if let Ok(me) = caller.node_status(addr).await {
             let caught_up = me.lifecycle == "ready"
                 && !me.groups.is_empty()
                 && me

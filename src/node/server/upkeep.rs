@@ -16,15 +16,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{
-    error, not_leader_answer, NodeServer, ANNOUNCE_RETRY, PEER_REFRESH, SEED_CHECK_TIMEOUT,
-};
-use crate::catalog::{Catalog, CatalogCommand};
+use super::{NodeServer, ANNOUNCE_RETRY, PEER_REFRESH, SEED_CHECK_TIMEOUT};
+use crate::api::{RpcError, RpcRequest, RpcResponse};
+use crate::catalog::Catalog;
 use crate::error::Error;
 use crate::multiraft::runner::DriverHandle;
-use crate::multiraft::Proposal;
-use crate::transport::rpc::{self, RpcErrorKind, RpcRequest, RpcResponse};
-use crate::types::{NodeId, CATALOG_GROUP};
+use crate::transport::rpc::{self, Service};
 
 impl NodeServer {
     /// Starts the three loops; each ends when the driver stops.
@@ -93,10 +90,7 @@ impl NodeServer {
             let mut candidates: Vec<String> = self.cfg.join.clone();
             for _ in 0..3 {
                 let answer = match &target {
-                    None => {
-                        self.handle_announce(me, addr.clone(), self.spki.to_vec())
-                            .await
-                    }
+                    None => self.handle(req.clone()).await,
                     Some(t) => self.call_node(t, &req).await,
                 };
                 match answer {
@@ -104,8 +98,8 @@ impl NodeServer {
                         tracing::info!(node_id = me.0, addr = %addr, "recorded this node's new address");
                         break;
                     }
-                    RpcResponse::Error(e) if e.kind == RpcErrorKind::NotLeader => {
-                        target = e.leader_addr.or_else(|| candidates.pop());
+                    RpcResponse::Error(RpcError::NotLeader { leader_addr, .. }) => {
+                        target = leader_addr.or_else(|| candidates.pop());
                     }
                     _ => target = candidates.pop(),
                 }
@@ -124,11 +118,11 @@ impl NodeServer {
             .ok()
             .and_then(|mut a| a.next())
         else {
-            return error(&Error::Unreachable(format!("cannot resolve {addr}")));
+            return error(Error::Unreachable(format!("cannot resolve {addr}")));
         };
         let config = match self.client_config() {
             Ok(c) => c,
-            Err(e) => return error(&e),
+            Err(e) => return error(e),
         };
         match tokio::time::timeout(
             SEED_CHECK_TIMEOUT,
@@ -137,8 +131,8 @@ impl NodeServer {
         .await
         {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => error(&e),
-            Err(_) => error(&Error::Unreachable(format!("{addr} did not answer"))),
+            Ok(Err(e)) => error(e),
+            Err(_) => error(Error::Unreachable(format!("{addr} did not answer"))),
         }
     }
 
@@ -191,46 +185,9 @@ impl NodeServer {
             }
         }
     }
+}
 
-    /// Records a member's new address through group 0, if the key it
-    /// presents is the one the catalog pins for it.
-    pub(super) async fn handle_announce(
-        &self,
-        node: NodeId,
-        addr: String,
-        spki_sha256: Vec<u8>,
-    ) -> RpcResponse {
-        let (h, catalog) = match self.running().await {
-            Ok(r) => r,
-            Err(answer) => return answer,
-        };
-        let Some(info) = catalog.nodes.get(&node) else {
-            return error(&Error::Invalid(format!("node {} is not a member", node.0)));
-        };
-        if info.spki_sha256 != spki_sha256 {
-            return error(&Error::PermissionDenied(format!(
-                "the key presented is not the key node {} joined with",
-                node.0
-            )));
-        }
-        if addr.parse::<SocketAddr>().is_err() {
-            return error(&Error::Invalid(format!("{addr} is not a socket address")));
-        }
-        if info.addr == addr {
-            return RpcResponse::Announced;
-        }
-        let mut info = info.clone();
-        info.addr = addr;
-        let reply = h
-            .propose(
-                CATALOG_GROUP,
-                Proposal::Catalog(CatalogCommand::UpsertNode(info)),
-            )
-            .await;
-        match reply {
-            Ok(Ok(_)) => RpcResponse::Announced,
-            Ok(Err(e)) => not_leader_answer(&h, &e).await,
-            Err(_) => error(&Error::Unreachable("the driver stopped".into())),
-        }
-    }
+/// The answer a failed call stands for.
+fn error(e: Error) -> RpcResponse {
+    RpcResponse::Error(RpcError::from(&e))
 }
