@@ -57,7 +57,7 @@ impl Service for DriverService {
 
 /// Serves `req` with the node `node` (none for a bare driver) and its
 /// driver (none before it runs), and says how it went.
-pub(super) async fn answer(
+async fn answer(
     node: Option<&NodeServer>,
     driver: Option<DriverHandle>,
     req: RpcRequest,
