@@ -8,7 +8,7 @@
 //! - [`membership`]: `Init`, `Join`, `Announce`, how nodes enter a cluster
 //!   and say where they moved.
 //!
-//! Every handler returns a [`Result`]; [`answer`] turns it into the
+//! Every handler returns a [`Result`]; `answer` turns it into the
 //! [`RpcResponse`] the caller gets, so a failure keeps its [`Error`]
 //! variant on the wire ([`RpcError`]). A redirect for group 0 also carries
 //! the leader's address: nodes joining or announcing have no catalog to
