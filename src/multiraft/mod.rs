@@ -32,12 +32,14 @@
 
 mod apply;
 mod config;
+mod drive;
 mod liveness;
 mod membership;
 mod round;
 pub mod runner;
 
 pub use config::{DriverConfig, ELECTION_TICKS, HEARTBEAT_TICKS};
+pub use round::Ready;
 
 use std::collections::BTreeMap;
 
@@ -218,10 +220,8 @@ pub struct Driver {
     last_plan_tick: u64,
     /// What the driver read back from its own log when it opened.
     replayed: Replayed,
-    /// Ticks since anything of the overlay was last flushed.
-    ticks_since_flush: u64,
-    /// The next round flushes the overlay whatever the counts say.
-    flush_requested: bool,
+    /// Ticks since the last round, for the engine's flush schedule.
+    ticks_since_round: u64,
     /// The tick each node was last heard from (see `liveness`).
     last_heard: BTreeMap<NodeId, u64>,
     /// The tick this node became group 0's leader, while it leads it.
@@ -281,6 +281,7 @@ impl Driver {
             .catalog()?
             .ok_or_else(|| Error::Invalid("the node has no catalog".into()))?;
         let incarnation = engine.next_incarnation()?;
+        engine.set_flush_policy(cfg.flush_policy());
         let logger = raft_logger();
         let mut groups = BTreeMap::new();
         let mut replayed = Replayed::default();
@@ -319,8 +320,7 @@ impl Driver {
             last_plan_epoch: 0,
             last_plan_tick: 0,
             replayed,
-            ticks_since_flush: 0,
-            flush_requested: false,
+            ticks_since_round: 0,
             last_heard: BTreeMap::new(),
             leader_since: None,
             seen_dead: Default::default(),
@@ -394,9 +394,7 @@ impl Driver {
     /// requests past their deadline.
     pub fn tick(&mut self) {
         self.now += 1;
-        if self.engine.overlay_bytes().is_some() {
-            self.ticks_since_flush += 1;
-        }
+        self.ticks_since_round += 1;
         let now = self.now;
         for (gid, g) in &mut self.groups {
             g.pin_election_timeout(self.id, *gid, &self.cfg);

@@ -224,11 +224,11 @@ impl GroupStorage {
             let o = self.overlay.lock();
             let over = o.groups.get(&g);
             let kv = txn.open_table(KV)?;
-            for row in super::group_rows(&kv, over, self.group)? {
+            for row in super::view::group_rows(&kv, over, self.group)? {
                 data.rows.push(row?);
             }
             let sessions = txn.open_table(SESSIONS)?;
-            for row in super::group_sessions(&sessions, over, self.group)? {
+            for row in super::view::group_sessions(&sessions, over, self.group)? {
                 data.sessions.push(row?);
             }
             (self.applied, self.conf_state.clone(), self.record())

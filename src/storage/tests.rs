@@ -3,6 +3,9 @@ use raft::Storage as _;
 
 use super::redo::decode_all;
 use super::*;
+use crate::types::{GroupId, NodeId};
+use redb::{ReadableDatabase, ReadableTable};
+use schema::{LOG, META, META_CATALOG, META_LOG_ROWS_APPLIED, RAFT_STATE};
 
 /// Where a founding member's log starts.
 pub(super) const B: u64 = INIT_INDEX;
@@ -68,15 +71,12 @@ fn entries_of_many_groups_persist_in_one_commit_and_reload() {
     let disk = MemDisk::new();
     let e = bootstrapped(&disk);
     let before = e.stats().commits();
-    let round = e.begin_round().unwrap();
-    {
-        let mut w = round.writer().unwrap();
-        for g in 1..=4 {
-            let es: Vec<Entry> = (1..=5).map(|i| entry(B + i, 1)).collect();
-            w.append(GroupId(g), &es).unwrap();
-        }
+    let mut w = e.batch();
+    for g in 1..=4 {
+        let es: Vec<Entry> = (1..=5).map(|i| entry(B + i, 1)).collect();
+        w.append(GroupId(g), &es).unwrap();
     }
-    round.commit(20).unwrap();
+    e.persist(w).unwrap();
     assert_eq!(e.stats().commits() - before, 1);
     drop(e);
     let e = Engine::open_backend(disk).unwrap();
@@ -93,13 +93,10 @@ fn a_conflicting_append_replaces_the_old_suffix_on_disk() {
     let e = bootstrapped(&disk);
     let mut s = group_of(&e, 1);
     let write = |e: &Engine, s: &mut GroupStorage, es: Vec<Entry>| {
-        let round = e.begin_round().unwrap();
-        {
-            let mut w = round.writer().unwrap();
-            let record = w.append(GroupId(1), &es).unwrap();
-            s.append(&es, record);
-        }
-        round.commit(es.len() as u64).unwrap();
+        let mut w = e.batch();
+        let record = w.append(GroupId(1), &es).unwrap();
+        s.append(&es, record);
+        e.persist(w).unwrap();
     };
     write(&e, &mut s, (1..=6).map(|i| entry(B + i, 1)).collect());
     // A new leader overwrites from index 4 with a shorter suffix.
@@ -202,30 +199,24 @@ fn compaction_deletes_only_records_it_no_longer_needs_and_the_log_reloads() {
     // Three records: 1..=4, 5..=8, 9..=12.
     for chunk in 0..3u64 {
         let es: Vec<Entry> = (1..=4).map(|i| entry(B + chunk * 4 + i, 1)).collect();
-        let round = e.begin_round().unwrap();
-        {
-            let mut w = round.writer().unwrap();
-            let record = w.append(GroupId(1), &es).unwrap();
-            s.append(&es, record);
-        }
-        round.commit(4).unwrap();
+        let mut w = e.batch();
+        let record = w.append(GroupId(1), &es).unwrap();
+        s.append(&es, record);
+        e.persist(w).unwrap();
     }
     s.applied = B + 12;
     // Compacting to 6 frees the first record only: the second still holds 7 and 8.
     let dead = s.compact(B + 6);
     assert_eq!(dead.len(), 1);
-    let round = e.begin_round().unwrap();
-    {
-        let mut w = round.writer().unwrap();
-        w.delete_log_records(&dead).unwrap();
-        // A compaction alone is not synced (losing it is harmless); this
-        // test wants it on disk.
-        w.require_sync();
-        w.put_raft_state(GroupId(1), &s.record()).unwrap();
-        w.set_applied(GroupId(1), B + 12).unwrap();
-        w.flush_overlay().unwrap();
-    }
-    round.commit(0).unwrap();
+    let mut w = e.batch();
+    w.delete_log_records(&dead);
+    // A compaction alone is not synced (losing it is harmless); this
+    // test wants it on disk.
+    w.require_sync();
+    w.put_raft_state(GroupId(1), &s.record());
+    w.set_applied(GroupId(1), B + 12);
+    w.flush_all();
+    e.persist(w).unwrap();
     drop(e);
     let e = Engine::open_backend(disk).unwrap();
     let back = group_of(&e, 1);
@@ -238,14 +229,11 @@ fn compaction_deletes_only_records_it_no_longer_needs_and_the_log_reloads() {
 fn a_gap_between_log_records_is_reported_as_corrupt() {
     let e = Engine::open_backend(MemDisk::new()).unwrap();
     e.bootstrap(NodeId(1), &catalog()).unwrap();
-    let round = e.begin_round().unwrap();
-    {
-        let mut w = round.writer().unwrap();
-        w.append(GroupId(1), &[entry(B + 1, 1)]).unwrap();
-        // Index B + 2 is missing.
-        w.append(GroupId(1), &[entry(B + 3, 1)]).unwrap();
-    }
-    round.commit(2).unwrap();
+    let mut w = e.batch();
+    w.append(GroupId(1), &[entry(B + 1, 1)]).unwrap();
+    // Index B + 2 is missing.
+    w.append(GroupId(1), &[entry(B + 3, 1)]).unwrap();
+    e.persist(w).unwrap();
     // Log rows reach redb at a checkpoint (or when a reopen replays them).
     e.checkpoint().unwrap();
     assert!(matches!(
@@ -261,15 +249,12 @@ fn a_gap_between_log_records_is_reported_as_corrupt() {
 fn a_round_of_many_groups_appends_records_side_by_side() {
     let e = Engine::open_backend(MemDisk::new()).unwrap();
     e.bootstrap(NodeId(1), &catalog()).unwrap();
-    let round = e.begin_round().unwrap();
     let mut seqs = Vec::new();
-    {
-        let mut w = round.writer().unwrap();
-        for g in 1..=4 {
-            seqs.push(w.append(GroupId(g), &[entry(B + 1, 1)]).unwrap().unwrap());
-        }
+    let mut w = e.batch();
+    for g in 1..=4 {
+        seqs.push(w.append(GroupId(g), &[entry(B + 1, 1)]).unwrap().unwrap());
     }
-    round.commit(4).unwrap();
+    e.persist(w).unwrap();
     assert!(seqs.windows(2).all(|p| p[1] == p[0] + 1), "{seqs:?}");
 }
 
@@ -278,20 +263,16 @@ fn a_round_that_only_applies_is_not_synced_and_a_crash_loses_only_it() {
     let disk = MemDisk::new();
     let e = bootstrapped(&disk);
     let stats = e.stats();
-    let round = e.begin_round().unwrap();
-    {
-        let mut w = round.writer().unwrap();
-        w.append(GroupId(1), &[entry(B + 1, 1)]).unwrap();
-    }
-    round.commit(1).unwrap();
+    let mut w = e.batch();
+    w.append(GroupId(1), &[entry(B + 1, 1)]).unwrap();
+    e.persist(w).unwrap();
     let synced = stats.syncs();
-    let round = e.begin_round().unwrap();
-    {
-        let mut w = round.writer().unwrap();
-        w.set_applied(GroupId(1), B + 1).unwrap();
-        assert_eq!(w.flush_overlay().unwrap(), vec![(GroupId(1), B + 1)]);
-    }
-    assert!(round.commit(0).unwrap(), "a flush is a commit");
+    let mut w = e.batch();
+    w.set_applied(GroupId(1), B + 1);
+    w.flush_all();
+    let persisted = e.persist(w).unwrap();
+    assert_eq!(persisted.flushed, vec![(GroupId(1), B + 1)]);
+    assert!(persisted.committed, "a flush is a commit");
     assert_eq!(stats.syncs(), synced, "an apply-only round must not sync");
     // Crash: the appended entry survives, the unsynced apply index does not.
     let image = disk.crash_image();
@@ -306,25 +287,22 @@ fn a_round_that_only_applies_is_not_synced_and_a_crash_loses_only_it() {
 /// apply index `applied`; flushes the overlay in that round when `flush`.
 pub(super) fn apply_round(e: &Engine, rows: &[(&str, Option<&str>)], applied: u64, flush: bool) {
     use crate::kv::KvStore as _;
-    let round = e.begin_round().unwrap();
-    {
-        let mut w = round.writer().unwrap();
-        let mut kv = w.kv(GroupId(1));
-        for (k, v) in rows {
-            match v {
-                Some(v) => kv.put(k.as_bytes(), v.as_bytes()).unwrap(),
-                None => {
-                    kv.delete(k.as_bytes()).unwrap();
-                }
+    let mut w = e.batch();
+    let mut kv = w.kv(GroupId(1));
+    for (k, v) in rows {
+        match v {
+            Some(v) => kv.put(k.as_bytes(), v.as_bytes()).unwrap(),
+            None => {
+                kv.delete(k.as_bytes()).unwrap();
             }
         }
-        w.set_applied(GroupId(1), applied).unwrap();
-        if flush {
-            w.flush_overlay().unwrap();
-            w.require_sync();
-        }
     }
-    round.commit(0).unwrap();
+    w.set_applied(GroupId(1), applied);
+    if flush {
+        w.flush_all();
+        w.require_sync();
+    }
+    e.persist(w).unwrap();
 }
 
 pub(super) fn scan_all(e: &Engine) -> Vec<(String, String)> {
@@ -386,13 +364,10 @@ fn a_crash_loses_the_overlay_and_restarts_from_the_last_flush() {
     apply_round(&e, &[("a", Some("2")), ("b", Some("3"))], B + 2, false);
     // A synced round that does not flush (new log entries) keeps the
     // overlay in memory only.
-    let round = e.begin_round().unwrap();
-    {
-        let mut w = round.writer().unwrap();
-        w.append(GroupId(1), &[entry(B + 1, 1), entry(B + 2, 1)])
-            .unwrap();
-    }
-    round.commit(2).unwrap();
+    let mut w = e.batch();
+    w.append(GroupId(1), &[entry(B + 1, 1), entry(B + 2, 1)])
+        .unwrap();
+    e.persist(w).unwrap();
     let image = disk.crash_image();
     drop(e);
     let e = Engine::open_backend(image).unwrap();
@@ -415,13 +390,10 @@ pub(super) fn append_round(e: &Engine, s: &mut GroupStorage, index: u64, bytes: 
         data: vec![index as u8; bytes].into(),
         ..Default::default()
     }];
-    let round = e.begin_round().unwrap();
-    {
-        let mut w = round.writer().unwrap();
-        let record = w.append(GroupId(1), &es).unwrap();
-        s.append(&es, record);
-    }
-    round.commit(1).unwrap();
+    let mut w = e.batch();
+    let record = w.append(GroupId(1), &es).unwrap();
+    s.append(&es, record);
+    e.persist(w).unwrap();
 }
 
 /// Rounds pass their encoding buffers on to the next round: what a round
@@ -437,7 +409,7 @@ fn each_round_logs_only_its_own_ops_though_rounds_share_buffers() {
     let rows_before = e.log_rows.lock().unwrap().len();
     for i in 1..=3 {
         append_round(&e, &mut s, B + i, 100 * i as usize);
-        assert!(!e.begin_round().unwrap().commit(0).unwrap());
+        assert!(!e.persist(e.batch()).unwrap().committed);
     }
     let records = e.wal.lock().unwrap().read(1).unwrap().records;
     let ours: Vec<_> = records.range(first..).map(|(_, body)| body).collect();
@@ -776,16 +748,13 @@ fn a_reopen_without_a_checkpoint_restores_the_log_rows_from_the_round_log() {
         append_round(&e, &mut s, B + i, 100);
     }
     // A compaction in an unsynced round: its deletions are deferred too.
-    let round = e.begin_round().unwrap();
-    {
-        let mut w = round.writer().unwrap();
-        s.applied = B + 10;
-        let gone = s.compact(B + 4);
-        assert_eq!(gone.len(), 4);
-        w.delete_log_records(&gone).unwrap();
-        w.put_raft_state(GroupId(1), &s.record()).unwrap();
-    }
-    round.commit(0).unwrap();
+    let mut w = e.batch();
+    s.applied = B + 10;
+    let gone = s.compact(B + 4);
+    assert_eq!(gone.len(), 4);
+    w.delete_log_records(&gone);
+    w.put_raft_state(GroupId(1), &s.record());
+    e.persist(w).unwrap();
     drop(e);
     let e = Engine::open_backend(disk.clone()).unwrap();
     let back = group_of(&e, 1);
@@ -864,15 +833,12 @@ fn compaction_after_a_checkpoint_merged_the_records_keeps_the_log_right() {
     e.checkpoint().unwrap();
     let compact = |e: &Engine, s: &mut GroupStorage, upto: u64| {
         s.applied = B + 10;
-        let round = e.begin_round().unwrap();
-        {
-            let mut w = round.writer().unwrap();
-            let gone = s.compact(upto);
-            w.delete_log_records(&gone).unwrap();
-            w.require_sync();
-            w.put_raft_state(GroupId(1), &s.record()).unwrap();
-        }
-        round.commit(0).unwrap();
+        let mut w = e.batch();
+        let gone = s.compact(upto);
+        w.delete_log_records(&gone);
+        w.require_sync();
+        w.put_raft_state(GroupId(1), &s.record());
+        e.persist(w).unwrap();
         e.checkpoint().unwrap();
     };
     compact(&e, &mut s, B + 6);
