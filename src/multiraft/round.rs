@@ -84,7 +84,7 @@ impl Driver {
     /// or its storage failed to read; the node must stop.
     pub fn ready(&mut self) -> Result<Ready> {
         let mut out = RoundOutput {
-            completions: std::mem::take(&mut self.early),
+            completions: std::mem::take(&mut self.requests.early),
             ..Default::default()
         };
         self.issue_reads(&mut out);
@@ -257,8 +257,8 @@ impl Driver {
         }
         for rs in rd.take_read_states() {
             if let Some(batch) = read_batch_id(&rs.request_ctx) {
-                if let Some((group, reads)) = self.read_batches.remove(&batch) {
-                    self.reads_ready.push((group, rs.index, reads));
+                if let Some((group, reads)) = self.requests.read_batches.remove(&batch) {
+                    self.requests.reads_ready.push((group, rs.index, reads));
                 }
             }
         }
@@ -334,10 +334,10 @@ impl Driver {
                 continue;
             }
             let reads = std::mem::take(&mut g.reads);
-            let batch = self.next_read_batch;
-            self.next_read_batch += 1;
+            let batch = self.requests.next_read_batch;
+            self.requests.next_read_batch += 1;
             g.node.read_index(batch.to_le_bytes().to_vec());
-            self.read_batches.insert(batch, (*gid, reads));
+            self.requests.read_batches.insert(batch, (*gid, reads));
         }
     }
 
@@ -356,30 +356,30 @@ impl Driver {
                 .is_none_or(|g| g.node.raft.state != StateRole::Leader)
         };
         let mut keep = BTreeMap::new();
-        for (id, (gid, reads)) in std::mem::take(&mut self.read_batches) {
+        for (id, (gid, reads)) in std::mem::take(&mut self.requests.read_batches) {
             if lost(&gid) {
                 fail_reads(out, gid, reads, groups.get(&gid).and_then(leader_hint));
             } else {
                 keep.insert(id, (gid, reads));
             }
         }
-        self.read_batches = keep;
+        self.requests.read_batches = keep;
     }
 
     /// Answers confirmed reads whose read index has been applied.
     fn serve_reads(&mut self, out: &mut RoundOutput) -> Result<()> {
-        if self.reads_ready.is_empty() {
+        if self.requests.reads_ready.is_empty() {
             return Ok(());
         }
         let groups = &self.groups;
-        let (due, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_ready)
+        let (due, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.requests.reads_ready)
             .into_iter()
             .partition(|(gid, index, _)| {
                 groups
                     .get(gid)
                     .is_none_or(|g| g.node.store().applied >= *index)
             });
-        self.reads_ready = wait;
+        self.requests.reads_ready = wait;
         let mut keys = Vec::new();
         let mut tokens = Vec::new();
         for (gid, _, reads) in &due {

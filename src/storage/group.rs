@@ -2,9 +2,9 @@
 //!
 //! raft-rs reads the log through `&self` calls at arbitrary moments inside
 //! `step` and `ready`. Serving those from redb would open a read transaction
-//! per call, so each group keeps its un-compacted log in memory, mirrored
-//! from redb at start and kept in step by the driver, which writes every
-//! change to both in the same round. Memory per group is bounded by log
+//! per call, so each group keeps its un-compacted log in memory, rebuilt
+//! from redb and the round log at start and kept in step by the driver,
+//! which changes it and stages the same change in the round's write batch. Memory per group is bounded by log
 //! compaction (see `DriverConfig::log_keep`). Snapshots are built on demand
 //! from a redb read transaction with the overlay laid over it, which
 //! together are the applied state as of `applied`.

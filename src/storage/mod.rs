@@ -214,4 +214,6 @@ pub const INIT_TERM: u64 = 5;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_checkpoint;
+#[cfg(test)]
 mod tests_damage;

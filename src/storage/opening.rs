@@ -86,7 +86,7 @@ pub(super) fn sync_dir(dir: &Path) -> Result<()> {
 /// Brings redb up to date with the round log: applies, in one synced
 /// commit, every record after the last one redb holds, and the Raft log ops
 /// of the records before it that only a checkpoint would have written (see
-/// `round`), then starts the log again. Refuses a log that does not continue
+/// `checkpoint`), then starts the log again. Refuses a log that does not continue
 /// where redb stopped.
 pub(super) fn replay(db: &Database, mut wal: Wal) -> Result<Wal> {
     let (applied, rows_applied) = {

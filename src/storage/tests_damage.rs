@@ -7,7 +7,8 @@
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
-use super::tests::{append_round, assert_holds_rounds, bootstrapped, catalog, group_of, B};
+use super::tests::{append_round, bootstrapped, catalog, group_of, B};
+use super::tests_checkpoint::assert_holds_rounds;
 use super::wal::HEADER;
 use super::*;
 use crate::types::{NodeId, CATALOG_GROUP};
