@@ -1,11 +1,12 @@
 //! A deterministic simulated cluster: N nodes in one process.
 //!
 //! Each node is a real [`Driver`] over a real redb database, kept on a
-//! [`MemDisk`] so that a crash (dropping the driver) loses exactly what no
-//! committed transaction wrote. Between the nodes sits [`Network`], an
+//! [`MemDisk`] so that a crash (dropping the driver) loses exactly what
+//! was only in its memory (the overlay), as a killed process does. Between the nodes sits [`Network`], an
 //! in-memory transport that can drop, delay, duplicate, reorder and
 //! partition messages. Time is simulated: each [`Sim::step`] delivers the
-//! messages that are due and runs one round on every live node, and every
+//! messages that are due and runs one round on every live node (through
+//! [`Driver::round`], the path the node's driver thread takes too), and every
 //! `steps_per_tick` steps each node ticks. Every random choice comes from one
 //! seeded generator, so a failing run is replayed by its seed.
 //!

@@ -218,9 +218,10 @@ impl GroupStorage {
             (applied, rec.conf_state(), rec)
         } else {
             // A data group: committed rows with the overlay over them are its
-            // state as of the in-memory apply index (a round flushes the
-            // overlay only after its last call into raft-rs, so no snapshot
-            // is built between a flush and its commit).
+            // state as of the in-memory apply index (the engine flushes the
+            // overlay while it persists a batch, between the driver's calls
+            // into raft-rs, and commits the flush before it returns, so no
+            // snapshot is built between a flush and its commit).
             let o = self.overlay.lock();
             let over = o.groups.get(&g);
             let kv = txn.open_table(KV)?;
