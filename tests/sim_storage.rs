@@ -10,17 +10,12 @@ use flotilla::types::{GroupId, NodeId, CATALOG_GROUP};
 
 /// A cluster whose drivers run with `driver`, every group with a leader.
 fn cluster_with(seed: u64, driver: DriverConfig) -> Sim {
-    let mut sim = Sim::new(SimConfig {
+    let cfg = SimConfig {
         seed,
         driver,
         ..SimConfig::default()
-    })
-    .expect("sim");
-    assert!(
-        sim.run_until(20_000, |s| s.all_have_leaders()).unwrap(),
-        "seed {seed}: no leaders"
-    );
-    sim
+    };
+    Sim::with_leaders(cfg, 20_000).expect("a cluster with leaders")
 }
 
 /// The first key named `{prefix}{i}` that routes to `group`.

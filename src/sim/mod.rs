@@ -148,6 +148,19 @@ impl Sim {
         Ok(sim)
     }
 
+    /// Builds a cluster and steps it until every group has a leader; an
+    /// error when `max_steps` steps were not enough.
+    pub fn with_leaders(cfg: SimConfig, max_steps: u64) -> Result<Sim> {
+        let seed = cfg.seed;
+        let mut sim = Sim::new(cfg)?;
+        if !sim.run_until(max_steps, |s| s.all_have_leaders())? {
+            return Err(Error::Invalid(format!(
+                "seed {seed}: no leader for every group after {max_steps} steps"
+            )));
+        }
+        Ok(sim)
+    }
+
     /// Starts (or restarts) a node from its disk.
     pub fn restart(&mut self, id: NodeId) -> Result<()> {
         let mut dcfg = self.cfg.driver.clone();
