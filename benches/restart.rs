@@ -37,25 +37,22 @@ fn build(path: &std::path::Path) {
                 ..Default::default()
             })
             .collect();
-        let round = engine.begin_round().expect("round");
-        {
-            let mut w = round.writer().expect("writer");
-            w.append(group, &entries).expect("append");
-            last += BATCH;
-            let rec = RaftStateRecord {
-                term,
-                vote: 1,
-                commit: last,
-                voters: vec![1],
-                snap_index: INIT_INDEX,
-                snap_term: INIT_TERM,
-                ..Default::default()
-            };
-            w.put_raft_state(group, &rec).expect("state");
-            w.set_applied(group, last).expect("applied");
-            w.flush_overlay().expect("flush");
-        }
-        round.commit(BATCH).expect("commit");
+        let mut w = engine.batch();
+        w.append(group, &entries).expect("append");
+        last += BATCH;
+        let rec = RaftStateRecord {
+            term,
+            vote: 1,
+            commit: last,
+            voters: vec![1],
+            snap_index: INIT_INDEX,
+            snap_term: INIT_TERM,
+            ..Default::default()
+        };
+        w.put_raft_state(group, &rec);
+        w.set_applied(group, last);
+        w.flush_all();
+        engine.persist(w).expect("persist");
     }
 }
 

@@ -38,24 +38,21 @@ fn group_commit(c: &mut Criterion) {
         let mut entries = 0u64;
         group.bench_function(BenchmarkId::new("groups", groups), |b| {
             b.iter(|| {
-                let round = engine.begin_round().expect("round");
-                {
-                    let mut w = round.writer().expect("writer");
-                    for (g, last) in last.iter_mut().enumerate() {
-                        let n = ROUND / groups;
-                        let batch: Vec<Entry> = (1..=n as u64)
-                            .map(|i| Entry {
-                                term: 6,
-                                index: *last + i,
-                                data: vec![b'v'; PAYLOAD].into(),
-                                ..Default::default()
-                            })
-                            .collect();
-                        w.append(GroupId(g as u64 + 1), &batch).expect("append");
-                        *last += n as u64;
-                    }
+                let mut w = engine.batch();
+                for (g, last) in last.iter_mut().enumerate() {
+                    let n = ROUND / groups;
+                    let batch: Vec<Entry> = (1..=n as u64)
+                        .map(|i| Entry {
+                            term: 6,
+                            index: *last + i,
+                            data: vec![b'v'; PAYLOAD].into(),
+                            ..Default::default()
+                        })
+                        .collect();
+                    w.append(GroupId(g as u64 + 1), &batch).expect("append");
+                    *last += n as u64;
                 }
-                round.commit(ROUND as u64).expect("commit");
+                engine.persist(w).expect("persist");
                 entries += ROUND as u64;
             })
         });

@@ -13,14 +13,18 @@
 //!    that does not lead the group answers with a typed
 //!    [`Error::NotLeader`] naming the leader it knows.
 //! 2. The leader's [`multiraft::Driver`], the single owner of every Raft
-//!    group on the node, proposes the command. In its next round it collects
-//!    the Ready of every busy group and writes all their new entries and hard
-//!    states, plus the KV rows of entries that committed, in **one** redb
-//!    transaction ([`storage`]): one fsync per round for all groups.
+//!    group on the node, proposes the command. In its next round it
+//!    collects the Ready of every busy group and stages all their new
+//!    entries and hard states in **one** write batch, which the caller
+//!    persists ([`storage`]): one append and one fsync of the node's round
+//!    log per round, for all groups. Leaders' appends leave before that
+//!    fsync; followers' acknowledgements and votes only after it.
 //! 3. Messages for each peer leave batched together. Once a quorum has the
 //!    entry, it commits; the [`kv`] state machine applies it on every
-//!    replica, deduplicating retries by client session, and the leader
-//!    answers.
+//!    replica into the in-memory overlay, deduplicating retries by client
+//!    session, and the leader answers. The storage engine writes applied
+//!    rows to redb later, many rounds' worth at once, and writes the log
+//!    entries into redb at checkpoints, every few megabytes of round log.
 //!
 //! Reads are linearizable: the driver batches the reads of each group into
 //! one ReadIndex round trip and serves them once the group has applied up
@@ -30,9 +34,11 @@
 //!
 //! - [`types`]: id newtypes; [`error`]: one error enum, classified by what
 //!   the caller must do.
-//! - [`storage`]: redb schema, the raft-rs `Storage` of each group, the
-//!   round's write transaction.
-//! - [`multiraft`]: the driver.
+//! - [`storage`]: the round log, redb and the overlay: where each byte
+//!   lives and when it moves; the raft-rs `Storage` of each group; the
+//!   round's write batch.
+//! - [`multiraft`]: the driver, a state machine driven in rounds, and the
+//!   thread that runs it.
 //! - [`kv`]: the deterministic KV state machine.
 //! - [`catalog`]: group 0's state machine and routing.
 //! - [`wire`]: rkyv encodings with validation.

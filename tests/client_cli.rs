@@ -494,14 +494,11 @@ async fn the_client_and_the_cli_against_four_processes() {
     {
         let engine =
             Engine::open(&dir.path().join(format!("n{ti}")).join("flotilla.redb")).unwrap();
-        let round = engine.begin_round().unwrap();
-        {
-            let mut w = round.writer().unwrap();
-            w.kv(group).put(&counter, b"999999").unwrap();
-            // Applied rows reach redb when the overlay is flushed.
-            w.flush_overlay().unwrap();
-        }
-        round.commit(0).unwrap();
+        let mut w = engine.batch();
+        w.kv(group).put(&counter, b"999999").unwrap();
+        // Applied rows reach redb when the overlay is flushed.
+        w.flush_all();
+        engine.persist(w).unwrap();
     }
     nodes.0.insert(ti, spawn(dir.path(), ti, addrs[ti], None));
     let living: Vec<SocketAddr> = (0..4).filter(|i| *i != li).map(|i| addrs[i]).collect();

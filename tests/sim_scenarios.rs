@@ -1,7 +1,7 @@
 //! Scenarios on the deterministic simulated cluster: elections, failover,
 //! quiet periods, lagging and restarted followers, restarted leaders, a
-//! crash that loses the applied-state overlay, group commit and session
-//! deduplication. Every scenario prints its seed on
+//! crash that loses the applied-state overlay and session deduplication
+//! (group commit and log compaction: `sim_storage.rs`). Every scenario prints its seed on
 //! failure through the assertion messages; rerun with the same seed to
 //! replay it exactly.
 
@@ -23,17 +23,12 @@ fn cluster(seed: u64) -> Sim {
 
 /// A cluster whose drivers run with `driver`, every group with a leader.
 fn cluster_with(seed: u64, driver: DriverConfig) -> Sim {
-    let mut sim = Sim::new(SimConfig {
+    let cfg = SimConfig {
         seed,
         driver,
         ..SimConfig::default()
-    })
-    .expect("sim");
-    assert!(
-        sim.run_until(20_000, |s| s.all_have_leaders()).unwrap(),
-        "seed {seed}: no leaders"
-    );
-    sim
+    };
+    Sim::with_leaders(cfg, 20_000).expect("a cluster with leaders")
 }
 
 /// One key for every vshard.
@@ -389,80 +384,6 @@ fn a_restarted_leader_returns_as_follower_and_loses_no_acknowledged_write() {
 }
 
 #[test]
-fn a_round_with_entries_for_32_groups_makes_exactly_one_commit() {
-    let mut sim = cluster(16);
-    let node = NodeId(1);
-    let data: Vec<GroupId> = sim
-        .group_ids()
-        .into_iter()
-        .filter(|g| *g != CATALOG_GROUP)
-        .collect();
-    assert_eq!(data.len(), 32);
-    for g in &data {
-        if sim.leader(*g) != Some(node) {
-            let l = sim.leader(*g).unwrap();
-            sim.driver_mut(l)
-                .unwrap()
-                .transfer_leader(*g, node)
-                .unwrap();
-        }
-    }
-    assert!(sim
-        .run_until(20_000, |s| data.iter().all(|g| s.leader(*g) == Some(node)))
-        .unwrap());
-    sim.run_ticks(2).unwrap();
-    let d = sim.driver_mut(node).unwrap();
-    let stats = d.engine().stats();
-    // Let any leftover work finish so the measured round is ours alone.
-    for _ in 0..3 {
-        d.round().unwrap();
-    }
-    let keys: Vec<Vec<u8>> = data
-        .iter()
-        .map(|g| keys_in(&sim, *g, "one-round", 1).remove(0))
-        .collect();
-    let d = sim.driver_mut(node).unwrap();
-    let (rounds, commits, entries) = (stats.rounds(), stats.commits(), stats.entries());
-    let redb = stats.redb_commits();
-    for (i, g) in data.iter().enumerate() {
-        let p = Proposal::Kv(Command {
-            client: 0,
-            seq: 0,
-            ack_below: 0,
-            op: Op::Put {
-                key: keys[i].clone(),
-                value: vec![i as u8],
-            },
-        });
-        d.propose(i as u64 + 1, *g, &p).unwrap();
-    }
-    let out = d.round().unwrap();
-    assert!(out.committed);
-    assert_eq!(stats.rounds() - rounds, 1);
-    assert_eq!(
-        stats.commits() - commits,
-        1,
-        "one commit for the whole round"
-    );
-    assert!(
-        stats.redb_commits() - redb <= 1,
-        "at most one redb transaction for the whole round"
-    );
-    assert_eq!(stats.entries() - entries, 32, "one new entry per group");
-    let messaged: usize = out
-        .outbound
-        .values()
-        .map(|v| v.iter().filter(|m| !m.msg.entries.is_empty()).count())
-        .sum();
-    assert_eq!(messaged, 64, "each group's entry goes to both followers");
-    assert_eq!(
-        out.outbound.len(),
-        2,
-        "messages are batched per destination node"
-    );
-}
-
-#[test]
 fn the_same_client_sequence_proposed_twice_is_applied_once() {
     let mut sim = cluster(17);
     let key = b"dedup".to_vec();
@@ -599,47 +520,5 @@ fn a_crash_before_a_flush_reapplies_from_the_nodes_own_log() {
     assert!(
         carried <= 64,
         "seed {seed}: the leader re-sent {carried} entries the follower had"
-    );
-}
-
-#[test]
-fn the_catalog_groups_log_is_compacted_as_it_applies() {
-    let seed = 17;
-    let mut sim = cluster_with(
-        seed,
-        DriverConfig {
-            log_keep: 16,
-            compact_slack: 8,
-            ..SimConfig::default().driver
-        },
-    );
-    let leader = sim.leader(CATALOG_GROUP).unwrap();
-    let voters = sim.node_ids();
-    for i in 0..60u64 {
-        let cmd = flotilla::catalog::CatalogCommand::PreferLeader {
-            group: GroupId(1 + i % 32),
-            node: voters[(i % 3) as usize],
-        };
-        sim.submit(leader, CATALOG_GROUP, &Proposal::Catalog(cmd));
-    }
-    let first_index = |s: &Sim, n: NodeId| {
-        s.driver(n)
-            .and_then(|d| d.status(CATALOG_GROUP))
-            .map_or(0, |st| st.first_index)
-    };
-    let compacted = sim
-        .run_until(20_000, |s| {
-            voters
-                .iter()
-                .all(|n| first_index(s, *n) > flotilla::storage::INIT_INDEX + 1)
-        })
-        .unwrap();
-    assert!(
-        compacted,
-        "seed {seed}: group 0's log was never compacted: {:?}",
-        voters
-            .iter()
-            .map(|n| sim.driver(*n).and_then(|d| d.status(CATALOG_GROUP)))
-            .collect::<Vec<_>>()
     );
 }

@@ -4,10 +4,15 @@
 //! Raft groups with their voters and learners, and which group owns each
 //! vshard. Every change is a [`CatalogCommand`] committed through group 0 and
 //! applied by [`Catalog::apply`], a pure function that also reports the
-//! [`Effect`]s the change has on one node (a group to open or to drop). The
-//! driver writes the new catalog into the same redb transaction as those
-//! effects' rows, catalog first, so no group storage ever exists on disk
-//! without the catalog entry that created it.
+//! [`Effect`]s the change has on one node: a replica to open
+//! ([`Effect::OpenGroup`]), a replica to leave ([`Effect::LeaveGroup`]), a
+//! node admitted. The driver stages the new catalog in the round's write
+//! batch before the initial Raft state of a group it opens, in the same
+//! batch, so no group storage ever exists on disk without the catalog entry
+//! that created it. A replica it leaves is not dropped with the change: the
+//! driver destroys it in a later round, once Raft has removed it from the
+//! group or a grace period passed (see `multiraft::liveness`), so its rows
+//! always outlive the catalog entry that moved it away.
 //!
 //! Routing is `key → vshard (xxh3_64(key) % vshard_count) → group`; the
 //! leader of a group is a hint kept outside the catalog, because leadership

@@ -23,7 +23,7 @@ use super::{own_proposal, Applied, Completion, Group, Proposal, Reply};
 use crate::catalog::{Catalog, Effect};
 use crate::error::{Error, Outcome, Rejection, Result};
 use crate::kv;
-use crate::storage::RoundWriter;
+use crate::storage::WriteBatch;
 use crate::types::{GroupId, NodeId, CATALOG_GROUP};
 use crate::wire;
 
@@ -71,7 +71,7 @@ fn apply_conf_change(g: &mut Group, e: &Entry) -> Outcome<ConfState> {
 fn apply_proposal(
     gid: GroupId,
     e: &Entry,
-    w: &mut RoundWriter<'_>,
+    w: &mut WriteBatch,
     a: &mut Applier<'_>,
     command: &mut Option<kv::Command>,
 ) -> Result<Outcome<Reply>> {
@@ -86,7 +86,7 @@ fn apply_proposal(
                 Ok(fx) => fx,
                 Err(refused) => return Ok(Err(refused)),
             };
-            w.put_catalog(a.catalog)?;
+            w.put_catalog(a.catalog);
             let admitted = fx.iter().find_map(|f| match f {
                 Effect::NodeAdmitted(id) => Some(*id),
                 _ => None,
@@ -112,7 +112,7 @@ fn apply_proposal(
 /// must stop (see the module documentation).
 pub(super) fn apply_entries(
     g: &mut Group,
-    w: &mut RoundWriter<'_>,
+    w: &mut WriteBatch,
     entries: &[Entry],
     a: &mut Applier<'_>,
 ) -> Result<bool> {
@@ -177,7 +177,7 @@ pub(super) fn apply_entries(
         }
     }
     if let Some(last) = entries.last() {
-        if w.set_applied(gid, last.index)? {
+        if w.set_applied(gid, last.index) {
             // Written through (the catalog group): compaction may follow.
             g.node.mut_store().flushed = last.index;
         }

@@ -4,6 +4,7 @@ use raft::StateRole;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::kv::Limits;
+use crate::storage::{FlushPolicy, FLUSH_BYTES, FLUSH_GROUPS_PER_ROUND, FLUSH_ROUNDS, FLUSH_TICKS};
 use crate::types::{GroupId, NodeId};
 
 /// Ticks without a leader's word before a follower campaigns (the lower
@@ -24,19 +25,6 @@ pub const COMPACT_SLACK_ENTRIES: u64 = 1024;
 pub const MAX_MSG_BYTES: u64 = 1024 * 1024;
 /// Append messages in flight per follower before the leader waits.
 pub const MAX_INFLIGHT_MSGS: usize = 256;
-/// Rounds a group's applied changes may wait in the overlay before a round
-/// flushes them to redb. Under load a node runs a few hundred rounds a
-/// second, so a crash makes it re-apply about a second of entries from its
-/// own log.
-pub const FLUSH_ROUNDS: u64 = 256;
-/// Groups one round flushes at most, so that flushing is spread over
-/// rounds instead of stalling one round for every group at once.
-pub const FLUSH_GROUPS_PER_ROUND: usize = 4;
-/// Ticks without any flush after which the whole overlay is flushed, so a
-/// quiet node writes out its last changes soon after they apply.
-pub const FLUSH_TICKS: u64 = 10;
-/// Bytes the overlay may hold before it is flushed, whatever the round count.
-pub const FLUSH_BYTES: usize = 16 * 1024 * 1024;
 /// Ticks of silence after which group 0's leader declares a node dead: five
 /// minutes at the default 100 ms tick, long enough to ride out a restart
 /// or a reboot without moving every replica the node holds.
@@ -120,6 +108,16 @@ impl Default for DriverConfig {
 }
 
 impl DriverConfig {
+    /// When the engine flushes the applied-state overlay.
+    pub fn flush_policy(&self) -> FlushPolicy {
+        FlushPolicy {
+            rounds: self.flush_rounds,
+            groups_per_round: self.flush_groups_per_round,
+            ticks: self.flush_ticks,
+            bytes: self.flush_bytes,
+        }
+    }
+
     /// The raft-rs configuration of one replica.
     ///
     /// raft-rs draws a fresh election timeout from the thread's RNG whenever

@@ -43,13 +43,13 @@ use crate::wire;
 impl Driver {
     /// Notes a message stepped from `from` for `group`.
     pub(super) fn heard(&mut self, from: NodeId, group: GroupId, kind: MessageType) {
-        self.last_heard.insert(from, self.now);
+        self.upkeep.last_heard.insert(from, self.now);
         let from_leader = matches!(
             kind,
             MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
         );
         if from_leader {
-            if let Some(since) = self.leaving.get_mut(&group) {
+            if let Some(since) = self.upkeep.leaving.get_mut(&group) {
                 *since = self.now;
             }
         }
@@ -63,18 +63,24 @@ impl Driver {
             .get(&CATALOG_GROUP)
             .is_some_and(|g| g.node.raft.state == StateRole::Leader);
         if !leads {
-            self.leader_since = None;
-            self.seen_dead.clear();
+            self.upkeep.leader_since = None;
+            self.upkeep.seen_dead.clear();
             return;
         }
         let now = self.now;
-        let since = *self.leader_since.get_or_insert(now);
+        let since = *self.upkeep.leader_since.get_or_insert(now);
         let mut changes = Vec::new();
         for n in self.catalog.nodes.values().filter(|n| n.id != self.id) {
             match n.state {
                 NodeState::Active => {
-                    self.seen_dead.remove(&n.id);
-                    let last = self.last_heard.get(&n.id).copied().unwrap_or(0).max(since);
+                    self.upkeep.seen_dead.remove(&n.id);
+                    let last = self
+                        .upkeep
+                        .last_heard
+                        .get(&n.id)
+                        .copied()
+                        .unwrap_or(0)
+                        .max(since);
                     if now.saturating_sub(last) >= self.cfg.dead_after_ticks {
                         changes.push((n.id, true));
                     }
@@ -82,9 +88,9 @@ impl Driver {
                 NodeState::Dead => {
                     // Only what is heard after the node was seen dead counts:
                     // its last words before it went quiet do not.
-                    if self.seen_dead.insert(n.id) {
-                        self.last_heard.remove(&n.id);
-                    } else if self.last_heard.contains_key(&n.id) {
+                    if self.upkeep.seen_dead.insert(n.id) {
+                        self.upkeep.last_heard.remove(&n.id);
+                    } else if self.upkeep.last_heard.contains_key(&n.id) {
                         changes.push((n.id, false));
                     }
                 }
@@ -96,11 +102,11 @@ impl Driver {
             return;
         };
         for (node, dead) in changes {
-            let last = self.liveness_proposed.get(&node).copied();
+            let last = self.upkeep.liveness_proposed.get(&node).copied();
             if last.is_some_and(|t| now < t + retry) {
                 continue;
             }
-            self.liveness_proposed.insert(node, now);
+            self.upkeep.liveness_proposed.insert(node, now);
             tracing::info!(
                 node_id = self.id.0,
                 peer = node.0,
@@ -121,7 +127,7 @@ impl Driver {
     /// (see the module documentation).
     pub(super) fn leave(&mut self, group: GroupId) {
         if group != CATALOG_GROUP && self.groups.contains_key(&group) {
-            self.leaving.entry(group).or_insert(self.now);
+            self.upkeep.leaving.entry(group).or_insert(self.now);
         }
     }
 
@@ -147,7 +153,7 @@ impl Driver {
         let now = self.now;
         let me = self.id;
         let mut done = Vec::new();
-        for (gid, since) in &self.leaving {
+        for (gid, since) in &self.upkeep.leaving {
             let placed_here = self
                 .catalog
                 .groups
@@ -177,9 +183,9 @@ impl Driver {
             }
         }
         for (gid, destroy) in done {
-            self.leaving.remove(&gid);
+            self.upkeep.leaving.remove(&gid);
             if destroy {
-                self.destroying.push(gid);
+                self.upkeep.destroying.push(gid);
             }
         }
     }
@@ -189,7 +195,7 @@ impl Driver {
     /// round it is running.
     pub(super) fn take_destroyed(&mut self, out: &mut Vec<Completion>) -> Vec<Group> {
         let mut gone = Vec::new();
-        for gid in std::mem::take(&mut self.destroying) {
+        for gid in std::mem::take(&mut self.upkeep.destroying) {
             let Some(mut g) = self.groups.remove(&gid) else {
                 continue;
             };
@@ -204,10 +210,10 @@ impl Driver {
                     result: Err(not_here()),
                 });
             }
-            let batches = std::mem::take(&mut self.read_batches);
+            let batches = std::mem::take(&mut self.requests.read_batches);
             for (id, (group, reads)) in batches {
                 if group != gid {
-                    self.read_batches.insert(id, (group, reads));
+                    self.requests.read_batches.insert(id, (group, reads));
                     continue;
                 }
                 for r in reads {
@@ -217,7 +223,7 @@ impl Driver {
                     });
                 }
             }
-            self.reads_ready.retain(|(group, _, reads)| {
+            self.requests.reads_ready.retain(|(group, _, reads)| {
                 if *group == gid {
                     for r in reads {
                         out.push(Completion {

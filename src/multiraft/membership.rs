@@ -158,12 +158,12 @@ impl Driver {
         if g.node.raft.state != StateRole::Leader {
             return;
         }
-        let stale = self.now >= self.last_plan_tick + self.cfg.proposal_timeout_ticks;
-        if self.catalog.epoch == self.last_plan_epoch && !stale {
+        let stale = self.now >= self.upkeep.last_plan_tick + self.cfg.proposal_timeout_ticks;
+        if self.catalog.epoch == self.upkeep.last_plan_epoch && !stale {
             return;
         }
-        self.last_plan_epoch = self.catalog.epoch;
-        self.last_plan_tick = self.now;
+        self.upkeep.last_plan_epoch = self.catalog.epoch;
+        self.upkeep.last_plan_tick = self.now;
         for cmd in placement::plan(&self.catalog, self.cfg.replicas) {
             let data = wire::encode(&Proposal::Catalog(cmd));
             if let Err(e) = g.node.propose(vec![], data) {

@@ -2,29 +2,40 @@
 //!
 //! A node runs hundreds of Raft groups. Running each as its own task would
 //! mean one fsync and one network write per group per step; instead one
-//! [`Driver`] owns every `RawNode` and advances them together in *rounds*.
-//! A round collects the `Ready` of every group with work and handles them in
-//! the order raft-rs documents, with the disk work of all groups merged:
+//! [`Driver`] owns every `RawNode` and advances them together in *rounds*,
+//! driven the way raft-rs drives one `RawNode`, with the disk work of all
+//! groups merged. The caller:
 //!
-//! 1. queued linearizable reads become one `read_index` per group (held
-//!    while a new leader has not yet committed an entry of its term);
-//! 2. for each busy group: messages that need no local persistence go to
-//!    the outbox; a received snapshot is installed; committed entries are
-//!    applied; new entries and the hard state are staged; the ready is
-//!    released with `advance_append_async`;
-//! 3. **one** commit makes all of it durable (one append and fsync of the
-//!    round log per round, and at most one redb transaction, see
-//!    `storage::round`);
-//! 4. each group learns its ready persisted (`on_persist_ready`), messages
-//!    that had to wait for persistence join the outbox, proposals and reads
-//!    whose entries applied are answered.
+//! 1. hands in inputs in any order: [`Driver::step`] (peers' messages),
+//!    [`Driver::propose`], [`Driver::read`], [`Driver::scan`],
+//!    [`Driver::tick`];
+//! 2. calls [`Driver::ready`]: queued reads become one `read_index` per
+//!    group; each busy group's Ready is handled (messages that need no
+//!    local persistence go to the outbox, a received snapshot is installed,
+//!    committed entries applied, new entries and the hard state staged,
+//!    `advance_append_async`), and everything to write lands in one
+//!    `storage::WriteBatch`. It returns a [`Ready`];
+//! 3. sends what the [`Ready`] lets leave now, persists its batch
+//!    (`Engine::persist_then`: one append and at most one fsync of the
+//!    round log for all groups), and sends the messages it releases once
+//!    the batch is durable (acknowledgements and votes);
+//! 4. calls [`Driver::on_persisted`]: each group learns its ready persisted
+//!    (`on_persist_ready`), groups open and leave as the catalog's effects
+//!    say, and proposals and reads whose entries applied are answered.
 //!
-//! The driver does no networking and reads no clock: time arrives through
-//! [`Driver::tick`], peers' messages through [`Driver::step`], and messages
-//! leave in [`RoundOutput::outbound`], batched per destination node. Disk is
-//! the [`Engine`], which can sit on any redb backend. The caller drives it:
-//! `tick`/`step`/`propose`/`read` in any order, then `round`, repeatedly.
-//! Groups live in ordered maps so that a run is a function of its inputs.
+//! [`Driver::round`] and [`Driver::round_with`] (in `drive`) do steps 2 to
+//! 4; the runner thread, the simulation and the tests all go through them.
+//! The driver does no networking, writes no file and reads no clock: time
+//! arrives through ticks and messages leave in [`RoundOutput::outbound`],
+//! batched per destination node. It reads storage (KV rows for applies and
+//! reads, snapshots for raft-rs) through the engine's read side; the engine
+//! it carries is there for its caller to persist with. Groups live in
+//! ordered maps so that a run is a function of its inputs.
+//!
+//! The driver's state is in parts: the groups and their Raft state
+//! (`groups`), requests in flight ([`Requests`]: proposals by group,
+//! reads and their batches), and the upkeep of placement and liveness
+//! (`Upkeep`, see `liveness` and `membership`).
 //!
 //! Left out for now: snapshots travel as one message (no chunking), and a
 //! message for a group this node does not have is dropped, not used as a
@@ -32,24 +43,28 @@
 
 mod apply;
 mod config;
+mod drive;
 mod liveness;
 mod membership;
+mod requests;
 mod round;
 pub mod runner;
 
 pub use config::{DriverConfig, ELECTION_TICKS, HEARTBEAT_TICKS};
+pub use round::Ready;
+
+use requests::{PendingProposal, PendingRead};
 
 use std::collections::BTreeMap;
 
-use raft::eraftpb::{ConfChangeV2, Message};
-use raft::{RawNode, SnapshotStatus, StateRole};
+use raft::eraftpb::Message;
+use raft::{RawNode, StateRole};
 
 use crate::catalog::{Catalog, CatalogCommand};
 use crate::error::{Error, Result};
-use crate::kv::{self, Command, Response};
+use crate::kv::{Command, Response};
 use crate::storage::{Engine, GroupStorage};
 use crate::types::{GroupId, NodeId};
-use crate::wire;
 
 /// Bits of a proposal id numbering proposals within one incarnation of the
 /// driver; the bits above hold the incarnation. 2^40 proposals per start.
@@ -138,24 +153,6 @@ pub struct RoundOutput {
     pub more: bool,
 }
 
-/// A proposal waiting for its entry to apply.
-struct PendingProposal {
-    token: Token,
-    /// The leader term it was proposed in; a new term means it may be lost.
-    term: u64,
-    deadline: u64,
-}
-
-/// A read waiting for its turn.
-struct PendingRead {
-    token: Token,
-    /// The key, or the first key of a scan.
-    key: Vec<u8>,
-    /// For a scan: where it stops (exclusive) and how many rows at most.
-    scan: Option<(Option<Vec<u8>>, usize)>,
-    deadline: u64,
-}
-
 /// One group on this node.
 struct Group {
     node: RawNode<GroupStorage>,
@@ -204,7 +201,22 @@ pub struct Driver {
     catalog: Catalog,
     /// Ticks since the driver opened.
     now: u64,
+    /// Requests in flight.
+    requests: Requests,
+    /// Placement and liveness upkeep.
+    upkeep: Upkeep,
+    /// What the driver read back from its own log when it opened.
+    replayed: Replayed,
+    /// Ticks since the last round, for the engine's flush schedule.
+    ticks_since_round: u64,
+}
+
+/// Requests in flight that are not tied to one group's Raft state.
+#[derive(Default)]
+struct Requests {
+    /// The next proposal id.
     next_proposal: u64,
+    /// The next read batch id.
     next_read_batch: u64,
     /// Read batches sent to raft as one `read_index`, awaiting a ReadState.
     read_batches: BTreeMap<u64, (GroupId, Vec<PendingRead>)>,
@@ -212,16 +224,15 @@ pub struct Driver {
     reads_ready: Vec<(GroupId, u64, Vec<PendingRead>)>,
     /// Answers produced outside a round (timeouts), delivered with the next.
     early: Vec<Completion>,
+}
+
+/// What the driver keeps to place replicas and watch nodes' liveness.
+#[derive(Default)]
+struct Upkeep {
     /// Catalog epoch the placement plan last ran on (group 0's leader only).
     last_plan_epoch: u64,
     /// Tick the placement plan last ran at.
     last_plan_tick: u64,
-    /// What the driver read back from its own log when it opened.
-    replayed: Replayed,
-    /// Ticks since anything of the overlay was last flushed.
-    ticks_since_flush: u64,
-    /// The next round flushes the overlay whatever the counts say.
-    flush_requested: bool,
     /// The tick each node was last heard from (see `liveness`).
     last_heard: BTreeMap<NodeId, u64>,
     /// The tick this node became group 0's leader, while it leads it.
@@ -281,6 +292,7 @@ impl Driver {
             .catalog()?
             .ok_or_else(|| Error::Invalid("the node has no catalog".into()))?;
         let incarnation = engine.next_incarnation()?;
+        engine.set_flush_policy(cfg.flush_policy());
         let logger = raft_logger();
         let mut groups = BTreeMap::new();
         let mut replayed = Replayed::default();
@@ -310,23 +322,15 @@ impl Driver {
             groups,
             catalog,
             now: 0,
-            // Ids of this incarnation never repeat those of an earlier one.
-            next_proposal: incarnation << PROPOSAL_ID_BITS,
-            next_read_batch: 1,
-            read_batches: BTreeMap::new(),
-            reads_ready: Vec::new(),
-            early: Vec::new(),
-            last_plan_epoch: 0,
-            last_plan_tick: 0,
+            requests: Requests {
+                // Ids of this incarnation never repeat those of an earlier one.
+                next_proposal: incarnation << PROPOSAL_ID_BITS,
+                next_read_batch: 1,
+                ..Requests::default()
+            },
+            upkeep: Upkeep::default(),
             replayed,
-            ticks_since_flush: 0,
-            flush_requested: false,
-            last_heard: BTreeMap::new(),
-            leader_since: None,
-            seen_dead: Default::default(),
-            liveness_proposed: BTreeMap::new(),
-            leaving: BTreeMap::new(),
-            destroying: Vec::new(),
+            ticks_since_round: 0,
         };
         // Replicas moved off this node while it was down (or before it
         // stopped) wait to be destroyed like any other.
@@ -394,20 +398,20 @@ impl Driver {
     /// requests past their deadline.
     pub fn tick(&mut self) {
         self.now += 1;
-        if self.engine.overlay_bytes().is_some() {
-            self.ticks_since_flush += 1;
-        }
+        self.ticks_since_round += 1;
         let now = self.now;
         for (gid, g) in &mut self.groups {
             g.pin_election_timeout(self.id, *gid, &self.cfg);
             g.node.tick();
-            g.fail_proposals(*gid, "timed out", &mut self.early, |p| p.deadline > now);
+            g.fail_proposals(*gid, "timed out", &mut self.requests.early, |p| {
+                p.deadline > now
+            });
         }
         self.reconcile_membership();
         self.plan_placement();
         self.observe_liveness();
         self.check_leaving();
-        let early = &mut self.early;
+        let early = &mut self.requests.early;
         let mut expire = |group: GroupId, reads: &mut Vec<PendingRead>| {
             reads.retain(|r| {
                 let keep = r.deadline > now;
@@ -423,10 +427,12 @@ impl Driver {
                 keep
             });
         };
-        for (group, reads) in self.read_batches.values_mut() {
+        for (group, reads) in self.requests.read_batches.values_mut() {
             expire(*group, reads);
         }
-        self.read_batches.retain(|_, (_, reads)| !reads.is_empty());
+        self.requests
+            .read_batches
+            .retain(|_, (_, reads)| !reads.is_empty());
         // Reads a new leader holds until it commits in its term.
         for (group, g) in &mut self.groups {
             expire(*group, &mut g.reads);
@@ -463,193 +469,6 @@ impl Driver {
                 }
             }
         }
-    }
-
-    fn leader_group(&mut self, group: GroupId) -> Result<&mut Group> {
-        let g = self
-            .groups
-            .get_mut(&group)
-            .ok_or(Error::UnknownGroup(group))?;
-        if g.node.raft.state != StateRole::Leader {
-            let l = g.node.raft.leader_id;
-            return Err(Error::NotLeader {
-                group,
-                leader: (l != 0).then_some(NodeId(l)),
-            });
-        }
-        Ok(g)
-    }
-
-    /// Proposes a command to `group`. `Ok` means the answer will come in a
-    /// later round's completions under `token`; an error means nothing was
-    /// proposed.
-    pub fn propose(&mut self, token: Token, group: GroupId, proposal: &Proposal) -> Result<()> {
-        if let Proposal::Kv(cmd) = proposal {
-            self.cfg.limits.check(&cmd.op)?;
-            // Not the leader (or no such group here) is the answer that
-            // tells the caller most; routing is checked on the leader.
-            self.leader_group(group)?;
-            self.check_routing(group, &cmd.op)?;
-        }
-        let data = wire::encode(proposal);
-        self.track(token, group, |node, ctx| {
-            node.propose(ctx, data).map_err(|e| match e {
-                raft::Error::ProposalDropped => Error::NotLeader {
-                    group,
-                    leader: None,
-                },
-                e => Error::Raft(e),
-            })
-        })
-    }
-
-    /// Refuses an operation whose keys this node's catalog does not place
-    /// in `group` (the caller's routing is stale), or a batch whose keys
-    /// span vshards.
-    fn check_routing(&self, group: GroupId, op: &kv::Op) -> Result<()> {
-        let keys: Vec<&[u8]> = match op {
-            kv::Op::Batch { ops } => ops.iter().map(kv::BatchOp::key).collect(),
-            op => vec![op.key()],
-        };
-        let vshards: std::collections::BTreeSet<_> =
-            keys.iter().map(|k| self.catalog.vshard(k)).collect();
-        if vshards.len() > 1 {
-            return Err(Error::BatchSpansVShards {
-                vshards: vshards.len(),
-            });
-        }
-        match keys.first().map(|k| self.catalog.group_of(k)) {
-            Some(owner) if owner != group => Err(Error::WrongGroup { group, owner }),
-            _ => Ok(()),
-        }
-    }
-
-    /// Proposes a membership change to `group`.
-    pub fn propose_conf_change(
-        &mut self,
-        token: Token,
-        group: GroupId,
-        cc: ConfChangeV2,
-    ) -> Result<()> {
-        self.track(token, group, |node, ctx| {
-            Ok(node.propose_conf_change(ctx, cc)?)
-        })
-    }
-
-    /// Hands a proposal to the leader of `group` with a fresh context, and
-    /// remembers it so its answer can find `token`.
-    fn track(
-        &mut self,
-        token: Token,
-        group: GroupId,
-        propose: impl FnOnce(&mut RawNode<GroupStorage>, Vec<u8>) -> Result<()>,
-    ) -> Result<()> {
-        let id = self.next_proposal;
-        let deadline = self.now + self.cfg.proposal_timeout_ticks;
-        let me = self.id;
-        let g = self.leader_group(group)?;
-        let term = g.node.raft.term;
-        propose(&mut g.node, proposal_context(me, id))?;
-        g.proposals.insert(
-            id,
-            PendingProposal {
-                token,
-                term,
-                deadline,
-            },
-        );
-        self.next_proposal += 1;
-        Ok(())
-    }
-
-    /// Queues a linearizable read of `key` in `group`. Reads queued before a
-    /// round share one ReadIndex round trip per group.
-    pub fn read(&mut self, token: Token, group: GroupId, key: &[u8]) -> Result<()> {
-        self.cfg.limits.check_key(key)?;
-        let deadline = self.now + self.cfg.read_timeout_ticks;
-        let g = self.leader_group(group)?;
-        g.reads.push(PendingRead {
-            token,
-            key: key.to_vec(),
-            scan: None,
-            deadline,
-        });
-        Ok(())
-    }
-
-    /// Queues a linearizable scan of `group`: up to `limit` rows with
-    /// `start <= key < end` (to the end of the group without `end`).
-    pub fn scan(
-        &mut self,
-        token: Token,
-        group: GroupId,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<()> {
-        if start.len() > self.cfg.limits.max_key {
-            return Err(Error::KeyTooLarge {
-                len: start.len(),
-                max: self.cfg.limits.max_key,
-            });
-        }
-        let deadline = self.now + self.cfg.read_timeout_ticks;
-        let g = self.leader_group(group)?;
-        g.reads.push(PendingRead {
-            token,
-            key: start.to_vec(),
-            scan: Some((end.map(<[u8]>::to_vec), limit)),
-            deadline,
-        });
-        Ok(())
-    }
-
-    /// Every group's last consistency check on this node: group -> (apply
-    /// index, digest).
-    pub fn checksums(&self) -> Result<BTreeMap<GroupId, (u64, u64)>> {
-        self.engine.checksums()
-    }
-
-    /// Asks the leader of `group` (this node) to hand leadership to `to`.
-    pub fn transfer_leader(&mut self, group: GroupId, to: NodeId) -> Result<()> {
-        let g = self.leader_group(group)?;
-        g.node.transfer_leader(to.0);
-        Ok(())
-    }
-
-    /// Tells every group this node leads that `peer` could not be reached,
-    /// so that replication to it falls back to probing from its last known
-    /// position instead of streaming entries that will be lost.
-    pub fn report_unreachable(&mut self, peer: NodeId) {
-        for g in self.groups.values_mut() {
-            if g.node.raft.state == StateRole::Leader {
-                g.node.report_unreachable(peer.0);
-            }
-        }
-    }
-
-    /// Tells the leader of `group` whether a snapshot message to `peer` left
-    /// this node. raft-rs holds replication to a peer while a snapshot is
-    /// outstanding, so the transport must report every one it was handed.
-    pub fn report_snapshot(&mut self, group: GroupId, peer: NodeId, sent: bool) {
-        if let Some(g) = self.groups.get_mut(&group) {
-            let status = if sent {
-                SnapshotStatus::Finish
-            } else {
-                SnapshotStatus::Failure
-            };
-            g.node.report_snapshot(peer.0, status);
-        }
-    }
-
-    /// Makes this node campaign for `group` now (tests and operators).
-    pub fn campaign(&mut self, group: GroupId) -> Result<()> {
-        let g = self
-            .groups
-            .get_mut(&group)
-            .ok_or(Error::UnknownGroup(group))?;
-        g.node.campaign()?;
-        Ok(())
     }
 }
 
@@ -715,3 +534,5 @@ impl Group {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_ready;

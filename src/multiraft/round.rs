@@ -1,4 +1,11 @@
-//! One driver round: the Ready of every busy group, one commit.
+//! One driver round: the Ready of every busy group, staged into one batch.
+//!
+//! [`Driver::ready`] hands every busy group's Ready to its handler and
+//! returns a [`Ready`]: the round's [`WriteBatch`], what may leave at once,
+//! and, held back, the messages that must wait until the batch is durable.
+//! The caller persists the batch and calls [`Driver::on_persisted`], which
+//! tells each group its ready persisted, opens and leaves the groups the
+//! catalog's effects name, and serves the reads whose index applied.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +17,7 @@ use super::{Completion, Driver, Group, GroupMessage, PendingRead, Reply, RoundOu
 use crate::catalog::{Effect, GroupInfo};
 use crate::error::{Error, Result};
 use crate::kv::Response;
-use crate::storage::{RoundWriter, SnapshotData};
+use crate::storage::{new_group_record, Durable, Persisted, SnapshotData, WriteBatch};
 use crate::types::{GroupId, NodeId};
 use crate::wire;
 
@@ -26,27 +33,58 @@ fn push_messages(
     }
 }
 
-impl Driver {
-    /// Runs one round. See the module documentation for the order of work.
-    /// An error means the disk failed; the node must stop.
-    pub fn round(&mut self) -> Result<RoundOutput> {
-        self.round_with(|_| {})
+/// What one round gives back, in the order the caller must act on it:
+///
+/// 1. send [`Ready::out`]'s messages and answers: they may leave before
+///    the batch is persisted (a leader's appends, so followers write in
+///    parallel with it; answers to proposals whose entries applied, which
+///    are committed on a quorum already and which a replay re-applies);
+/// 2. persist [`Ready::take_batch`] (`Engine::persist_then`);
+/// 3. once it is durable, [`Ready::release`] the messages that had to wait
+///    for it (a follower's acknowledgements, votes) and send them;
+/// 4. call [`Driver::on_persisted`] with this value and what persisting
+///    did.
+pub struct Ready {
+    /// What may leave now: messages batched per node, and answers.
+    pub out: RoundOutput,
+    /// The round's writes; taken by the caller.
+    batch: Option<WriteBatch>,
+    /// Per busy group: its ready's number and the messages that wait for
+    /// the batch to be durable.
+    waiting: Vec<(GroupId, u64, Vec<Message>)>,
+    /// What the applied catalog changes ask of this node.
+    effects: Vec<Effect>,
+}
+
+impl Ready {
+    /// The round's batch, for the caller to persist. Empty once taken.
+    pub fn take_batch(&mut self) -> Option<WriteBatch> {
+        self.batch.take()
     }
 
-    /// Runs one round, handing `send` what may leave before the round's
-    /// commit, twice. First, before anything is made durable:
-    /// messages raft-rs allows to be sent before local persistence (a
-    /// leader's appends, so followers write in parallel with it) and
-    /// answers to proposals whose entries applied (they are committed on a
-    /// quorum already; replaying the log re-applies them after a crash).
-    /// Then, once the round log holds the round durably: the messages that
-    /// wait on persistence (a follower's acknowledgements, votes), so they
-    /// do not also wait for redb's commit. `send` takes what it sends out of
-    /// the output; the rest is returned.
-    pub fn round_with(&mut self, mut send: impl FnMut(&mut RoundOutput)) -> Result<RoundOutput> {
-        self.engine.count_round();
+    /// Moves the messages that waited for the batch into [`Self::out`]:
+    /// only the engine, once the batch is durable, hands out a [`Durable`].
+    pub fn release(&mut self, _: &Durable) {
+        for (gid, _, msgs) in &mut self.waiting {
+            push_messages(&mut self.out.outbound, *gid, std::mem::take(msgs));
+        }
+    }
+
+    /// Messages still held until the batch is durable.
+    pub fn waiting_messages(&self) -> usize {
+        self.waiting.iter().map(|(_, _, m)| m.len()).sum()
+    }
+}
+
+impl Driver {
+    /// Runs the protocol side of one round: reads become ReadIndex requests,
+    /// every busy group's Ready is handled, and everything to write lands in
+    /// one batch. Makes no write of its own; see [`Ready`] for what the
+    /// caller does next. An error means this node's own data did not decode
+    /// or its storage failed to read; the node must stop.
+    pub fn ready(&mut self) -> Result<Ready> {
         let mut out = RoundOutput {
-            completions: std::mem::take(&mut self.early),
+            completions: std::mem::take(&mut self.requests.early),
             ..Default::default()
         };
         self.issue_reads(&mut out);
@@ -57,56 +95,61 @@ impl Driver {
             .filter(|(_, g)| g.node.has_ready())
             .map(|(id, _)| *id)
             .collect();
-        let flush_all = self.flush_due();
         let destroyed = self.take_destroyed(&mut out.completions);
-        let busy: Vec<GroupId> = busy
-            .into_iter()
-            .filter(|g| self.groups.contains_key(g))
-            .collect();
-        if busy.is_empty() && !flush_all && destroyed.is_empty() {
-            self.serve_reads(&mut out)?;
-            return Ok(out);
-        }
-
-        let round = self.engine.begin_round()?;
-        let mut persisted = Vec::with_capacity(busy.len());
+        let mut batch = self.engine.batch();
+        batch.add_ticks(std::mem::take(&mut self.ticks_since_round));
+        let mut waiting = Vec::with_capacity(busy.len());
         let mut effects = Vec::new();
-        let staged = {
-            let mut w = round.writer()?;
-            for gid in &busy {
-                let (number, msgs) = self.handle_ready(*gid, &mut w, &mut out, &mut effects)?;
-                persisted.push((*gid, number, msgs));
+        for gid in busy {
+            if !self.groups.contains_key(&gid) {
+                continue;
             }
-            // After the last call into raft-rs of this round: a snapshot
-            // built between the flush and the commit would miss the rows.
-            // Flushing and compacting write to redb, and while a checkpoint
-            // runs behind the driver that would wait for it; both can wait
-            // a few rounds instead, unless a membership change needs the
-            // flush now.
-            if self.flush_requested || !self.engine.checkpoint_running() {
-                self.flush(&mut w, flush_all || self.flush_requested)?;
-                self.compact(&mut w)?;
-            }
-            // Destroyed first: a group placed here again in this very round
-            // starts anew after the old replica's rows are gone.
-            for g in &destroyed {
-                w.destroy_group(g.node.store())?;
-            }
-            for e in &effects {
-                if let Effect::OpenGroup { info, fresh } = e {
-                    self.stage_new_group(&mut w, info, *fresh)?;
+            let (number, msgs) = self.handle_ready(gid, &mut batch, &mut out, &mut effects)?;
+            waiting.push((gid, number, msgs));
+        }
+        self.compact(&mut batch);
+        // Destroyed first: a group placed here again in this very round
+        // starts anew after the old replica's rows are gone.
+        for g in &destroyed {
+            batch.destroy_group(g.node.store());
+        }
+        for e in &effects {
+            if let Effect::OpenGroup { info, fresh } = e {
+                if !self.groups.contains_key(&info.id) {
+                    batch.put_raft_state(info.id, &new_group_record(info, *fresh));
                 }
             }
-            w.entries
-        };
-        send(&mut out);
-        for (gid, _, msgs) in &mut persisted {
-            push_messages(&mut out.outbound, *gid, std::mem::take(msgs));
         }
-        out.committed = round.commit_then(staged, || send(&mut out))?;
+        Ok(Ready {
+            out,
+            batch: Some(batch),
+            waiting,
+            effects,
+        })
+    }
 
-        for (gid, number, _) in persisted {
-            let g = self.groups.get_mut(&gid).expect("busy group exists");
+    /// Finishes a round whose batch `persisted` describes: each busy group
+    /// learns its ready persisted, messages still held join the outbox,
+    /// groups the catalog placed here open and those it moved away start
+    /// leaving, and reads whose index applied are served.
+    pub fn on_persisted(&mut self, ready: Ready, persisted: Persisted) -> Result<RoundOutput> {
+        let Ready {
+            mut out,
+            waiting,
+            effects,
+            ..
+        } = ready;
+        out.committed = persisted.committed;
+        for (gid, index) in persisted.flushed {
+            if let Some(g) = self.groups.get_mut(&gid) {
+                g.node.mut_store().flushed = index;
+            }
+        }
+        for (gid, number, msgs) in waiting {
+            push_messages(&mut out.outbound, gid, msgs);
+            let Some(g) = self.groups.get_mut(&gid) else {
+                continue;
+            };
             g.node.on_persist_ready(number);
             let applied = g.node.store().applied;
             g.node.advance_apply_to(applied);
@@ -140,7 +183,7 @@ impl Driver {
     fn handle_ready(
         &mut self,
         gid: GroupId,
-        w: &mut RoundWriter<'_>,
+        w: &mut WriteBatch,
         out: &mut RoundOutput,
         effects: &mut Vec<Effect>,
     ) -> Result<(u64, Vec<Message>)> {
@@ -202,7 +245,7 @@ impl Driver {
             // learnt again from the leader, and a restart starts from at
             // least the flushed apply index anyway (see `Group::new`). The
             // record catches up with it whenever it is written for another
-            // reason, and at every flush.
+            // reason, and at every compaction.
             if hs.term != old.term || hs.vote != old.vote {
                 w.require_sync();
                 state_dirty = true;
@@ -210,12 +253,12 @@ impl Driver {
             g.node.mut_store().hard_state = hs.clone();
         }
         if state_dirty {
-            w.put_raft_state(gid, &g.node.store().record())?;
+            w.put_raft_state(gid, &g.node.store().record());
         }
         for rs in rd.take_read_states() {
             if let Some(batch) = read_batch_id(&rs.request_ctx) {
-                if let Some((group, reads)) = self.read_batches.remove(&batch) {
-                    self.reads_ready.push((group, rs.index, reads));
+                if let Some((group, reads)) = self.requests.read_batches.remove(&batch) {
+                    self.requests.reads_ready.push((group, rs.index, reads));
                 }
             }
         }
@@ -227,89 +270,32 @@ impl Driver {
         g.node.advance_append_async(rd);
         // The configuration on disk must never be ahead of the apply index
         // on disk, or a restart would apply the same change twice.
-        self.flush_requested |= conf_changed;
+        if conf_changed {
+            w.flush_all();
+        }
         Ok((number, persisted))
-    }
-
-    /// Whether this round must flush the whole overlay (see `DriverConfig`);
-    /// otherwise it flushes only the groups that waited long enough.
-    fn flush_due(&self) -> bool {
-        let Some(bytes) = self.engine.overlay_bytes() else {
-            return false;
-        };
-        self.flush_requested
-            || bytes >= self.cfg.flush_bytes
-            || self.ticks_since_flush >= self.cfg.flush_ticks
-    }
-
-    /// Writes the whole overlay (`all`), or the groups whose changes waited
-    /// `flush_rounds`, into this round; the flushed groups' apply indexes on
-    /// disk move up, which lets compaction follow.
-    fn flush(&mut self, w: &mut RoundWriter<'_>, all: bool) -> Result<()> {
-        let flushed = if all {
-            self.flush_requested = false;
-            w.flush_overlay()?
-        } else {
-            w.flush_aged(self.cfg.flush_rounds, self.cfg.flush_groups_per_round)?
-        };
-        if !flushed.is_empty() {
-            self.ticks_since_flush = 0;
-        }
-        for (gid, index) in flushed {
-            if let Some(g) = self.groups.get_mut(&gid) {
-                g.node.mut_store().flushed = index;
-                w.put_raft_state(gid, &g.node.store().record())?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Flushes the overlay and checkpoints the round log now (before a
-    /// clean stop, so a restart has nothing to re-apply or replay).
-    pub fn flush_now(&mut self) -> Result<()> {
-        if self.engine.overlay_bytes().is_some() {
-            self.flush_requested = true;
-            // What else the round produces dies with the stopping node; its
-            // callers time out or retry elsewhere.
-            self.round()?;
-        }
-        self.engine.checkpoint()
     }
 
     fn groups_contains(&self, id: GroupId) -> bool {
         self.groups.contains_key(&id)
     }
 
-    /// Compacts the logs of groups that applied far enough past their
-    /// compaction point.
-    fn compact(&mut self, w: &mut RoundWriter<'_>) -> Result<()> {
+    /// Compacts the logs of groups whose flushed apply index moved far
+    /// enough past their compaction point (never past it: a restart
+    /// resumes applying there). The new state record also catches up the
+    /// commit index the record holds.
+    fn compact(&mut self, w: &mut WriteBatch) {
         let limit = self.cfg.log_keep + self.cfg.compact_slack;
         for (gid, g) in &mut self.groups {
             let s = g.node.store();
-            // Never past what a restart resumes applying from.
             if s.flushed.saturating_sub(s.snap_index) <= limit {
                 continue;
             }
             let upto = s.flushed - self.cfg.log_keep;
             let dead = g.node.mut_store().compact(upto);
-            w.delete_log_records(&dead)?;
-            w.put_raft_state(*gid, &g.node.store().record())?;
+            w.delete_log_records(&dead);
+            w.put_raft_state(*gid, &g.node.store().record());
         }
-        Ok(())
-    }
-
-    /// Writes the initial state of a group a catalog change placed here, in
-    /// the same transaction as the catalog (which the applier staged first).
-    fn stage_new_group(
-        &mut self,
-        w: &mut RoundWriter<'_>,
-        info: &GroupInfo,
-        fresh: bool,
-    ) -> Result<()> {
-        if self.groups.contains_key(&info.id) {
-            return Ok(());
-        }
-        w.put_raft_state(info.id, &self.engine.new_group(info, fresh).record())
     }
 
     fn open_new_group(&mut self, info: &GroupInfo, fresh: bool) -> Result<()> {
@@ -348,10 +334,10 @@ impl Driver {
                 continue;
             }
             let reads = std::mem::take(&mut g.reads);
-            let batch = self.next_read_batch;
-            self.next_read_batch += 1;
+            let batch = self.requests.next_read_batch;
+            self.requests.next_read_batch += 1;
             g.node.read_index(batch.to_le_bytes().to_vec());
-            self.read_batches.insert(batch, (*gid, reads));
+            self.requests.read_batches.insert(batch, (*gid, reads));
         }
     }
 
@@ -370,30 +356,30 @@ impl Driver {
                 .is_none_or(|g| g.node.raft.state != StateRole::Leader)
         };
         let mut keep = BTreeMap::new();
-        for (id, (gid, reads)) in std::mem::take(&mut self.read_batches) {
+        for (id, (gid, reads)) in std::mem::take(&mut self.requests.read_batches) {
             if lost(&gid) {
                 fail_reads(out, gid, reads, groups.get(&gid).and_then(leader_hint));
             } else {
                 keep.insert(id, (gid, reads));
             }
         }
-        self.read_batches = keep;
+        self.requests.read_batches = keep;
     }
 
     /// Answers confirmed reads whose read index has been applied.
     fn serve_reads(&mut self, out: &mut RoundOutput) -> Result<()> {
-        if self.reads_ready.is_empty() {
+        if self.requests.reads_ready.is_empty() {
             return Ok(());
         }
         let groups = &self.groups;
-        let (due, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_ready)
+        let (due, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.requests.reads_ready)
             .into_iter()
             .partition(|(gid, index, _)| {
                 groups
                     .get(gid)
                     .is_none_or(|g| g.node.store().applied >= *index)
             });
-        self.reads_ready = wait;
+        self.requests.reads_ready = wait;
         let mut keys = Vec::new();
         let mut tokens = Vec::new();
         for (gid, _, reads) in &due {
@@ -450,7 +436,7 @@ fn read_batch_id(ctx: &[u8]) -> Option<u64> {
 /// Replaces a group's state with a snapshot received from its leader.
 fn install_snapshot(
     g: &mut Group,
-    w: &mut RoundWriter<'_>,
+    w: &mut WriteBatch,
     snap: &Snapshot,
     catalog: &mut crate::catalog::Catalog,
 ) -> Result<()> {
@@ -462,7 +448,7 @@ fn install_snapshot(
         *catalog = crate::catalog::Catalog::decode(bytes)?;
     }
     let old_records = store.install_snapshot(meta.index, meta.term, meta.get_conf_state().clone());
-    w.install_snapshot(gid, meta.index, &data, &old_records)?;
+    w.install_snapshot(gid, meta.index, &data, &old_records);
     tracing::info!(
         group_id = gid.0,
         index = meta.index,

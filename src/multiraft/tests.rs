@@ -1,4 +1,4 @@
-use raft::eraftpb::{ConfChangeSingle, ConfChangeType};
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 
 use super::*;
 use crate::catalog::{GroupInfo, NodeState};
@@ -6,7 +6,7 @@ use crate::kv::Op;
 use crate::sim::{Sim, SimConfig};
 use crate::types::CATALOG_GROUP;
 
-fn cluster(seed: u64) -> Sim {
+pub(super) fn cluster(seed: u64) -> Sim {
     let cfg = SimConfig {
         seed,
         data_groups: 4,
@@ -18,7 +18,7 @@ fn cluster(seed: u64) -> Sim {
     sim
 }
 
-fn put(key: &[u8], value: Vec<u8>) -> Proposal {
+pub(super) fn put(key: &[u8], value: Vec<u8>) -> Proposal {
     Proposal::Kv(Command {
         client: 0,
         seq: 0,

@@ -1,11 +1,12 @@
 //! A deterministic simulated cluster: N nodes in one process.
 //!
 //! Each node is a real [`Driver`] over a real redb database, kept on a
-//! [`MemDisk`] so that a crash (dropping the driver) loses exactly what no
-//! committed transaction wrote. Between the nodes sits [`Network`], an
+//! [`MemDisk`] so that a crash (dropping the driver) loses exactly what
+//! was only in its memory (the overlay), as a killed process does. Between the nodes sits [`Network`], an
 //! in-memory transport that can drop, delay, duplicate, reorder and
 //! partition messages. Time is simulated: each [`Sim::step`] delivers the
-//! messages that are due and runs one round on every live node, and every
+//! messages that are due and runs one round on every live node (through
+//! [`Driver::round`], the path the node's driver thread takes too), and every
 //! `steps_per_tick` steps each node ticks. Every random choice comes from one
 //! seeded generator, so a failing run is replayed by its seed.
 //!
@@ -143,6 +144,19 @@ impl Sim {
         let all: Vec<NodeId> = sim.nodes.keys().copied().collect();
         for id in all {
             sim.restart(id)?;
+        }
+        Ok(sim)
+    }
+
+    /// Builds a cluster and steps it until every group has a leader; an
+    /// error when `max_steps` steps were not enough.
+    pub fn with_leaders(cfg: SimConfig, max_steps: u64) -> Result<Sim> {
+        let seed = cfg.seed;
+        let mut sim = Sim::new(cfg)?;
+        if !sim.run_until(max_steps, |s| s.all_have_leaders())? {
+            return Err(Error::Invalid(format!(
+                "seed {seed}: no leader for every group after {max_steps} steps"
+            )));
         }
         Ok(sim)
     }

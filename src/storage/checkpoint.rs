@@ -1,14 +1,14 @@
 //! Checkpoints committed to redb behind the driver.
 //!
 //! A checkpoint writes the Raft log rows of a whole round log file into
-//! redb (see `round::write_log_rows`) and commits with a sync. On the test
+//! redb (see [`write_log_rows`]) and commits with a sync. On the test
 //! machine that took 5 to 15 ms of the driver thread every 2 MiB of log,
 //! and every group of the node waited for it: most of a 64-client write
 //! run's p99. Nothing the driver does next needs those rows in redb (each
 //! group serves its log from memory, and the round log holds the rows
 //! until the checkpoint is durable), so the [`Checkpointer`] thread writes
 //! and commits them while the driver goes on. Rounds take redb's write lock
-//! only when they change something there besides the log (see `round`), so
+//! only when they change something there besides the log (see `persist`), so
 //! most of them never wait for it; the few that do wait until the
 //! checkpoint's commit returns.
 //!
@@ -30,11 +30,19 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use redb::Database;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
-use super::round::{io_error, write_log_rows};
+use redb::{Database, ReadableTable, WriteTransaction};
+
+use super::io_error;
+use super::redo::{decode_all, Op, Tables};
+use super::schema::{
+    log_record_header, merge_log_records, META, META_LOG_ROWS_APPLIED, META_WAL_APPLIED,
+};
 use super::syncfile::SyncControl;
 use super::wal::Wal;
+use super::{u64_bytes, Engine};
 use crate::error::{Error, Result};
 
 /// The checkpoint thread of an engine on a real file.
@@ -230,4 +238,111 @@ fn checkpoint(db: &Database, shared: &Shared, rows: &[u8], upto: u64) -> Result<
     sync.clear_defer();
     committed?;
     Ok(())
+}
+
+/// Writes the deferred Raft log ops `rows` into `txn`, which then holds the
+/// log as of round log record `upto`. Returns the record up to which `txn`
+/// then holds every write: `upto`, or later when rounds after that record
+/// committed to redb already.
+///
+/// Only their net effect is written: a record deleted before the checkpoint
+/// is never written, and each group's remaining records become one row (see
+/// [`merge_log_records`]), keyed by the last of them. So a checkpoint adds
+/// one row per group that appended, not one per round. The group's log
+/// mirror still lists the original records; deleting the earlier ones is a
+/// no-op, and the merged row goes with the last one, which compaction only
+/// drops once every entry of the row is compacted.
+pub(crate) fn write_log_rows(txn: &WriteTransaction, rows: &[u8], upto: u64) -> Result<u64> {
+    let mut t = Tables::open(txn)?;
+    let mut puts: BTreeMap<u64, &[u8]> = BTreeMap::new();
+    for op in decode_all(rows)? {
+        match op {
+            Op::LogPut { seq, record } => {
+                puts.insert(seq, record);
+            }
+            Op::LogDelete { seq } => {
+                if puts.remove(&seq).is_none() {
+                    t.log.remove(seq)?;
+                }
+            }
+            // Only log ops are ever deferred.
+            other => other.apply(&mut t)?,
+        }
+    }
+    let mut by_group: BTreeMap<u64, Vec<(u64, &[u8])>> = BTreeMap::new();
+    for (seq, record) in puts {
+        let (group, _, _) = log_record_header(record)?;
+        by_group.entry(group).or_default().push((seq, record));
+    }
+    for records in by_group.values() {
+        let merged = match records.as_slice() {
+            [_] => None,
+            many => merge_log_records(&many.iter().map(|(_, r)| *r).collect::<Vec<_>>())?,
+        };
+        match (merged, records.last()) {
+            (Some(row), Some((last, _))) => {
+                t.log.insert(*last, row.as_slice())?;
+            }
+            _ => {
+                for (seq, record) in records {
+                    t.log.insert(*seq, *record)?;
+                }
+            }
+        }
+    }
+    t.meta
+        .insert(META_LOG_ROWS_APPLIED, upto.to_le_bytes().as_slice())?;
+    // Every other write up to `upto` is in redb already (the rounds before
+    // committed theirs, and one without a transaction had none), but the
+    // rounds since the last one that committed did not say so.
+    let applied = match t.meta.get(META_WAL_APPLIED)? {
+        Some(v) => super::bytes_u64("round log position", v.value())?,
+        None => 0,
+    };
+    if applied < upto {
+        t.meta
+            .insert(META_WAL_APPLIED, upto.to_le_bytes().as_slice())?;
+    }
+    Ok(applied.max(upto))
+}
+
+impl Engine {
+    /// Commits redb with a sync and starts the round log again, so the
+    /// database file alone holds everything (before a clean stop).
+    pub fn checkpoint(&self) -> Result<()> {
+        if let Some(cp) = &self.checkpointer {
+            cp.wait()?;
+        }
+        // redb's write lock before the log's, as rounds and the checkpoint
+        // thread take them.
+        let txn = self.db.begin_write()?;
+        let mut log_rows = self.log_rows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
+        let upto = wal.next_seq() - 1;
+        wal.sync_if_dirty().map_err(io_error)?;
+        write_log_rows(&txn, &log_rows, upto)?;
+        txn.open_table(META)?
+            .insert(META_WAL_APPLIED, u64_bytes(upto).as_slice())?;
+        txn.commit()?;
+        log_rows.clear();
+        wal.restart(upto + 1).map_err(io_error)?;
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl Engine {
+    /// Flushes the whole overlay and checkpoints the round log, so that the
+    /// database file alone holds everything and a restart has nothing to
+    /// re-apply or replay (before a clean stop).
+    pub fn flush_and_checkpoint(&self) -> Result<()> {
+        if self.overlay_bytes().is_some() {
+            let mut batch = self.batch();
+            batch.flush_all();
+            self.persist(batch)?;
+        }
+        self.checkpoint()
+    }
 }

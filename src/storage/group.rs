@@ -2,9 +2,9 @@
 //!
 //! raft-rs reads the log through `&self` calls at arbitrary moments inside
 //! `step` and `ready`. Serving those from redb would open a read transaction
-//! per call, so each group keeps its un-compacted log in memory, mirrored
-//! from redb at start and kept in step by the driver, which writes every
-//! change to both in the same round. Memory per group is bounded by log
+//! per call, so each group keeps its un-compacted log in memory, rebuilt
+//! from redb and the round log at start and kept in step by the driver,
+//! which changes it and stages the same change in the round's write batch. Memory per group is bounded by log
 //! compaction (see `DriverConfig::log_keep`). Snapshots are built on demand
 //! from a redb read transaction with the overlay laid over it, which
 //! together are the applied state as of `applied`.
@@ -218,17 +218,18 @@ impl GroupStorage {
             (applied, rec.conf_state(), rec)
         } else {
             // A data group: committed rows with the overlay over them are its
-            // state as of the in-memory apply index (a round flushes the
-            // overlay only after its last call into raft-rs, so no snapshot
-            // is built between a flush and its commit).
+            // state as of the in-memory apply index (the engine flushes the
+            // overlay while it persists a batch, between the driver's calls
+            // into raft-rs, and commits the flush before it returns, so no
+            // snapshot is built between a flush and its commit).
             let o = self.overlay.lock();
             let over = o.groups.get(&g);
             let kv = txn.open_table(KV)?;
-            for row in super::group_rows(&kv, over, self.group)? {
+            for row in super::view::group_rows(&kv, over, self.group)? {
                 data.rows.push(row?);
             }
             let sessions = txn.open_table(SESSIONS)?;
-            for row in super::group_sessions(&sessions, over, self.group)? {
+            for row in super::view::group_sessions(&sessions, over, self.group)? {
                 data.sessions.push(row?);
             }
             (self.applied, self.conf_state.clone(), self.record())

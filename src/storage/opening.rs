@@ -12,17 +12,29 @@
 //! Left out: the data directory itself is created by the node (see
 //! `node::server`), which does not sync its parent.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
-use redb::{Database, ReadableDatabase};
+use redb::{Database, ReadableDatabase, ReadableTable};
 
+use super::checkpoint::Checkpointer;
+use super::group::RestoredLog;
+use super::overlay::SharedOverlay;
+use super::persist::FlushPolicy;
 use super::redo::{decode_all, Tables};
-use super::round::io_error;
-use super::schema::{META, META_LOG_ROWS_APPLIED, META_WAL_APPLIED};
-use super::wal::Wal;
+use super::schema::{
+    decode_log_record, RaftStateRecord, APPLIED, CHECKSUMS, FORMAT, KV, LOG, META, META_CLUSTER_ID,
+    META_FORMAT, META_LOG_ROWS_APPLIED, META_WAL_APPLIED, RAFT_STATE, SESSIONS,
+};
+use super::syncfile::{SyncControl, SyncFile};
+use super::wal::{NamedLogFile, Wal, WalConfig};
 use super::walscan::Damage;
-use super::{bytes_u64, u64_bytes};
+use super::{bytes_u64, io_error, u64_bytes, wal_paths, Engine, FlushState, GroupStorage, MemDisk};
 use crate::error::{Error, Result};
+use crate::types::GroupId;
+use crate::wire;
 
 /// What a node's operator is told to do when its data cannot be trusted.
 const WIPE_ADVICE: &str = "start the node with --wipe-and-join (and --join naming \
@@ -74,7 +86,7 @@ pub(super) fn sync_dir(dir: &Path) -> Result<()> {
 /// Brings redb up to date with the round log: applies, in one synced
 /// commit, every record after the last one redb holds, and the Raft log ops
 /// of the records before it that only a checkpoint would have written (see
-/// `round`), then starts the log again. Refuses a log that does not continue
+/// `checkpoint`), then starts the log again. Refuses a log that does not continue
 /// where redb stopped.
 pub(super) fn replay(db: &Database, mut wal: Wal) -> Result<Wal> {
     let (applied, rows_applied) = {
@@ -165,4 +177,182 @@ pub(super) fn replay(db: &Database, mut wal: Wal) -> Result<Wal> {
     }
     wal.restart(last + 1).map_err(io_error)?;
     Ok(wal)
+}
+
+impl Engine {
+    /// Opens (or creates) the database file at `path` and its round log
+    /// beside it (see [`wal_paths`]).
+    pub fn open(path: &Path) -> Result<Engine> {
+        let [a, b] = wal_paths(path);
+        let (db_file, new_db) = open_rw(path)?;
+        let (a_file, new_a) = open_rw(&a)?;
+        let (b_file, new_b) = open_rw(&b)?;
+        if new_db || new_a || new_b {
+            sync_dir(parent_dir(path))?;
+        }
+        let log: [NamedLogFile; 2] = [
+            (a.display().to_string(), Box::new(a_file)),
+            (b.display().to_string(), Box::new(b_file)),
+        ];
+        let (file, sync) = SyncFile::open(db_file).map_err(io_error)?;
+        let db = Database::builder().create_with_backend(file)?;
+        Self::init(db, log, WalConfig::FILE, Some(sync))
+    }
+
+    /// Opens a database and round log on an in-memory disk.
+    pub fn open_backend(disk: MemDisk) -> Result<Engine> {
+        let db = Database::builder().create_with_backend(disk.db_file())?;
+        Self::init(db, disk.log_backends(), WalConfig::MEMORY, None)
+    }
+
+    /// Like [`Self::open_backend`], with checkpoints' syncs run behind the
+    /// driver as on a real file; the control lets a test hold them.
+    #[cfg(test)]
+    pub(crate) fn open_backend_behind(disk: MemDisk) -> Result<(Engine, Arc<SyncControl>)> {
+        let (file, sync) = SyncFile::new(disk.db_file()).map_err(io_error)?;
+        let db = Database::builder().create_with_backend(file)?;
+        Ok((
+            Self::init(
+                db,
+                disk.log_backends(),
+                WalConfig::MEMORY,
+                Some(sync.clone()),
+            )?,
+            sync,
+        ))
+    }
+
+    /// Deletes the database file at `path` and its round log: a node's whole
+    /// state. Once it returns, a power cut cannot bring them back.
+    pub fn remove(path: &Path) -> Result<()> {
+        let [a, b] = wal_paths(path);
+        let mut removed = false;
+        for p in [path.to_path_buf(), a, b] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::Invalid(format!("{}: {e}", p.display()))),
+            }
+        }
+        if removed {
+            sync_dir(parent_dir(path))?;
+        }
+        Ok(())
+    }
+
+    fn init(
+        db: Database,
+        log: [NamedLogFile; 2],
+        cfg: WalConfig,
+        sync: Option<Arc<SyncControl>>,
+    ) -> Result<Engine> {
+        // Create every table up front so readers never meet a missing one.
+        let txn = db.begin_write()?;
+        txn.open_table(LOG)?;
+        txn.open_table(RAFT_STATE)?;
+        txn.open_table(APPLIED)?;
+        txn.open_table(KV)?;
+        txn.open_table(SESSIONS)?;
+        txn.open_table(META)?;
+        txn.open_table(CHECKSUMS)?;
+        {
+            // A new database holds no log rows yet. One written before rows
+            // were deferred has no position for them: it held them all.
+            let mut meta = txn.open_table(META)?;
+            if meta.get(META_WAL_APPLIED)?.is_none() && meta.get(META_LOG_ROWS_APPLIED)?.is_none() {
+                meta.insert(META_LOG_ROWS_APPLIED, u64_bytes(0).as_slice())?;
+            }
+            if meta.get(META_CLUSTER_ID)?.is_some() {
+                let format = meta.get(META_FORMAT)?.map(|v| {
+                    let b = v.value();
+                    b.try_into().map_or(0, u32::from_le_bytes)
+                });
+                if format != Some(FORMAT) {
+                    return Err(Error::Invalid(format!(
+                        "this data directory was written in on-disk format {}, and this build \
+                         reads format {FORMAT}; start it with --wipe-and-join to discard its data \
+                         and join the cluster as a new node",
+                        format.map_or("1".to_string(), |f| f.to_string())
+                    )));
+                }
+            }
+        }
+        txn.commit()?;
+        let wal = replay(&db, Wal::new(log, cfg))?;
+        let next = {
+            let txn = db.begin_read()?;
+            let log = txn.open_table(LOG)?;
+            let last = log.last()?.map_or(0, |(k, _)| k.value() + 1);
+            last
+        };
+        let db = Arc::new(db);
+        let wal = Arc::new(Mutex::new(wal));
+        let checkpointer = match sync {
+            Some(sync) => Some(Arc::new(Checkpointer::start(
+                db.clone(),
+                wal.clone(),
+                sync,
+            )?)),
+            None => None,
+        };
+        Ok(Engine {
+            db,
+            stats: Arc::default(),
+            next_log_seq: Arc::new(AtomicU64::new(next)),
+            overlay: SharedOverlay::default(),
+            wal,
+            log_rows: Arc::default(),
+            checkpointer,
+            buffers: Arc::default(),
+            flush: Mutex::new(FlushState {
+                policy: FlushPolicy::default(),
+                ticks_since: 0,
+            }),
+        })
+    }
+
+    /// Whether a checkpoint is still being written or synced behind the
+    /// driver, so that a round writing to redb now would wait for it.
+    pub fn checkpoint_running(&self) -> bool {
+        self.checkpointer.as_ref().is_some_and(|cp| cp.busy())
+    }
+
+    /// Every group with Raft state on this node, loaded into memory.
+    pub fn load_groups(&self) -> Result<Vec<GroupStorage>> {
+        let txn = self.db.begin_read()?;
+        let mut states = BTreeMap::new();
+        for row in txn.open_table(RAFT_STATE)?.iter()? {
+            let (g, bytes) = row?;
+            let rec: RaftStateRecord = wire::decode("raft state", bytes.value())?;
+            states.insert(g.value(), rec);
+        }
+        let applied_table = txn.open_table(APPLIED)?;
+        // One pass over the log records, oldest first, rebuilds every log.
+        let mut logs: BTreeMap<u64, RestoredLog> = BTreeMap::new();
+        for row in txn.open_table(LOG)?.iter()? {
+            let (seq, bytes) = row?;
+            let (g, entries) = decode_log_record(bytes.value())?;
+            let Some(rec) = states.get(&g) else {
+                // A group this node no longer holds; its records are inert.
+                continue;
+            };
+            logs.entry(g)
+                .or_default()
+                .replay(GroupId(g), rec.snap_index, seq.value(), entries)?;
+        }
+        let mut out = Vec::with_capacity(states.len());
+        for (g, rec) in &states {
+            let applied = applied_table.get(*g)?.map_or(0, |v| v.value());
+            let log = logs.remove(g).unwrap_or_default();
+            out.push(GroupStorage::restore(
+                self.db.clone(),
+                self.overlay.clone(),
+                GroupId(*g),
+                rec,
+                applied,
+                log,
+            ));
+        }
+        Ok(out)
+    }
 }

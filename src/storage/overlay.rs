@@ -4,9 +4,9 @@
 //! group's apply index. Written to redb in the round that applied them,
 //! every key costs a copied B-tree leaf per round, and with keys spread over
 //! the key space that copying was the largest cost of a round. So data
-//! groups apply into this in-memory overlay instead, and a round every so
-//! often writes the whole overlay out at once (a *flush*), when many
-//! changes to the same leaves cost one copy.
+//! groups apply into this in-memory overlay instead, and the engine, on the
+//! schedule `persist` keeps, writes groups' changes out with a round's
+//! batch (a *flush*), when many changes to the same leaves cost one copy.
 //!
 //! Nothing acknowledged depends on the overlay: an entry is acknowledged
 //! once it is committed, which means it is in the durable log of a quorum.

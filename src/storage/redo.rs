@@ -1,11 +1,12 @@
 //! Redo records: the writes of one round, as the round log keeps them.
 //!
-//! Every change a round makes to redb is one [`Op`]. The round applies each
-//! op to its write transaction at once (so later reads in the same round
-//! see it) and appends its encoding to the round's redo record; opening a
-//! node after a crash decodes the records redb lacks and applies them again
-//! through the same [`Op::apply`], so the live path and the replay cannot
-//! drift apart.
+//! Every change a round makes to redb is one [`Op`]. The round encodes each
+//! op into its write batch (`batch`); persisting the batch appends those
+//! bytes as the round's redo record and applies the ops that are not Raft
+//! log rows to redb's write transaction through [`Op::apply`]. Opening a
+//! node after a crash decodes the records redb lacks and applies them
+//! again through the same [`Op::apply`], so the live path and the replay
+//! cannot drift apart.
 //!
 //! Encoding: a tag byte, then each field in order, integers as u64 little
 //! endian and byte strings as a u32 little-endian length and the bytes. The
@@ -18,7 +19,7 @@ use redb::{Table, WriteTransaction};
 use super::schema::{APPLIED, CHECKSUMS, KV, LOG, META, META_CATALOG, RAFT_STATE, SESSIONS};
 use crate::error::{Error, Result};
 
-/// Every table a round writes, open in one write transaction.
+/// Every table a batch writes, open in one write transaction.
 pub(crate) struct Tables<'t> {
     pub(crate) log: Table<'t, u64, &'static [u8]>,
     pub(crate) raft: Table<'t, u64, &'static [u8]>,

@@ -202,7 +202,7 @@ pub(crate) const META_INCARNATION: &str = "incarnation";
 pub(crate) const META_WAL_APPLIED: &str = "round_log_applied";
 /// META key: the sequence number of the last round log record whose Raft
 /// log rows this database holds (u64, little endian). Rounds leave those
-/// rows in the round log and only checkpoints write them (see `round`), so
+/// rows in the round log and only checkpoints write them (see `checkpoint`), so
 /// this trails [`META_WAL_APPLIED`] between checkpoints. Absent in a
 /// database written before rows were deferred: then it equals that key.
 pub(crate) const META_LOG_ROWS_APPLIED: &str = "round_log_rows_applied";

@@ -7,9 +7,11 @@
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
-use super::tests::{append_round, assert_holds_rounds, bootstrapped, catalog, group_of, B};
+use super::tests::{append_round, bootstrapped, catalog, group_of, B};
+use super::tests_checkpoint::assert_holds_rounds;
 use super::wal::HEADER;
 use super::*;
+use crate::types::{NodeId, CATALOG_GROUP};
 
 thread_local! {
     /// Directories this thread synced, for the tests that look for them.
@@ -55,12 +57,9 @@ fn flip(file: &MemFile, offset: u64) {
 /// A round that applies group 0 up to `index`: it writes to redb, and
 /// needs no sync of its own.
 fn catalog_apply_round(e: &Engine, index: u64) {
-    let round = e.begin_round().unwrap();
-    {
-        let mut w = round.writer().unwrap();
-        assert!(w.set_applied(CATALOG_GROUP, index).unwrap());
-    }
-    assert!(round.commit(0).unwrap());
+    let mut w = e.batch();
+    assert!(w.set_applied(CATALOG_GROUP, index));
+    assert!(e.persist(w).unwrap().committed);
 }
 
 fn corrupt_message(disk: MemDisk) -> String {

@@ -8,23 +8,27 @@
 //! and three nodes wrote 160 to 180 MB/s to disk to carry 10 MB/s of
 //! values. The README's *Performance* section has the figures.
 //!
-//! How it works:
-//! - Every round still commits its writes to redb, without a sync
-//!   (`Durability::None`): readers see them at once, and a crash rolls redb
-//!   back to its last synced commit.
-//! - The same writes, as one redo record (see `redo`), are appended to the
-//!   active one of two files; a round that must be durable syncs that file
-//!   instead of redb.
+//! How it works (the whole model is in the essay of `storage`):
+//! - Every persisted batch is appended, as one redo record (see `redo`),
+//!   to the active one of two files; a batch that must be durable syncs
+//!   that file, and redb is never synced for it.
+//! - A batch that changes redb besides its Raft log table also commits
+//!   those writes to redb, without a sync (`Durability::None`): readers see
+//!   them at once, and a crash rolls redb back to its last synced commit.
+//!   Raft log rows wait for the checkpoint.
 //! - Once the active file passes [`WalConfig::checkpoint_bytes`], the next
-//!   round commits to redb with a sync instead (a *checkpoint*: that round
-//!   and all before it are then durable in redb itself) and appends move
-//!   to the other file, from its start. The checkpoint's fsync runs behind
-//!   the driver (see `syncfile`), so until it is confirmed the file just
-//!   left still holds every record since the checkpoint before; the next
-//!   checkpoint waits for that confirmation before it reuses the file.
-//! - redb records, in every round's transaction, the sequence number of
-//!   the last record its state includes. Opening a node applies the
-//!   records after it again, checkpoints, and only then lets anyone read.
+//!   batch is appended and synced there, the log rows of the file go to
+//!   redb with a synced commit (a *checkpoint*: every record up to that
+//!   batch is then durable in redb itself), and appends move to the other
+//!   file, from its start. The checkpoint's fsync runs behind the driver
+//!   (see `checkpoint` and `syncfile`), so until it is confirmed the file
+//!   just left still holds every record since the checkpoint before; the
+//!   next checkpoint waits for that confirmation before it reuses the file.
+//! - redb records, in every transaction that commits to it, the sequence
+//!   number of the last record whose writes it includes (and, at a
+//!   checkpoint, the last whose log rows it includes). Opening a node
+//!   applies the records after those again, checkpoints, and only then
+//!   lets anyone read.
 //!
 //! Record layout: body length (u32 LE), sequence (u64 LE), synced mark
 //! (u64 LE), xxh3-64 of the sequence, mark and body (u64 LE), body. The

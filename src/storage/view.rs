@@ -1,0 +1,188 @@
+//! The merged read view: redb's committed rows with the overlay's laid
+//! over them, the overlay winning (see `overlay`).
+//!
+//! Reads, scans, checksums and snapshots all go through the helpers here,
+//! so a row reads the same wherever it is asked for: a deleted key in the
+//! overlay hides redb's row, and an overlay row replaces it.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use redb::{ReadableDatabase, ReadableTable};
+use xxhash_rust::xxh3::Xxh3;
+
+use super::overlay::{self, GroupOverlay, Merged};
+use super::schema::{APPLIED, CHECKSUMS, KV, SESSIONS};
+use super::Engine;
+use crate::error::Result;
+use crate::types::GroupId;
+
+impl Engine {
+    /// Approximate bytes of applied state waiting in the overlay, or `None`
+    /// when it is empty.
+    pub fn overlay_bytes(&self) -> Option<usize> {
+        let o = self.overlay.lock();
+        (!o.is_empty()).then_some(o.bytes)
+    }
+
+    /// Reads a key of a group's applied state.
+    pub fn get(&self, group: GroupId, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_many(&[(group, key)])?.pop().flatten())
+    }
+
+    /// Reads many keys of many groups in one read transaction.
+    pub fn get_many(&self, keys: &[(GroupId, &[u8])]) -> Result<Vec<Option<Vec<u8>>>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(KV)?;
+        let o = self.overlay.lock();
+        keys.iter().map(|(g, k)| row_value(&t, &o, *g, k)).collect()
+    }
+
+    /// A digest of a group's applied state (apply index, KV rows, sessions),
+    /// read in one transaction. Replicas at the same apply index must agree.
+    pub fn group_digest(&self, group: GroupId) -> Result<(u64, u64)> {
+        let txn = self.db.begin_read()?;
+        let o = self.overlay.lock();
+        let applied = match o.applied(group.0) {
+            Some(a) => a,
+            None => txn
+                .open_table(APPLIED)?
+                .get(group.0)?
+                .map(|v| v.value())
+                .unwrap_or(0),
+        };
+        let digest = state_digest(
+            &txn.open_table(KV)?,
+            &txn.open_table(SESSIONS)?,
+            o.groups.get(&group.0),
+            group,
+        )?;
+        Ok((applied, digest))
+    }
+
+    /// Up to `limit` rows of `group` with `start <= key < end` (no upper
+    /// bound without `end`), in key order.
+    pub fn scan(
+        &self,
+        group: GroupId,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(KV)?;
+        let o = self.overlay.lock();
+        let rows = group_rows_in(&t, o.groups.get(&group.0), group, start, end)?
+            .take(limit)
+            .collect();
+        rows
+    }
+
+    /// The result of every group's last consistency check on this node:
+    /// group -> (apply index, digest).
+    pub fn checksums(&self) -> Result<BTreeMap<GroupId, (u64, u64)>> {
+        let txn = self.db.begin_read()?;
+        let mut out = BTreeMap::new();
+        for row in txn.open_table(CHECKSUMS)?.iter()? {
+            let (g, v) = row?;
+            out.insert(GroupId(g.value()), v.value());
+        }
+        Ok(out)
+    }
+}
+
+/// A digest of one group's KV rows and client sessions, in key order: the
+/// state every replica at the same apply index must hold alike.
+pub(crate) fn state_digest(
+    kv: &impl ReadableTable<(u64, &'static [u8]), &'static [u8]>,
+    sessions: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    overlay: Option<&GroupOverlay>,
+    group: GroupId,
+) -> Result<u64> {
+    let mut h = Xxh3::new();
+    for row in group_rows(kv, overlay, group)? {
+        let (key, value) = row?;
+        h.update(&(key.len() as u64).to_le_bytes());
+        h.update(&key);
+        h.update(&(value.len() as u64).to_le_bytes());
+        h.update(&value);
+    }
+    for row in group_sessions(sessions, overlay, group)? {
+        let (client, session) = row?;
+        h.update(&client.to_le_bytes());
+        h.update(&session);
+    }
+    Ok(h.digest())
+}
+
+/// Every KV row of a group, redb and overlay merged, in key order.
+pub(crate) fn group_rows<'a>(
+    kv: &'a impl ReadableTable<(u64, &'static [u8]), &'static [u8]>,
+    overlay: Option<&'a GroupOverlay>,
+    group: GroupId,
+) -> Result<impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a> {
+    group_rows_in(kv, overlay, group, &[], None)
+}
+
+/// The KV rows of a group with `start <= key < end` (no upper bound without
+/// `end`), redb and overlay merged, in key order.
+pub(crate) fn group_rows_in<'a>(
+    kv: &'a impl ReadableTable<(u64, &'static [u8]), &'static [u8]>,
+    overlay: Option<&'a GroupOverlay>,
+    group: GroupId,
+    start: &'a [u8],
+    end: Option<&'a [u8]>,
+) -> Result<impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a> {
+    let g = group.0;
+    // An empty range (redb refuses a range whose end precedes its start).
+    let end = end.map(|e| e.max(start));
+    let base = match end {
+        Some(end) => kv.range((g, start)..(g, end))?,
+        None => kv.range((g, start)..(g + 1, &[][..]))?,
+    }
+    .map(|row| {
+        let (k, v) = row?;
+        Ok((k.value().1.to_vec(), v.value().to_vec()))
+    });
+    let bounds = (
+        Bound::Included(start),
+        end.map_or(Bound::Unbounded, Bound::Excluded),
+    );
+    let over = overlay
+        .into_iter()
+        .flat_map(move |o| o.rows.range::<[u8], _>(bounds))
+        .map(|(k, v)| (k.clone(), v.clone()));
+    Ok(Merged::new(base, over))
+}
+
+/// A group's current value for `key`: the overlay's if it has one (a
+/// deletion included), else redb's.
+pub(crate) fn row_value(
+    kv: &impl ReadableTable<(u64, &'static [u8]), &'static [u8]>,
+    overlay: &overlay::Overlay,
+    group: GroupId,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>> {
+    match overlay.row(group.0, key) {
+        Some(v) => Ok(v.map(<[u8]>::to_vec)),
+        None => Ok(kv.get((group.0, key))?.map(|v| v.value().to_vec())),
+    }
+}
+
+/// Every client session of a group, redb and overlay merged, by client.
+pub(crate) fn group_sessions<'a>(
+    sessions: &'a impl ReadableTable<(u64, u64), &'static [u8]>,
+    overlay: Option<&'a GroupOverlay>,
+    group: GroupId,
+) -> Result<impl Iterator<Item = Result<(u64, Vec<u8>)>> + 'a> {
+    let g = group.0;
+    let base = sessions.range((g, 0)..(g + 1, 0))?.map(|row| {
+        let (k, v) = row?;
+        Ok((k.value().1, v.value().to_vec()))
+    });
+    let over = overlay
+        .into_iter()
+        .flat_map(|o| o.sessions.iter())
+        .map(|(c, s)| (*c, Some(s.clone())));
+    Ok(Merged::new(base, over))
+}
