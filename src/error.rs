@@ -13,6 +13,8 @@
 //! the node's own data can turn into an answer, and a rejection can only be
 //! built where the apply code decides one.
 
+use std::borrow::Cow;
+
 use crate::types::{GroupId, NodeId};
 
 /// What a caller should do with an [`Error`].
@@ -45,7 +47,7 @@ pub enum Error {
         /// The group the proposal was for.
         group: GroupId,
         /// Why it was given up on.
-        reason: &'static str,
+        reason: Cow<'static, str>,
     },
     /// A linearizable read could not be confirmed in time.
     #[error("read on {group} could not be confirmed: {reason}")]
@@ -53,7 +55,7 @@ pub enum Error {
         /// The group the read was for.
         group: GroupId,
         /// Why it was given up on.
-        reason: &'static str,
+        reason: Cow<'static, str>,
     },
     /// A peer could not be reached or the connection to it broke.
     #[error("unreachable: {0}")]

@@ -152,7 +152,7 @@ impl LocalCluster {
                 Ok(Err(e)) => e,
                 Err(_) => Error::ProposalLost {
                     group,
-                    reason: "the node stopped",
+                    reason: "the node stopped".into(),
                 },
             };
             if Instant::now() >= deadline {

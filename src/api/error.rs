@@ -5,8 +5,6 @@
 //! nothing the caller can act on but "this failed": they travel as
 //! [`RpcError::Failed`] with their message and arrive as [`Error::Remote`].
 
-use std::sync::Mutex;
-
 use crate::error::Error;
 use crate::types::{GroupId, NodeId};
 
@@ -100,11 +98,11 @@ impl From<&Error> for RpcError {
             },
             Error::ProposalLost { group, reason } => RpcError::ProposalLost {
                 group: *group,
-                reason: (*reason).into(),
+                reason: reason.to_string(),
             },
             Error::ReadUnconfirmed { group, reason } => RpcError::ReadUnconfirmed {
                 group: *group,
-                reason: (*reason).into(),
+                reason: reason.to_string(),
             },
             Error::Unreachable(m) => RpcError::Unreachable(m.clone()),
             Error::PermissionDenied(m) => RpcError::PermissionDenied(m.clone()),
@@ -143,11 +141,11 @@ impl From<RpcError> for Error {
             RpcError::WrongGroup { group, owner } => Error::WrongGroup { group, owner },
             RpcError::ProposalLost { group, reason } => Error::ProposalLost {
                 group,
-                reason: static_reason(&reason),
+                reason: reason.into(),
             },
             RpcError::ReadUnconfirmed { group, reason } => Error::ReadUnconfirmed {
                 group,
-                reason: static_reason(&reason),
+                reason: reason.into(),
             },
             RpcError::Unreachable(m) => Error::Unreachable(m),
             RpcError::PermissionDenied(m) => Error::PermissionDenied(m),
@@ -171,31 +169,6 @@ impl From<RpcError> for Error {
     }
 }
 
-/// Most distinct reasons a process keeps: nodes give a handful (a timeout,
-/// a change of leader, a stop); anything past this is a node sending junk.
-const MAX_REASONS: usize = 32;
-/// What a reason past [`MAX_REASONS`] arrives as.
-const OTHER_REASON: &str = "lost on the serving node";
-/// The reasons heard so far. A std `Mutex`: held only to search or push.
-static REASONS: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
-
-/// The reason of a lost proposal or an unconfirmed read is static text
-/// where the node wrote it ([`Error::ProposalLost`] holds a `&'static
-/// str`); on arrival each distinct reason is kept once, at most
-/// [`MAX_REASONS`] of them.
-fn static_reason(text: &str) -> &'static str {
-    let mut known = REASONS.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(r) = known.iter().find(|r| **r == text) {
-        return r;
-    }
-    if known.len() >= MAX_REASONS {
-        return OTHER_REASON;
-    }
-    let kept: &'static str = Box::leak(text.to_owned().into_boxed_str());
-    known.push(kept);
-    kept
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,11 +190,11 @@ mod tests {
             },
             Error::ProposalLost {
                 group: GroupId(5),
-                reason: "leadership changed",
+                reason: "leadership changed".into(),
             },
             Error::ReadUnconfirmed {
                 group: GroupId(5),
-                reason: "timed out",
+                reason: "timed out".into(),
             },
             Error::Unreachable("starting".into()),
             Error::PermissionDenied("client role".into()),

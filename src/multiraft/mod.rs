@@ -420,7 +420,7 @@ impl Driver {
                         token: r.token,
                         result: Err(Error::ReadUnconfirmed {
                             group,
-                            reason: "timed out",
+                            reason: "timed out".into(),
                         }),
                     });
                 }
@@ -486,7 +486,10 @@ impl Group {
             if !kept {
                 out.push(Completion {
                     token: p.token,
-                    result: Err(Error::ProposalLost { group: gid, reason }),
+                    result: Err(Error::ProposalLost {
+                        group: gid,
+                        reason: reason.into(),
+                    }),
                 });
             }
             kept

@@ -42,7 +42,7 @@ impl Sim {
         let mut hint = None;
         let mut last_err = Error::ProposalLost {
             group,
-            reason: "no attempt made",
+            reason: "no attempt made".into(),
         };
         while self.now < deadline {
             let Some(node) = self.target(group, hint.take()) else {
@@ -142,7 +142,7 @@ impl Sim {
             .map(|r| {
                 r.ok_or(Error::ProposalLost {
                     group: GroupId(0),
-                    reason: "not answered in time",
+                    reason: "not answered in time".into(),
                 })
             })
             .collect()

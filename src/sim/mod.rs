@@ -345,7 +345,7 @@ impl Sim {
             Some(d) => d.propose(token, group, p),
             None => Err(Error::ProposalLost {
                 group,
-                reason: "node is down",
+                reason: "node is down".into(),
             }),
         };
         if let Err(e) = r {
@@ -361,7 +361,7 @@ impl Sim {
             Some(d) => d.read(token, group, key),
             None => Err(Error::ReadUnconfirmed {
                 group,
-                reason: "node is down",
+                reason: "node is down".into(),
             }),
         };
         if let Err(e) = r {
