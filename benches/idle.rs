@@ -4,6 +4,7 @@
 //!
 //! `cargo bench --bench idle`
 
+use flotilla::runtime;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -29,7 +30,7 @@ fn idle(c: &mut Criterion) {
         // Tick until every group has elected this node (one voter each).
         for _ in 0..10_000 {
             driver.tick();
-            driver.round().expect("round");
+            runtime::round(&mut driver).expect("round");
             if driver
                 .group_ids()
                 .all(|g| driver.leader_of(g) == Some(NodeId(1)))
@@ -46,7 +47,7 @@ fn idle(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("groups", groups), |b| {
             b.iter(|| {
                 driver.tick();
-                driver.round().expect("round")
+                runtime::round(&mut driver).expect("round")
             })
         });
     }

@@ -37,8 +37,10 @@
 //! - [`storage`]: the round log, redb and the overlay: where each byte
 //!   lives and when it moves; the raft-rs `Storage` of each group; the
 //!   round's write batch.
-//! - [`multiraft`]: the driver, a state machine driven in rounds, and the
-//!   thread that runs it.
+//! - [`multiraft`]: the driver, a state machine driven in rounds that
+//!   writes no file and opens no socket.
+//! - [`runtime`]: the driver's I/O shell: a round persisted through the
+//!   engine, and the thread that runs the driver against a transport.
 //! - [`kv`]: the deterministic KV state machine.
 //! - [`catalog`]: group 0's state machine and routing.
 //! - [`wire`]: rkyv encodings with validation.
@@ -74,6 +76,7 @@ pub mod kv;
 pub mod local;
 pub mod multiraft;
 pub mod node;
+pub mod runtime;
 pub mod sim;
 pub mod storage;
 pub mod transport;

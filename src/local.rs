@@ -17,8 +17,8 @@ use tokio::sync::oneshot;
 use crate::catalog::Catalog;
 use crate::error::{Action, Error, Result};
 use crate::kv::{Command, Response};
-use crate::multiraft::runner::{DriverHandle, LocalNetwork, Runner};
 use crate::multiraft::{Driver, DriverConfig, Proposal, Reply};
+use crate::runtime::runner::{DriverHandle, LocalNetwork, Runner};
 use crate::storage::{Engine, MemDisk, Stats};
 use crate::types::{GroupId, NodeId};
 

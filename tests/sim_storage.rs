@@ -5,6 +5,7 @@
 
 use flotilla::kv::{Command, Op};
 use flotilla::multiraft::{DriverConfig, Proposal};
+use flotilla::runtime;
 use flotilla::sim::{Sim, SimConfig};
 use flotilla::types::{GroupId, NodeId, CATALOG_GROUP};
 
@@ -53,7 +54,7 @@ fn a_round_with_entries_for_32_groups_makes_exactly_one_commit() {
     let stats = d.engine().stats();
     // Let any leftover work finish so the measured round is ours alone.
     for _ in 0..3 {
-        d.round().unwrap();
+        runtime::round(d).unwrap();
     }
     let keys: Vec<Vec<u8>> = data.iter().map(|g| key_in(&sim, *g, "one-round")).collect();
     let d = sim.driver_mut(node).unwrap();
@@ -71,7 +72,7 @@ fn a_round_with_entries_for_32_groups_makes_exactly_one_commit() {
         });
         d.propose(i as u64 + 1, *g, &p).unwrap();
     }
-    let out = d.round().unwrap();
+    let out = runtime::round(d).unwrap();
     assert!(out.committed);
     assert_eq!(stats.rounds() - rounds, 1);
     assert_eq!(

@@ -23,9 +23,10 @@
 //!    (`on_persist_ready`), groups open and leave as the catalog's effects
 //!    say, and proposals and reads whose entries applied are answered.
 //!
-//! [`Driver::round`] and [`Driver::round_with`] (in `drive`) do steps 2 to
-//! 4; the runner thread, the simulation and the tests all go through them.
-//! The driver does no networking, writes no file and reads no clock: time
+//! `runtime::round` does steps 2 to 4 (the only place a batch is handed to
+//! the engine); the runner thread, the simulation and the tests all go
+//! through it. This module does no networking, writes no file and reads no
+//! clock: time
 //! arrives through ticks and messages leave in [`RoundOutput::outbound`],
 //! batched per destination node. It reads storage (KV rows for applies and
 //! reads, snapshots for raft-rs) through the engine's read side; the engine
@@ -43,12 +44,10 @@
 
 mod apply;
 mod config;
-mod drive;
 mod liveness;
 mod membership;
 mod requests;
 mod round;
-pub mod runner;
 
 pub use config::{DriverConfig, ELECTION_TICKS, HEARTBEAT_TICKS};
 pub use round::Ready;

@@ -1,3 +1,4 @@
+use crate::runtime;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 
 use super::*;
@@ -81,7 +82,7 @@ fn an_oversize_value_is_refused_before_it_is_proposed() {
         ),
         "{err}"
     );
-    d.round().unwrap();
+    runtime::round(d).unwrap();
     assert_eq!(
         d.status(g).unwrap().last_index,
         last,
@@ -201,7 +202,7 @@ fn reads_are_batched_into_one_read_index_per_group_per_round() {
     for t in 0..10 {
         d.read(100 + t, g, b"nothing").unwrap();
     }
-    let out = d.round().unwrap();
+    let out = runtime::round(d).unwrap();
     let heartbeats = out
         .outbound
         .values()
@@ -269,7 +270,7 @@ fn a_data_groups_commit_sends_no_append_of_its_own() {
     for (i, k) in keys.iter().enumerate() {
         d.propose(100 + i as u64, g, &put(k, vec![7; 64])).unwrap();
     }
-    let out = d.round().unwrap();
+    let out = runtime::round(d).unwrap();
     let appends = appends_of(&out, g);
     for f in &followers {
         assert_eq!(appends.get(f), Some(&20), "to {f:?}: {appends:?}");
@@ -282,13 +283,13 @@ fn a_data_groups_commit_sends_no_append_of_its_own() {
     for f in &followers {
         let fd = sim.driver_mut(*f).unwrap();
         fd.step(out.outbound.get(f).cloned().unwrap_or_default());
-        let fo = fd.round().unwrap();
+        let fo = runtime::round(fd).unwrap();
         acks.extend(fo.outbound.get(&leader).cloned().unwrap_or_default());
     }
     let d = sim.driver_mut(leader).unwrap();
     let before = d.status(g).unwrap().commit;
     d.step(acks);
-    let out = d.round().unwrap();
+    let out = runtime::round(d).unwrap();
     assert!(d.status(g).unwrap().commit >= before + 20);
     assert!(appends_of(&out, g).is_empty(), "{:?}", appends_of(&out, g));
 }

@@ -3,6 +3,7 @@
 
 use super::tests::{cluster, put};
 use super::*;
+use crate::runtime;
 use raft::eraftpb::MessageType;
 
 /// A follower's acknowledgement of new entries waits in the [`Ready`]
@@ -77,7 +78,7 @@ fn an_idle_round_writes_nothing() {
     sim.run_ticks(50).unwrap();
     let node = sim.node_ids()[0];
     let d = sim.driver_mut(node).unwrap();
-    d.round().unwrap();
+    runtime::round(d).unwrap();
     let stats = d.engine().stats();
     let (commits, syncs) = (stats.commits(), stats.syncs());
     let mut ready = d.ready().unwrap();

@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
-use crate::multiraft::runner::{self, DriverHandle};
 use crate::multiraft::GroupMessage;
+use crate::runtime::runner::{self, DriverHandle};
 use crate::transport::{Inbox, RaftMessage, Transport};
 use crate::types::NodeId;
 

@@ -1,14 +1,15 @@
 //! A deterministic simulated cluster: N nodes in one process.
 //!
 //! Each node is a real [`Driver`] over a real redb database, kept on a
-//! [`MemDisk`] so that a crash (dropping the driver) loses exactly what
-//! was only in its memory (the overlay), as a killed process does. Between the nodes sits [`Network`], an
-//! in-memory transport that can drop, delay, duplicate, reorder and
-//! partition messages. Time is simulated: each [`Sim::step`] delivers the
-//! messages that are due and runs one round on every live node (through
-//! [`Driver::round`], the path the node's driver thread takes too), and every
-//! `steps_per_tick` steps each node ticks. Every random choice comes from one
-//! seeded generator, so a failing run is replayed by its seed.
+//! [`MemDisk`] so that a crash (dropping the driver) loses exactly what was
+//! only in its memory (the overlay), as a killed process does. Between the
+//! nodes sits [`Network`], an in-memory transport that can drop, delay,
+//! duplicate, reorder and partition messages. Time is simulated: each
+//! [`Sim::step`] delivers the messages that are due and runs one round on
+//! every live node (through [`crate::runtime::round`], the path the node's
+//! driver thread takes too), and every `steps_per_tick` steps each node
+//! ticks. Every random choice comes from one seeded generator, so a failing
+//! run is replayed by its seed.
 //!
 //! Clients are modelled by [`Sim::submit`] (fire a request, get a token) and
 //! by helpers that retry a request until it is answered, following leader
@@ -19,6 +20,7 @@ mod network;
 
 pub use network::{Faults, Network};
 
+use crate::runtime;
 use std::collections::{BTreeMap, BTreeSet};
 
 use raft::eraftpb::MessageType;
@@ -267,7 +269,7 @@ impl Sim {
             if tick {
                 d.tick();
             }
-            let out = d.round()?;
+            let out = runtime::round(d)?;
             node.applied.extend(out.applied);
             for c in out.completions {
                 self.completions.insert(c.token, c.result);

@@ -6,8 +6,8 @@ use super::{applied, ask};
 use crate::api::RpcResponse;
 use crate::catalog::{CatalogCommand, NodeState, DEFAULT_REPLICAS};
 use crate::error::{Error, Result};
-use crate::multiraft::runner::DriverHandle;
 use crate::multiraft::Proposal;
+use crate::runtime::runner::DriverHandle;
 use crate::types::{GroupId, NodeId, CATALOG_GROUP};
 
 /// Records in the catalog that `to` should lead `group`; the group's

@@ -5,8 +5,8 @@ use super::{applied, ask};
 use crate::api::RpcResponse;
 use crate::error::Result;
 use crate::kv::Command;
-use crate::multiraft::runner::DriverHandle;
 use crate::multiraft::Proposal;
+use crate::runtime::runner::DriverHandle;
 use crate::types::GroupId;
 
 /// Applies a KV command through the group's log.

@@ -4,9 +4,9 @@
 use super::ask;
 use crate::api::{GroupReport, NodeReport, RpcResponse};
 use crate::error::Result;
-use crate::multiraft::runner::DriverHandle;
 use crate::multiraft::GroupStatus;
 use crate::node::server::NodeServer;
+use crate::runtime::runner::DriverHandle;
 use crate::transport::TransportStats;
 use crate::wire;
 

@@ -8,9 +8,9 @@ use super::ask;
 use crate::api::RpcResponse;
 use crate::catalog::CatalogCommand;
 use crate::error::{Error, Result};
-use crate::multiraft::runner::DriverHandle;
 use crate::multiraft::{Proposal, Reply};
 use crate::node::server::NodeServer;
+use crate::runtime::runner::DriverHandle;
 use crate::types::{NodeId, CATALOG_GROUP};
 use crate::wire;
 

@@ -31,8 +31,8 @@ use tokio::sync::oneshot;
 use super::server::NodeServer;
 use crate::api::{RpcError, RpcRequest, RpcResponse};
 use crate::error::{Error, Result};
-use crate::multiraft::runner::DriverHandle;
 use crate::multiraft::Reply;
+use crate::runtime::runner::DriverHandle;
 use crate::transport::rpc::Service;
 use crate::types::CATALOG_GROUP;
 

@@ -20,7 +20,7 @@ use super::{NodeServer, ANNOUNCE_RETRY, PEER_REFRESH, SEED_CHECK_TIMEOUT};
 use crate::api::{RpcError, RpcRequest, RpcResponse};
 use crate::catalog::Catalog;
 use crate::error::Error;
-use crate::multiraft::runner::DriverHandle;
+use crate::runtime::runner::DriverHandle;
 use crate::transport::rpc::{self, Service};
 
 impl NodeServer {

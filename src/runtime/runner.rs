@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use raft::eraftpb::MessageType;
 use tokio::sync::oneshot;
 
-use super::{Driver, GroupMessage, GroupStatus, Proposal, Reply, RoundOutput, Token};
 use crate::error::{Error, Result};
+use crate::multiraft::{Driver, GroupMessage, GroupStatus, Proposal, Reply, RoundOutput, Token};
 use crate::types::{GroupId, NodeId};
 
 /// Where the driver's outbound messages go.
@@ -241,7 +241,7 @@ fn run(
         let first = match rx.recv_timeout(wait) {
             Ok(input) => Some(input),
             Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return driver.flush_now(),
+            Err(RecvTimeoutError::Disconnected) => return super::flush_now(&driver),
         };
         for input in first
             .into_iter()
@@ -291,7 +291,7 @@ fn run(
                     let _ = reply.send(driver.catalog().clone());
                 }
                 // A clean stop leaves nothing for the restart to re-apply.
-                Input::Stop => return driver.flush_now(),
+                Input::Stop => return super::flush_now(&driver),
             }
         }
         if Instant::now() >= next_tick {
@@ -324,7 +324,7 @@ fn run(
                     }
                 }
             };
-        let mut out = driver.round_with(|o| dispatch(o, &mut reports))?;
+        let mut out = super::round_with(&mut driver, |o| dispatch(o, &mut reports))?;
         more = out.more;
         dispatch(&mut out, &mut reports);
         for (to, sent, snapshots) in reports {
