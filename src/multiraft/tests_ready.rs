@@ -8,7 +8,8 @@ use raft::eraftpb::MessageType;
 
 /// A follower's acknowledgement of new entries waits in the [`Ready`]
 /// until the engine hands out proof that the batch is durable; the
-/// leader's appends leave at once, before its own batch is persisted.
+/// leader's appends leave at once, before its own batch is persisted; and
+/// `ready` itself writes nothing: the round's writes are all in its batch.
 #[test]
 fn acknowledgements_wait_for_the_batch_and_appends_do_not() {
     let mut sim = cluster(11);
@@ -23,7 +24,24 @@ fn acknowledgements_wait_for_the_batch_and_appends_do_not() {
         .find(|k| d.catalog().group_of(k) == g)
         .unwrap();
     d.propose(1, g, &put(&key, vec![1; 16])).unwrap();
+    let stats = d.engine().stats();
+    let before = (
+        stats.commits(),
+        stats.redb_commits(),
+        stats.syncs(),
+        stats.entries(),
+    );
     let mut ready = d.ready().unwrap();
+    assert_eq!(
+        (
+            stats.commits(),
+            stats.redb_commits(),
+            stats.syncs(),
+            stats.entries()
+        ),
+        before,
+        "ready() stages its writes and makes none"
+    );
     let appends: Vec<GroupMessage> = ready
         .out
         .outbound
