@@ -274,7 +274,8 @@ async fn the_client_and_the_cli_against_four_processes() {
     let got = cli(&certs_dir, &addrs[..1], &["get", "scan/005"]);
     assert_eq!(
         (got.status.code(), stdout(&got)),
-        (Some(0), "scan/005\n".into())
+        (Some(0), "scan/005".into()),
+        "piped, get prints the value's bytes and nothing else"
     );
     let scan = cli(
         &certs_dir,

@@ -342,17 +342,31 @@ async fn with_a_node_down_a_fresh_cli_never_waits_on_it() {
     // A value too long for a command line goes through standard input, and
     // one over the value limit is refused with a clear message.
     let big: Vec<u8> = (0..300 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
-    let put = stdin_cli(dir.path(), &addrs, &["put", "big", "--file", "-"], &big);
+    let put = stdin_cli(dir.path(), &addrs, &["put", "big", "-"], &big);
     assert!(
         put.status.success(),
         "{}",
         String::from_utf8_lossy(&put.stderr)
     );
     let (get, _) = timed_cli(dir.path(), &addrs, &["get", "big"]);
-    assert_eq!(
-        get.stdout.strip_suffix(b"\n").unwrap_or(&get.stdout),
-        &big[..]
+    assert_eq!(get.stdout, big, "piped, get prints the exact bytes");
+    // Binary values survive the round trip: NUL, newlines, invalid UTF-8,
+    // set by `put` and by `cas`, both from standard input.
+    let binary: Vec<u8> = (0..=255u8).chain([b'\n', 0, 0xff, b'\n']).collect();
+    let put = stdin_cli(dir.path(), &addrs, &["put", "bin", "--file", "-"], &binary);
+    assert!(put.status.success(), "{put:?}");
+    let (get, _) = timed_cli(dir.path(), &addrs, &["get", "bin"]);
+    assert_eq!(get.stdout, binary);
+    let swapped: Vec<u8> = binary.iter().rev().copied().collect();
+    let cas = stdin_cli(
+        dir.path(),
+        &addrs,
+        &["cas", "fresh-bin", "--expect-absent", "-"],
+        &swapped,
     );
+    assert!(cas.status.success(), "{cas:?}");
+    let (get, _) = timed_cli(dir.path(), &addrs, &["get", "fresh-bin"]);
+    assert_eq!(get.stdout, swapped);
     let huge = vec![b'x'; 1024 * 1024 + 1];
     let refused = stdin_cli(dir.path(), &addrs, &["put", "huge", "--file", "-"], &huge);
     assert_eq!(refused.status.code(), Some(2), "a usage error");

@@ -40,8 +40,19 @@ struct Cli {
     /// Print one JSON document instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// How log lines are written to standard error: `text` for people,
+    /// `json` (one object a line) for log collectors. RUST_LOG filters them
+    /// [default: warn].
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -136,6 +147,12 @@ enum Command {
     /// Measures throughput and latency of a spawned (or running) cluster,
     /// optionally side by side with etcd.
     Bench(BenchArgs),
+    /// Prints a completion script for SHELL to standard output, e.g.
+    /// `flotilla completions bash > /etc/bash_completion.d/flotilla`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -194,17 +211,36 @@ fn runtime(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runt
         .context("cannot start the async runtime")
 }
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+/// Logs to standard error, as text or as one JSON object a line.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
+/// A failed command prints one line naming what went wrong (with its
+/// causes), never a backtrace, whatever RUST_BACKTRACE says, and exits 1.
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse_from(flotilla::bench::command::rewrite_json_file(
         std::env::args().collect(),
     ));
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flotilla: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let certs = cli
         .certs_dir
         .clone()
@@ -364,12 +400,17 @@ fn main() -> anyhow::Result<()> {
             .await?;
             anyhow::Ok(())
         })?,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "flotilla", &mut std::io::stdout());
+        }
         Command::Client(cmd) => {
             let globals = Globals {
                 endpoints: cli.endpoints,
                 certs_dir: certs,
                 timeout: cli.timeout,
                 json: cli.json,
+                terminal: std::io::IsTerminal::is_terminal(&std::io::stdout()),
             };
             let code = runtime(None)?.block_on(flotilla::cli::run(
                 &globals,

@@ -48,22 +48,27 @@ pub struct Globals {
     pub timeout: Duration,
     /// Print JSON instead of tables.
     pub json: bool,
+    /// Whether standard output is a terminal: `get` ends a value with a
+    /// newline only then, so that piped output is the value's exact bytes.
+    pub terminal: bool,
 }
 
 /// Commands that talk to a cluster through the client library.
 #[derive(Clone, Debug, Subcommand)]
 pub enum ClientCommand {
-    /// Prints the value of KEY (exit 1 when absent).
+    /// Prints the value of KEY, byte for byte (a newline is added only on
+    /// a terminal); exit 1 when absent.
     Get {
         /// The key.
         key: String,
     },
-    /// Sets KEY to VALUE, or to the bytes of `--file` (`-`: standard
-    /// input), for values that do not fit on a command line.
+    /// Sets KEY to VALUE, or to the bytes of standard input when VALUE is
+    /// `-`, or to those of `--file`, for values that do not fit on a
+    /// command line.
     Put {
         /// The key.
         key: String,
-        /// The value.
+        /// The value (`-`: read it from standard input).
         #[arg(required_unless_present = "file")]
         value: Option<String>,
         /// Read the value from this file instead (`-` for standard input);
@@ -91,8 +96,13 @@ pub enum ClientCommand {
         /// The key must be absent.
         #[arg(long)]
         expect_absent: bool,
-        /// The new value.
-        new: String,
+        /// The new value (`-`: read it from standard input).
+        #[arg(required_unless_present = "file")]
+        new: Option<String>,
+        /// Read the new value from this file instead (`-` for standard
+        /// input); at most the 1 MiB value limit is read.
+        #[arg(long, conflicts_with = "new")]
+        file: Option<PathBuf>,
     },
     /// Lists keys in key order, one "KEY<TAB>VALUE" line each.
     Scan {
@@ -225,33 +235,22 @@ fn print_json(out: &mut dyn Write, v: &Value) {
     let _ = writeln!(out, "{v}");
 }
 
-/// Writes rows as columns padded to their widest cell.
+/// Writes rows as left-aligned columns two spaces apart, without borders,
+/// so the output stays easy to read and to cut with `awk`.
 fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(c.len());
-            }
-        }
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(header.iter().copied())
+        .add_rows(rows.iter().cloned());
+    for column in t.column_iter_mut() {
+        column.set_padding((0, 2));
     }
-    let line = |cells: Vec<String>| {
-        cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    let _ = writeln!(
-        out,
-        "{}",
-        line(header.iter().map(|h| h.to_string()).collect())
-    );
-    for r in rows {
-        let _ = writeln!(out, "{}", line(r.clone()));
+    for line in t.lines() {
+        let line = line.trim_end();
+        if !line.is_empty() {
+            let _ = writeln!(out, "{line}");
+        }
     }
 }
 
@@ -289,6 +288,21 @@ fn read_value(path: &std::path::Path) -> crate::error::Result<Vec<u8>> {
     Ok(value)
 }
 
+/// A value given on the command line, where `-` means standard input, or
+/// in a file.
+fn value_of(
+    arg: Option<String>,
+    file: Option<PathBuf>,
+    missing: &str,
+) -> crate::error::Result<Vec<u8>> {
+    match (arg, file) {
+        (Some(v), _) if v == "-" => read_value(std::path::Path::new("-")),
+        (Some(v), _) => Ok(v.into_bytes()),
+        (None, Some(path)) => read_value(&path),
+        (None, None) => Err(Error::Invalid(missing.into())),
+    }
+}
+
 fn state_name(s: NodeState) -> &'static str {
     match s {
         NodeState::Active => "active",
@@ -311,7 +325,9 @@ async fn execute(g: &Globals, c: &Client, cmd: ClientCommand, out: &mut dyn Writ
                 );
             } else if let Some(v) = &v {
                 let _ = out.write_all(v);
-                let _ = writeln!(out);
+                if g.terminal {
+                    let _ = writeln!(out);
+                }
             }
             Ok(match v {
                 Some(_) => (exit::OK, None),
@@ -319,11 +335,7 @@ async fn execute(g: &Globals, c: &Client, cmd: ClientCommand, out: &mut dyn Writ
             })
         }
         ClientCommand::Put { key, value, file } => {
-            let value = match (value, file) {
-                (Some(v), _) => v.into_bytes(),
-                (None, Some(path)) => read_value(&path)?,
-                (None, None) => return Err(Error::Invalid("put needs a VALUE or --file".into())),
-            };
+            let value = value_of(value, file, "put needs a VALUE or --file")?;
             c.put(key.as_bytes(), &value).await?;
             if g.json {
                 print_json(out, &json!({"key": key, "written": true}));
@@ -346,12 +358,14 @@ async fn execute(g: &Globals, c: &Client, cmd: ClientCommand, out: &mut dyn Writ
             expect,
             expect_absent: _,
             new,
+            file,
         } => {
+            let new = value_of(new, file, "cas needs a NEW value or --file")?;
             let o = c
                 .cas(
                     key.as_bytes(),
                     expect.as_deref().map(str::as_bytes),
-                    Some(new.as_bytes()),
+                    Some(&new),
                 )
                 .await?;
             if g.json {
