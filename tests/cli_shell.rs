@@ -36,7 +36,9 @@ fn completions_are_printed_for_each_shell() {
 }
 
 /// A user error is one line on standard error, even with backtraces asked
-/// for, and a failing exit status.
+/// for, and a failing exit status: errors of the command itself, and
+/// arguments refused before it runs (a bad value, an unknown flag, a
+/// missing one, which also name what was wrong).
 #[test]
 fn a_user_error_is_one_line_without_a_backtrace() {
     let dir = tempfile::tempdir().unwrap();
@@ -60,7 +62,12 @@ fn a_user_error_is_one_line_without_a_backtrace() {
             no_certs.to_str().unwrap(),
         ],
     ];
-    for args in cases {
+    let refused_by_clap: [Vec<&str>; 3] = [
+        vec!["get", "k", "--timeout", "soon"],
+        vec!["get", "k", "--no-such-flag"],
+        vec!["init"],
+    ];
+    for args in cases.into_iter().chain(refused_by_clap) {
         let o = flotilla(&args, &[("RUST_BACKTRACE", "1")]);
         assert!(!o.status.success(), "{args:?} should fail");
         let err = String::from_utf8_lossy(&o.stderr);

@@ -211,6 +211,19 @@ fn runtime(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runt
         .context("cannot start the async runtime")
 }
 
+/// clap's report of refused arguments on one line: its message and the
+/// arguments it names, without the usage and tips that follow.
+fn usage_error(report: &str) -> String {
+    report
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Logs to standard error, as text or as one JSON object a line.
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -225,11 +238,18 @@ fn init_logging(format: LogFormat) {
 }
 
 /// A failed command prints one line naming what went wrong (with its
-/// causes), never a backtrace, whatever RUST_BACKTRACE says, and exits 1.
+/// causes), never a backtrace, whatever RUST_BACKTRACE says, and exits 1;
+/// arguments clap refuses print one line too, and exit 2.
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse_from(flotilla::bench::command::rewrite_json_file(
-        std::env::args().collect(),
-    ));
+    let args = flotilla::bench::command::rewrite_json_file(std::env::args().collect());
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            eprintln!("flotilla: {}", usage_error(&e.render().to_string()));
+            return std::process::ExitCode::from(2);
+        }
+    };
     init_logging(cli.log_format);
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
