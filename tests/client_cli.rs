@@ -264,10 +264,16 @@ async fn the_client_and_the_cli_against_four_processes() {
             "groups",
             "leads",
             "apply_lag",
+            "rss_bytes",
+            "disk_bytes",
+            "cert_not_after",
         ] {
             assert!(n.get(field).is_some(), "node without {field}: {n}");
         }
         assert_eq!(n["live"], serde_json::json!(true));
+        // A running node holds memory and its redb file and round log.
+        assert!(n["rss_bytes"].as_u64().is_some_and(|b| b > 0), "{n}");
+        assert!(n["disk_bytes"].as_u64().is_some_and(|b| b > 0), "{n}");
     }
     assert_eq!(doc["groups"]["total"], serde_json::json!(33));
     assert!(doc["cluster_id"].is_string());

@@ -197,6 +197,10 @@ pub struct NodeReport {
     /// When the certificate it presents expires, in seconds since the Unix
     /// epoch.
     pub cert_not_after: i64,
+    /// Its resident memory in bytes (0: unknown on this platform).
+    pub rss_bytes: u64,
+    /// Bytes its data directory takes on disk.
+    pub disk_bytes: u64,
 }
 
 /// A node's answer.

@@ -73,6 +73,13 @@ pub(super) fn leaders(
         .collect()
 }
 
+/// A byte count as MiB with one decimal, `-` when unknown.
+fn mib(v: &Value) -> String {
+    v.as_u64().map_or("-".into(), |b| {
+        format!("{:.1}MiB", b as f64 / (1024.0 * 1024.0))
+    })
+}
+
 pub(super) async fn status(g: &Globals, c: &Client, out: &mut dyn Write) -> Outcome {
     let catalog = c.refresh_catalog().await?;
     let reports = reports(c).await?;
@@ -108,9 +115,12 @@ pub(super) async fn status(g: &Globals, c: &Client, out: &mut dyn Write) -> Outc
         };
         let state = standing(catalog.nodes.get(id).map(|n| n.state), r.is_some());
         let cert = r.as_ref().map(|r| r.cert_not_after);
+        let rss = r.as_ref().map(|r| r.rss_bytes).filter(|b| *b > 0);
+        let disk = r.as_ref().map(|r| r.disk_bytes);
         nodes.push(json!({
             "id": id.0, "addr": addr, "state": state, "lifecycle": lifecycle, "live": r.is_some(),
             "groups": groups, "leads": leads, "apply_lag": lag,
+            "rss_bytes": rss, "disk_bytes": disk,
             "cert_not_after": cert.map(crate::certs::expiry::date),
         }));
         if let Some(t) = cert {
@@ -150,6 +160,9 @@ pub(super) async fn status(g: &Globals, c: &Client, out: &mut dyn Write) -> Outc
                     cell(&n["groups"]),
                     cell(&n["leads"]),
                     cell(&n["apply_lag"]),
+                    mib(&n["rss_bytes"]),
+                    mib(&n["disk_bytes"]),
+                    cell(&n["cert_not_after"]),
                 ]
             })
             .collect();
@@ -164,6 +177,9 @@ pub(super) async fn status(g: &Globals, c: &Client, out: &mut dyn Write) -> Outc
                 "GROUPS",
                 "LEADS",
                 "APPLY LAG",
+                "RSS",
+                "DISK",
+                "CERT UNTIL",
             ],
             &rows,
         );

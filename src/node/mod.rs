@@ -16,6 +16,7 @@ pub mod handlers;
 pub mod join;
 pub mod ops;
 pub mod raft_link;
+pub mod resources;
 pub mod server;
 
 use std::fmt;

@@ -209,6 +209,11 @@ impl NodeServer {
         self.advertise
     }
 
+    /// Where the node keeps its data.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.cfg.data_dir
+    }
+
     /// Where the node is in its life. A driver that ended by itself makes
     /// the node failed, so `flotilla start` exits loudly instead of
     /// answering every request with "unreachable".

@@ -5,6 +5,7 @@ use super::ask;
 use crate::api::{GroupReport, NodeReport, RpcResponse};
 use crate::error::Result;
 use crate::multiraft::GroupStatus;
+use crate::node::resources;
 use crate::node::server::NodeServer;
 use crate::runtime::runner::DriverHandle;
 use crate::transport::TransportStats;
@@ -29,6 +30,8 @@ pub async fn status(node: &NodeServer, driver: Option<&DriverHandle>) -> Result<
         raft_bytes_in: TransportStats::get(&stats.raft_bytes_in),
         raft_entries_in: TransportStats::get(&stats.raft_entries_in),
         cert_not_after: node.transport.cert_not_after(),
+        rss_bytes: resources::rss_bytes().unwrap_or(0),
+        disk_bytes: resources::disk_bytes(node.data_dir()),
     };
     if let Some(h) = driver {
         let replayed = node.replayed();
