@@ -273,16 +273,21 @@ fn read_value(path: &std::path::Path) -> crate::error::Result<Vec<u8>> {
     let max = crate::kv::Limits::default().max_value;
     let cap = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
     let mut value = Vec::new();
-    let read = if path.as_os_str() == "-" {
+    let stdin = path.as_os_str() == "-";
+    let name = if stdin {
+        "standard input".to_string()
+    } else {
+        path.display().to_string()
+    };
+    let read = if stdin {
         std::io::stdin().lock().take(cap).read_to_end(&mut value)
     } else {
         std::fs::File::open(path).and_then(|f| f.take(cap).read_to_end(&mut value))
     };
-    read.map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    read.map_err(|e| Error::Invalid(format!("cannot read {name}: {e}")))?;
     if value.len() > max {
         return Err(Error::Invalid(format!(
-            "{} holds more than the {max}-byte value limit",
-            path.display()
+            "{name} holds more than the {max}-byte value limit"
         )));
     }
     Ok(value)
