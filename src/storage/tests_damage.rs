@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use super::tests::{append_round, bootstrapped, catalog, group_of, B};
-use super::tests_checkpoint::assert_holds_rounds;
+use super::tests_checkpoint::{assert_holds_rounds, cut_before_a_checkpoints_sync};
 use super::wal::HEADER;
 use super::*;
 use crate::types::{NodeId, CATALOG_GROUP};
@@ -102,30 +102,10 @@ fn a_damaged_record_with_synced_records_after_it_refuses_the_node() {
 
 #[test]
 fn a_damaged_record_in_the_file_a_pending_checkpoint_left_refuses_the_node() {
-    let disk = MemDisk::new();
-    let (e, sync) = Engine::open_backend_behind(disk.clone()).unwrap();
-    e.bootstrap(NodeId(1), &catalog()).unwrap();
-    sync.hold(true);
-    let mut s = group_of(&e, 1);
-    // 2 KiB a round: the 64 KiB log checkpoints after about 32 rounds.
-    for i in 1..=40 {
-        append_round(&e, &mut s, B + i, 2048);
-    }
-    assert_eq!(e.stats().checkpoints(), 1);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !sync.pending() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the checkpoint never reached its sync"
-        );
-        std::thread::yield_now();
-    }
     // redb falls back to before the checkpoint, so it needs every record
     // of the file the log left; the last one of those is damaged, and the
     // records of the other file vouch for it.
-    let image = disk.crash_image();
-    sync.hold(false);
-    drop(e);
+    let image = cut_before_a_checkpoints_sync();
     let [next, left] = image.log_files();
     let run = run_of(&left);
     let (offset, seq) = *run.last().unwrap();
