@@ -108,21 +108,20 @@ impl Client {
     /// is recorded in the catalog, and the group's leader hands over as soon
     /// as `to` is caught up, and again whenever leadership drifts away.
     pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<()> {
-        match self
-            .call_group(CATALOG_GROUP, &RpcRequest::TransferLeader { group, to })
-            .await?
-        {
-            RpcResponse::Done => Ok(()),
-            other => Err(unexpected(&other)),
-        }
+        self.catalog_change(RpcRequest::TransferLeader { group, to })
+            .await
     }
 
     /// Sets a node's state through group 0 (admin certificate only).
     pub async fn set_node_state(&self, node: NodeId, state: NodeState) -> Result<()> {
-        match self
-            .call_group(CATALOG_GROUP, &RpcRequest::SetNodeState { node, state })
-            .await?
-        {
+        self.catalog_change(RpcRequest::SetNodeState { node, state })
+            .await
+    }
+
+    /// Sends an operator's change to group 0's leader, which answers
+    /// `Done` once the catalog holds it.
+    async fn catalog_change(&self, req: RpcRequest) -> Result<()> {
+        match self.call_group(CATALOG_GROUP, &req).await? {
             RpcResponse::Done => Ok(()),
             other => Err(unexpected(&other)),
         }
