@@ -139,3 +139,68 @@ fn the_catalog_groups_log_is_compacted_as_it_applies() {
             .collect::<Vec<_>>()
     );
 }
+
+/// A put of `value` to `key` without a session.
+fn put(key: Vec<u8>, value: Vec<u8>) -> Proposal {
+    Proposal::Kv(Command {
+        client: 0,
+        seq: 0,
+        ack_below: 0,
+        op: Op::Put { key, value },
+    })
+}
+
+#[test]
+fn a_follower_back_from_a_crash_catches_up_from_entries_that_left_the_leaders_memory() {
+    let seed = 23;
+    let mut sim = cluster_with(seed, SimConfig::default().driver);
+    let budget = SimConfig::default().memory.raft_cache;
+    let group = GroupId(1);
+    let leader = sim.leader(group).unwrap();
+    let down = sim.node_ids().into_iter().find(|n| *n != leader).unwrap();
+    sim.crash(down);
+    let keys: Vec<Vec<u8>> = (0..)
+        .map(|i| format!("evict-{i}").into_bytes())
+        .filter(|k| sim.catalog.group_of(k) == group)
+        .take(400)
+        .collect();
+    // 400 values of 1 KiB, six times the simulation's entry cache, ten a
+    // tick; the leader's entries in memory stay near the budget all along.
+    let cache = |s: &Sim| s.driver(leader).unwrap().engine().entry_cache();
+    let mut peak = 0;
+    for chunk in keys.chunks(10) {
+        for k in chunk {
+            sim.submit(leader, group, &put(k.clone(), vec![k[k.len() - 1]; 1024]));
+        }
+        sim.run_ticks(1).unwrap();
+        peak = peak.max(cache(&sim).used());
+    }
+    assert_eq!(
+        sim.leader(group),
+        Some(leader),
+        "seed {seed}: the leader moved"
+    );
+    // Entries wait in memory until a checkpoint puts their record in redb,
+    // which the simulation's small round log does every 64 KiB or so.
+    assert!(
+        peak <= budget + 256 * 1024,
+        "seed {seed}: {peak} bytes of entries in memory against a budget of {budget}"
+    );
+    let reads = cache(&sim).disk_reads();
+    sim.restart(down).unwrap();
+    assert!(
+        sim.run_until_converged(2_000).unwrap(),
+        "seed {seed}: the follower never caught up: {}",
+        sim.describe()
+    );
+    assert!(
+        cache(&sim).disk_reads() > reads,
+        "seed {seed}: the follower was served without reading the log table"
+    );
+    let follower = sim.driver(down).unwrap();
+    let status = follower.status(group).unwrap();
+    assert!(
+        status.first_index <= flotilla::storage::INIT_INDEX + 1,
+        "seed {seed}: caught up by snapshot, not from the log: {status:?}"
+    );
+}

@@ -121,6 +121,15 @@ enum Command {
         /// one, and at least one; the Raft driver has a thread of its own].
         #[arg(long)]
         io_threads: Option<usize>,
+        /// Raft log entries kept in memory over all groups, e.g. 64MiB;
+        /// older ones are read from disk when a follower needs them
+        /// [default: 64MiB].
+        #[arg(long)]
+        raft_cache: Option<bytesize::ByteSize>,
+        /// Memory the database keeps for pages it read or wrote, e.g.
+        /// 128MiB [default: 128MiB].
+        #[arg(long)]
+        db_cache: Option<bytesize::ByteSize>,
     },
     /// Bootstraps a new cluster on the node at ENDPOINT (once per cluster).
     Init {
@@ -310,6 +319,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             join_max_backoff,
             data_groups,
             io_threads,
+            raft_cache,
+            db_cache,
         } => {
             let file = match &config {
                 Some(path) => FileConfig::load(path)?,
@@ -354,6 +365,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         cfg.tick * 50
                     );
                     cfg.dead_after = d;
+                }
+                if let Some(b) = raft_cache.or(file.raft_cache) {
+                    cfg.memory.raft_cache = usize::try_from(b.as_u64())
+                        .context("--raft-cache is larger than this machine's address space")?;
+                }
+                if let Some(b) = db_cache.or(file.db_cache) {
+                    anyhow::ensure!(
+                        b.as_u64() >= 1 << 20,
+                        "--db-cache must be at least 1MiB, or every read goes to the disk"
+                    );
+                    cfg.memory.db_cache = usize::try_from(b.as_u64())
+                        .context("--db-cache is larger than this machine's address space")?;
                 }
                 if let Some(n) = join_attempts.or(file.join_attempts) {
                     anyhow::ensure!(n > 0, "--join-attempts must be at least 1");

@@ -18,6 +18,12 @@ pub const HEARTBEAT_TICKS: usize = 2;
 /// follower that fell a little behind catches up from the log rather than
 /// by snapshot.
 pub const LOG_KEEP_ENTRIES: u64 = 8192;
+/// Bytes of applied log kept behind the apply index at most, whatever
+/// `log_keep` says: with large values, 8,192 entries would be gigabytes of
+/// log per group on disk. A follower further behind gets a snapshot.
+pub const LOG_KEEP_BYTES: u64 = 16 * 1024 * 1024;
+/// How far past `log_keep_bytes` a log may grow before it is compacted.
+pub const COMPACT_SLACK_BYTES: u64 = 4 * 1024 * 1024;
 /// How far past `log_keep` the log may grow before it is compacted (so that
 /// compaction runs in batches, not every round).
 pub const COMPACT_SLACK_ENTRIES: u64 = 1024;
@@ -49,6 +55,10 @@ pub struct DriverConfig {
     pub log_keep: u64,
     /// See [`COMPACT_SLACK_ENTRIES`].
     pub compact_slack: u64,
+    /// See [`LOG_KEEP_BYTES`].
+    pub log_keep_bytes: u64,
+    /// See [`COMPACT_SLACK_BYTES`].
+    pub compact_slack_bytes: u64,
     /// See [`MAX_MSG_BYTES`].
     pub max_msg_bytes: u64,
     /// See [`MAX_INFLIGHT_MSGS`].
@@ -89,6 +99,8 @@ impl Default for DriverConfig {
             seed: 0,
             log_keep: LOG_KEEP_ENTRIES,
             compact_slack: COMPACT_SLACK_ENTRIES,
+            log_keep_bytes: LOG_KEEP_BYTES,
+            compact_slack_bytes: COMPACT_SLACK_BYTES,
             max_msg_bytes: MAX_MSG_BYTES,
             max_inflight_msgs: MAX_INFLIGHT_MSGS,
             proposal_timeout_ticks: 20 * ELECTION_TICKS as u64,

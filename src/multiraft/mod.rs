@@ -208,6 +208,9 @@ pub struct Driver {
     replayed: Replayed,
     /// Ticks since the last round, for the engine's flush schedule.
     ticks_since_round: u64,
+    /// The group the next eviction from the entry cache starts at, so that
+    /// every group's entries take their turn.
+    evict_from: GroupId,
 }
 
 /// Requests in flight that are not tied to one group's Raft state.
@@ -298,12 +301,8 @@ impl Driver {
         for store in engine.load_groups()? {
             let gid = store.group;
             replayed.groups += 1;
-            replayed.entries += store.entries.len() as u64;
-            replayed.bytes += store
-                .entries
-                .iter()
-                .map(|e| (e.data.len() + e.context.len()) as u64)
-                .sum::<u64>();
+            replayed.entries += store.last_index_() - store.snap_index;
+            replayed.bytes += store.log_bytes();
             groups.insert(gid, Group::new(id, &cfg, store, &logger)?);
         }
         tracing::info!(
@@ -330,6 +329,7 @@ impl Driver {
             upkeep: Upkeep::default(),
             replayed,
             ticks_since_round: 0,
+            evict_from: GroupId(0),
         };
         // Replicas moved off this node while it was down (or before it
         // stopped) wait to be destroyed like any other.

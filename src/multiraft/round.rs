@@ -281,20 +281,54 @@ impl Driver {
     }
 
     /// Compacts the logs of groups whose flushed apply index moved far
-    /// enough past their compaction point (never past it: a restart
-    /// resumes applying there). The new state record also catches up the
-    /// commit index the record holds.
+    /// enough past their compaction point, in entries or in bytes (never
+    /// past it: a restart resumes applying there). The new state record
+    /// also catches up the commit index the record holds. Then, if the
+    /// node's entries in memory are over the cache budget, moves applied
+    /// ones out of memory.
     fn compact(&mut self, w: &mut WriteBatch) {
         let limit = self.cfg.log_keep + self.cfg.compact_slack;
+        let (keep_bytes, slack_bytes) = (self.cfg.log_keep_bytes, self.cfg.compact_slack_bytes);
         for (gid, g) in &mut self.groups {
             let s = g.node.store();
-            if s.flushed.saturating_sub(s.snap_index) <= limit {
+            let by_count = (s.flushed.saturating_sub(s.snap_index) > limit)
+                .then(|| s.flushed - self.cfg.log_keep);
+            let by_bytes = s.compaction_by_bytes(keep_bytes, slack_bytes);
+            let Some(upto) = by_count.max(by_bytes).map(|u| u.min(s.flushed)) else {
+                continue;
+            };
+            if upto <= s.snap_index {
                 continue;
             }
-            let upto = s.flushed - self.cfg.log_keep;
             let dead = g.node.mut_store().compact(upto);
             w.delete_log_records(&dead);
             w.put_raft_state(*gid, &g.node.store().record());
+        }
+        self.evict();
+    }
+
+    /// Moves applied entries out of memory, group after group from where
+    /// the last eviction stopped, until the node's entries are a quarter
+    /// under the cache budget (so that eviction runs now and then, not at
+    /// every round).
+    fn evict(&mut self) {
+        let cache = self.engine.entry_cache();
+        if !cache.over_budget() {
+            return;
+        }
+        let target = cache.budget() / 4 * 3;
+        let from = self.evict_from;
+        let order: Vec<GroupId> = (self.groups.range(from..).chain(self.groups.range(..from)))
+            .map(|(id, _)| *id)
+            .collect();
+        for gid in order {
+            if cache.used() <= target {
+                self.evict_from = gid;
+                return;
+            }
+            if let Some(g) = self.groups.get_mut(&gid) {
+                g.node.mut_store().evict();
+            }
         }
     }
 

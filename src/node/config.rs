@@ -18,6 +18,8 @@
 //! join_attempts = 12
 //! join_max_backoff = "32s"
 //! io_threads = 3
+//! raft_cache = "64MiB"
+//! db_cache = "128MiB"
 //! ```
 
 use std::net::SocketAddr;
@@ -60,6 +62,10 @@ pub struct FileConfig {
     pub join_max_backoff: Option<Duration>,
     /// Threads for networking (see [`default_io_threads`]).
     pub io_threads: Option<usize>,
+    /// Raft log entries kept in memory, over all groups.
+    pub raft_cache: Option<bytesize::ByteSize>,
+    /// redb's page cache.
+    pub db_cache: Option<bytesize::ByteSize>,
 }
 
 /// Threads a node gives its network (QUIC, TLS, requests) by default: one

@@ -35,7 +35,7 @@ use crate::certs::spki_sha256;
 use crate::error::{Error, Result};
 use crate::multiraft::{Driver, DriverConfig, Replayed};
 use crate::runtime::runner::{DriverHandle, Runner};
-use crate::storage::Engine;
+use crate::storage::{Engine, MemoryConfig};
 use crate::transport::rpc;
 use crate::transport::{TlsIdentity, Transport};
 use crate::types::NodeId;
@@ -85,6 +85,9 @@ pub struct NodeConfig {
     /// How long a node may stay silent before group 0's leader declares it
     /// dead (see `multiraft::liveness`).
     pub dead_after: Duration,
+    /// What the storage engine may keep in memory (`--raft-cache`,
+    /// `--db-cache`).
+    pub memory: MemoryConfig,
 }
 
 impl NodeConfig {
@@ -104,6 +107,7 @@ impl NodeConfig {
             wipe_and_join: false,
             isolation_timeout: DEFAULT_ISOLATION_TIMEOUT,
             dead_after: DEFAULT_DEAD_AFTER,
+            memory: MemoryConfig::default(),
         }
     }
 }
@@ -147,7 +151,8 @@ impl NodeServer {
         let db_path = cfg.data_dir.join("flotilla.redb");
         // Without seeds a wiped node would wait for `init`, a cluster of its
         // own: data is discarded only to join one.
-        let mut engine = open_or_wipe(&db_path, cfg.wipe_and_join && !cfg.join.is_empty())?;
+        let wipe = cfg.wipe_and_join && !cfg.join.is_empty();
+        let mut engine = open_or_wipe(&db_path, cfg.memory, wipe)?;
         engine.ensure_store_id(random_store_id())?;
         let node = engine.node_id()?.unwrap_or_default();
         let transport = Transport::bind(node, cfg.listen, &identity)?;
@@ -172,7 +177,7 @@ impl NodeServer {
                 tracing::warn!(reason = %refusal, "wiping this node's data to join as a new node");
                 drop(engine);
                 Engine::remove(&db_path)?;
-                engine = Engine::open(&db_path)?;
+                engine = Engine::open_with(&db_path, cfg.memory)?;
                 engine.ensure_store_id(random_store_id())?;
                 transport.set_node(NodeId::default());
             }
@@ -567,12 +572,12 @@ async fn standing(
 /// cannot use (another on-disk format, a damaged round log) is discarded
 /// and a new one made, so the node joins as a new store; without it, the
 /// error says how to do that.
-fn open_or_wipe(path: &std::path::Path, wipe: bool) -> Result<Engine> {
-    match Engine::open(path) {
+fn open_or_wipe(path: &std::path::Path, mem: MemoryConfig, wipe: bool) -> Result<Engine> {
+    match Engine::open_with(path, mem) {
         Err(e @ (Error::Invalid(_) | Error::Corrupt { .. })) if wipe => {
             tracing::warn!(error = %e, "discarding this node's data (--wipe-and-join)");
             Engine::remove(path)?;
-            Engine::open(path)
+            Engine::open_with(path, mem)
         }
         r => r,
     }

@@ -31,7 +31,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::catalog::{Catalog, CatalogCommand, NodeInfo, NodeState};
 use crate::error::{Error, Result};
 use crate::multiraft::{Applied, Driver, DriverConfig, Proposal, Reply, Token};
-use crate::storage::{Engine, MemDisk};
+use crate::storage::{Engine, MemDisk, MemoryConfig};
 use crate::types::{GroupId, NodeId, CATALOG_GROUP};
 
 /// How to build a simulated cluster.
@@ -54,7 +54,13 @@ pub struct SimConfig {
     pub steps_per_tick: u64,
     /// Driver settings (the seed is overridden per node from `seed`).
     pub driver: DriverConfig,
+    /// Each node's memory budgets.
+    pub memory: MemoryConfig,
 }
+
+/// The simulation's entry cache: small, so that every scenario evicts
+/// entries and serves lagging followers and restarts from the log table.
+pub const SIM_RAFT_CACHE_BYTES: usize = 64 << 10;
 
 impl Default for SimConfig {
     fn default() -> Self {
@@ -70,6 +76,10 @@ impl Default for SimConfig {
             driver: DriverConfig {
                 balance_leaders: false,
                 ..DriverConfig::default()
+            },
+            memory: MemoryConfig {
+                raft_cache: SIM_RAFT_CACHE_BYTES,
+                ..MemoryConfig::default()
             },
         }
     }
@@ -172,7 +182,7 @@ impl Sim {
             .get_mut(&id)
             .ok_or_else(|| Error::Invalid(format!("no node {id}")))?;
         assert!(node.driver.is_none(), "{id} is already running");
-        let engine = Engine::open_backend(node.disk.clone())?;
+        let engine = Engine::open_backend_with(node.disk.clone(), self.cfg.memory)?;
         node.driver = Some(Driver::open(engine, dcfg)?);
         Ok(())
     }

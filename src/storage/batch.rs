@@ -300,7 +300,7 @@ impl WriteBatch {
         let group = store.group.0;
         self.require_sync();
         self.overlay.lock().discard(group);
-        let records: Vec<u64> = store.records.iter().map(|(_, seq)| *seq).collect();
+        let records: Vec<u64> = store.records.iter().map(|r| r.seq).collect();
         self.delete_log_records(&records);
         self.stage(Op::DropGroup { group });
     }

@@ -35,6 +35,7 @@ use std::sync::atomic::Ordering;
 
 use redb::{Database, ReadableTable, WriteTransaction};
 
+use super::cache::EntryCache;
 use super::io_error;
 use super::redo::{decode_all, Op, Tables};
 use super::schema::{
@@ -58,6 +59,8 @@ struct Shared {
     sync: Arc<SyncControl>,
     /// The engine's round log, synced before a checkpoint commits.
     wal: Arc<Mutex<Wal>>,
+    /// Told which log records redb holds once a checkpoint commits.
+    cache: Arc<EntryCache>,
 }
 
 #[derive(Default)]
@@ -90,12 +93,14 @@ impl Checkpointer {
         db: Arc<Database>,
         wal: Arc<Mutex<Wal>>,
         sync: Arc<SyncControl>,
+        cache: Arc<EntryCache>,
     ) -> Result<Checkpointer> {
         let shared = Arc::new(Shared {
             state: Mutex::default(),
             changed: Condvar::new(),
             sync,
             wal,
+            cache,
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
@@ -225,7 +230,7 @@ fn run(db: &Database, shared: &Shared) {
 /// reaches (see the module doc), and commits with a sync that runs behind.
 fn checkpoint(db: &Database, shared: &Shared, rows: &[u8], upto: u64) -> Result<()> {
     let txn = db.begin_write()?;
-    let reaches = write_log_rows(&txn, rows, upto)?;
+    let (reaches, records) = write_log_rows(&txn, rows, upto)?;
     shared
         .wal
         .lock()
@@ -237,13 +242,17 @@ fn checkpoint(db: &Database, shared: &Shared, rows: &[u8], upto: u64) -> Result<
     let committed = txn.commit();
     sync.clear_defer();
     committed?;
+    if let Some(seq) = records {
+        shared.cache.set_in_db(seq);
+    }
     Ok(())
 }
 
 /// Writes the deferred Raft log ops `rows` into `txn`, which then holds the
 /// log as of round log record `upto`. Returns the record up to which `txn`
-/// then holds every write: `upto`, or later when rounds after that record
-/// committed to redb already.
+/// then holds every write (`upto`, or later when rounds after that record
+/// committed to redb already), and the last Raft log record it wrote
+/// (for the entry cache, once `txn` commits).
 ///
 /// Only their net effect is written: a record deleted before the checkpoint
 /// is never written, and each group's remaining records become one row (see
@@ -252,7 +261,11 @@ fn checkpoint(db: &Database, shared: &Shared, rows: &[u8], upto: u64) -> Result<
 /// mirror still lists the original records; deleting the earlier ones is a
 /// no-op, and the merged row goes with the last one, which compaction only
 /// drops once every entry of the row is compacted.
-pub(crate) fn write_log_rows(txn: &WriteTransaction, rows: &[u8], upto: u64) -> Result<u64> {
+pub(crate) fn write_log_rows(
+    txn: &WriteTransaction,
+    rows: &[u8],
+    upto: u64,
+) -> Result<(u64, Option<u64>)> {
     let mut t = Tables::open(txn)?;
     let mut puts: BTreeMap<u64, &[u8]> = BTreeMap::new();
     for op in decode_all(rows)? {
@@ -269,6 +282,7 @@ pub(crate) fn write_log_rows(txn: &WriteTransaction, rows: &[u8], upto: u64) -> 
             other => other.apply(&mut t)?,
         }
     }
+    let last_record = puts.keys().next_back().copied();
     let mut by_group: BTreeMap<u64, Vec<(u64, &[u8])>> = BTreeMap::new();
     for (seq, record) in puts {
         let (group, _, _) = log_record_header(record)?;
@@ -303,7 +317,7 @@ pub(crate) fn write_log_rows(txn: &WriteTransaction, rows: &[u8], upto: u64) -> 
         t.meta
             .insert(META_WAL_APPLIED, upto.to_le_bytes().as_slice())?;
     }
-    Ok(applied.max(upto))
+    Ok((applied.max(upto), last_record))
 }
 
 impl Engine {
@@ -320,10 +334,13 @@ impl Engine {
         let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
         let upto = wal.next_seq() - 1;
         wal.sync_if_dirty().map_err(io_error)?;
-        write_log_rows(&txn, &log_rows, upto)?;
+        let (_, records) = write_log_rows(&txn, &log_rows, upto)?;
         txn.open_table(META)?
             .insert(META_WAL_APPLIED, u64_bytes(upto).as_slice())?;
         txn.commit()?;
+        if let Some(seq) = records {
+            self.cache.set_in_db(seq);
+        }
         log_rows.clear();
         wal.restart(upto + 1).map_err(io_error)?;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);

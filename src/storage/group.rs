@@ -2,10 +2,10 @@
 //!
 //! raft-rs reads the log through `&self` calls at arbitrary moments inside
 //! `step` and `ready`. Serving those from redb would open a read transaction
-//! per call, so each group keeps its un-compacted log in memory, rebuilt
-//! from redb and the round log at start and kept in step by the driver,
-//! which changes it and stages the same change in the round's write batch. Memory per group is bounded by log
-//! compaction (see `DriverConfig::log_keep`). Snapshots are built on demand
+//! per call, so each group keeps the recent part of its log in memory, kept
+//! in step by the driver, which changes it and stages the same change in
+//! the round's write batch; older entries are read back from redb, and the
+//! node's entries in memory are bounded in bytes (`cache`). Snapshots are built on demand
 //! from a redb read transaction with the overlay laid over it, which
 //! together are the applied state as of `applied`.
 
@@ -16,6 +16,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use redb::{Database, ReadableDatabase};
 
+use super::cache::{entry_bytes, read_entries, EntryCache, RecordRef, TermRuns};
 use super::overlay::SharedOverlay;
 use super::schema::{
     RaftStateRecord, SnapshotData, APPLIED, KV, META, META_CATALOG, RAFT_STATE, SESSIONS,
@@ -32,6 +33,8 @@ pub struct GroupStorage {
     db: Arc<Database>,
     /// The node's unflushed applied state, for building snapshots.
     overlay: SharedOverlay,
+    /// The node's entry cache budget and what redb's log table holds.
+    cache: Arc<EntryCache>,
     /// Last persisted (or staged this round) HardState.
     pub(crate) hard_state: HardState,
     /// Current ConfState (as of the applied index).
@@ -40,26 +43,35 @@ pub struct GroupStorage {
     pub(crate) snap_index: u64,
     /// Term of the last compacted entry.
     pub(crate) snap_term: u64,
-    /// Entries `snap_index + 1 ..= last_index`.
+    /// Entries `first_cached ..= last_index`: the part of the log in memory.
     pub(crate) entries: Vec<Entry>,
+    /// Index of the first entry in memory; those from `snap_index + 1` up
+    /// to it are read from redb's log table.
+    pub(crate) first_cached: u64,
+    /// Memory `entries` takes, as counted in the node's [`EntryCache`].
+    cached_bytes: usize,
+    /// The term of every index from `snap_index + 1` to the last.
+    terms: TermRuns,
     /// Index of the last applied entry.
     pub(crate) applied: u64,
     /// The apply index redb holds for this group (staged in a round or
     /// committed): what a restart resumes applying from. Compaction never
     /// passes it, so the entries a restart re-applies are still in the log.
     pub(crate) flushed: u64,
-    /// The log records holding this group's entries, oldest first, as
-    /// (last index in the record, record sequence).
-    pub(crate) records: VecDeque<(u64, u64)>,
+    /// The log records holding this group's entries, oldest first.
+    pub(crate) records: VecDeque<RecordRef>,
 }
 
-/// A group's log as read back from its records at start.
+/// A group's log as read back from its records at start: its records and
+/// terms, not its entries (they stay in redb until raft-rs asks for them).
 #[derive(Default)]
 pub(crate) struct RestoredLog {
-    /// Entries after the compaction point, in order.
-    pub(crate) entries: Vec<Entry>,
-    /// The records they came from, oldest first: (last index, sequence).
-    pub(crate) records: VecDeque<(u64, u64)>,
+    /// Index of the last entry replayed, if any is past the compaction point.
+    last: Option<u64>,
+    /// The term of every index up to `last`.
+    terms: TermRuns,
+    /// The records replayed, oldest first.
+    records: VecDeque<RecordRef>,
 }
 
 impl RestoredLog {
@@ -69,17 +81,19 @@ impl RestoredLog {
         group: GroupId,
         snap_index: u64,
         seq: u64,
-        entries: Vec<Entry>,
+        entries: &[Entry],
     ) -> Result<()> {
-        let Some(last) = entries.last().map(|e| e.index) else {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return Ok(());
         };
-        self.records.push_back((last, seq));
-        for e in entries {
-            if e.index <= snap_index {
-                continue;
-            }
-            let next = snap_index + 1 + self.entries.len() as u64;
+        self.records.push_back(RecordRef {
+            first: first.index,
+            last: last.index,
+            seq,
+            bytes: entries.iter().map(|e| entry_bytes(e) as u64).sum(),
+        });
+        for e in entries.iter().filter(|e| e.index > snap_index) {
+            let next = self.last.unwrap_or(snap_index) + 1;
             if e.index > next {
                 return Err(Error::Corrupt {
                     what: "raft log",
@@ -91,8 +105,9 @@ impl RestoredLog {
                 });
             }
             // A later record replaces the suffix it overlaps.
-            self.entries.truncate((e.index - snap_index - 1) as usize);
-            self.entries.push(e);
+            self.terms.truncate(e.index);
+            self.terms.push(e.index, e.term);
+            self.last = Some(e.index);
         }
         Ok(())
     }
@@ -102,15 +117,17 @@ impl GroupStorage {
     /// A group restored at start: its state record, apply index, and the
     /// log rebuilt from its records.
     pub(crate) fn restore(
-        db: Arc<Database>,
-        overlay: SharedOverlay,
+        (db, overlay, cache): (Arc<Database>, SharedOverlay, Arc<EntryCache>),
         group: GroupId,
         rec: &RaftStateRecord,
         applied: u64,
         log: RestoredLog,
     ) -> GroupStorage {
-        let mut store = GroupStorage::fresh(db, overlay, group, rec);
-        store.entries = log.entries;
+        let mut store = GroupStorage::fresh((db, overlay, cache), group, rec);
+        if let Some(last) = log.last {
+            store.first_cached = last + 1;
+            store.terms = log.terms;
+        }
         store.records = log.records;
         // Everything up to the compaction point is applied, even before the
         // first apply writes a row (a group starts at `INIT_INDEX`).
@@ -121,7 +138,37 @@ impl GroupStorage {
 
     /// Index of the last entry in the log.
     pub fn last_index_(&self) -> u64 {
-        self.snap_index + self.entries.len() as u64
+        self.first_cached + self.entries.len() as u64 - 1
+    }
+
+    /// Bytes of this group's entries in memory.
+    pub fn cached_bytes(&self) -> usize {
+        self.cached_bytes
+    }
+
+    /// Approximate bytes of the log's entries on disk (its records').
+    pub fn log_bytes(&self) -> u64 {
+        self.records.iter().map(|r| r.bytes).sum()
+    }
+
+    /// The highest index the log may be compacted to so that the records
+    /// after it hold at most `keep` bytes, if it holds more than `keep +
+    /// slack` (approximate: records a later one overlapped count in full).
+    pub(crate) fn compaction_by_bytes(&self, keep: u64, slack: u64) -> Option<u64> {
+        let total = self.log_bytes();
+        if total <= keep + slack {
+            return None;
+        }
+        let mut left = total;
+        let mut upto = None;
+        for r in &self.records {
+            if left <= keep {
+                break;
+            }
+            left -= r.bytes;
+            upto = Some(r.last);
+        }
+        upto
     }
 
     /// The record to persist for the current state.
@@ -138,21 +185,86 @@ impl GroupStorage {
     /// log record the disk side stored them in.
     pub(crate) fn append(&mut self, new: &[Entry], record: Option<u64>) {
         let old_last = self.last_index_();
-        if let (Some(seq), Some(last)) = (record, new.last()) {
-            self.records.push_back((last.index, seq));
+        let (Some(first), Some(last)) = (new.first(), new.last()) else {
+            return;
+        };
+        if let Some(seq) = record {
+            self.records.push_back(RecordRef {
+                first: first.index,
+                last: last.index,
+                seq,
+                bytes: new.iter().map(|e| entry_bytes(e) as u64).sum(),
+            });
         }
-        if let Some(first) = new.first() {
+        assert!(
+            first.index > self.snap_index && first.index <= old_last + 1,
+            "{}: append at {} leaves a gap (snap {}, last {old_last})",
+            self.group,
+            first.index,
+            self.snap_index
+        );
+        if first.index < self.first_cached {
+            // Replaces entries that left memory: none are applied, so the
+            // cache was never allowed to evict them; keep the rule loud.
             assert!(
-                first.index > self.snap_index && first.index <= old_last + 1,
-                "{}: append at {} leaves a gap (snap {}, last {old_last})",
+                first.index > self.applied,
+                "{}: append at {} replaces applied entries",
                 self.group,
-                first.index,
-                self.snap_index
+                first.index
             );
-            self.entries
-                .truncate((first.index - self.snap_index - 1) as usize);
-            self.entries.extend_from_slice(new);
+            self.drop_cached(self.entries.len());
+            self.first_cached = first.index;
+        } else {
+            let keep = (first.index - self.first_cached) as usize;
+            let dropped: usize = self.entries[keep..].iter().map(entry_bytes).sum();
+            self.entries.truncate(keep);
+            self.uncount(dropped);
         }
+        self.terms.truncate(first.index);
+        let mut added = 0;
+        for e in new {
+            self.terms.push(e.index, e.term);
+            added += entry_bytes(e);
+        }
+        self.entries.extend_from_slice(new);
+        self.cached_bytes += added;
+        self.cache.add(added);
+    }
+
+    /// Drops the first `n` entries in memory from it.
+    fn drop_cached(&mut self, n: usize) {
+        let bytes: usize = self.entries.drain(..n).map(|e| entry_bytes(&e)).sum();
+        self.first_cached += n as u64;
+        self.uncount(bytes);
+    }
+
+    fn uncount(&mut self, bytes: usize) {
+        self.cached_bytes -= bytes;
+        self.cache.sub(bytes);
+    }
+
+    /// Moves the applied entries whose records redb holds out of memory
+    /// (they are read back from there when asked for). Returns the bytes
+    /// freed.
+    pub(crate) fn evict(&mut self) -> usize {
+        let in_db_below = self.cache.in_db_below();
+        // A record redb does not hold yet pins its entries, and any later
+        // version of an earlier one, in memory.
+        let pinned = self
+            .records
+            .iter()
+            .filter(|r| r.seq >= in_db_below)
+            .map(|r| r.first)
+            .min()
+            .unwrap_or(u64::MAX);
+        let upto = self.applied.min(pinned.saturating_sub(1));
+        if upto < self.first_cached {
+            return 0;
+        }
+        let before = self.cached_bytes;
+        let n = ((upto - self.first_cached + 1) as usize).min(self.entries.len());
+        self.drop_cached(n);
+        before - self.cached_bytes
     }
 
     /// Drops entries up to and including `upto` (which must be applied).
@@ -167,16 +279,22 @@ impl GroupStorage {
         if upto <= self.snap_index {
             return Vec::new();
         }
-        let n = (upto - self.snap_index) as usize;
-        self.snap_term = self.entries[n - 1].term;
-        self.entries.drain(..n);
+        self.snap_term = self
+            .terms
+            .term(upto)
+            .expect("the terms cover every index of the log");
+        if upto >= self.first_cached {
+            self.drop_cached((upto - self.first_cached + 1) as usize);
+        }
+        self.first_cached = self.first_cached.max(upto + 1);
+        self.terms.compact(upto);
         self.snap_index = upto;
         let mut dead = Vec::new();
-        while let Some(&(last, seq)) = self.records.front() {
-            if last > upto {
+        while let Some(r) = self.records.front() {
+            if r.last > upto {
                 break;
             }
-            dead.push(seq);
+            dead.push(r.seq);
             self.records.pop_front();
         }
         dead
@@ -185,7 +303,9 @@ impl GroupStorage {
     /// Resets the log to a received snapshot's point. Returns every log
     /// record the group had, for the disk side to delete.
     pub(crate) fn install_snapshot(&mut self, index: u64, term: u64, cs: ConfState) -> Vec<u64> {
-        self.entries.clear();
+        self.drop_cached(self.entries.len());
+        self.first_cached = index + 1;
+        self.terms.clear();
         self.snap_index = index;
         self.snap_term = term;
         self.conf_state = cs;
@@ -193,7 +313,7 @@ impl GroupStorage {
         self.flushed = index;
         self.hard_state.commit = self.hard_state.commit.max(index);
         self.hard_state.term = self.hard_state.term.max(term);
-        self.records.drain(..).map(|(_, seq)| seq).collect()
+        self.records.drain(..).map(|r| r.seq).collect()
     }
 
     fn build_snapshot(&self) -> Result<Snapshot> {
@@ -251,6 +371,12 @@ impl GroupStorage {
     }
 }
 
+impl Drop for GroupStorage {
+    fn drop(&mut self) {
+        self.cache.sub(self.cached_bytes);
+    }
+}
+
 fn storage_error(e: Error) -> raft::Error {
     raft::Error::Store(StorageError::Other(Box::new(e)))
 }
@@ -276,10 +402,28 @@ impl raft::Storage for GroupStorage {
         if high > self.last_index_() + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let lo = (low - self.snap_index - 1) as usize;
-        let hi = (high - self.snap_index - 1) as usize;
-        let mut out = self.entries[lo..hi].to_vec();
-        raft::util::limit_size(&mut out, max_size.into());
+        let max_size = max_size.into();
+        let mut out = Vec::new();
+        if low < self.first_cached {
+            let upto = high.min(self.first_cached);
+            out = read_entries(
+                &self.db,
+                self.group,
+                self.records.iter().copied(),
+                &self.terms,
+                (low, upto),
+                max_size,
+            )
+            .map_err(storage_error)?;
+            self.cache.count_disk_reads(out.len());
+            if out.len() < (upto - low) as usize || upto == high {
+                return Ok(out);
+            }
+        }
+        let lo = (low.max(self.first_cached) - self.first_cached) as usize;
+        let hi = (high - self.first_cached) as usize;
+        out.extend_from_slice(&self.entries[lo..hi]);
+        raft::util::limit_size(&mut out, max_size);
         Ok(out)
     }
 
@@ -293,7 +437,9 @@ impl raft::Storage for GroupStorage {
         if idx > self.last_index_() {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        Ok(self.entries[(idx - self.snap_index - 1) as usize].term)
+        self.terms
+            .term(idx)
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -312,8 +458,7 @@ impl raft::Storage for GroupStorage {
 impl GroupStorage {
     /// A group with no log yet.
     pub(crate) fn fresh(
-        db: Arc<Database>,
-        overlay: SharedOverlay,
+        (db, overlay, cache): (Arc<Database>, SharedOverlay, Arc<EntryCache>),
         group: GroupId,
         rec: &RaftStateRecord,
     ) -> Self {
@@ -321,11 +466,15 @@ impl GroupStorage {
             group,
             db,
             overlay,
+            cache,
             hard_state: rec.hard_state(),
             conf_state: rec.conf_state(),
             snap_index: rec.snap_index,
             snap_term: rec.snap_term,
             entries: Vec::new(),
+            first_cached: rec.snap_index + 1,
+            cached_bytes: 0,
+            terms: TermRuns::default(),
             applied: rec.snap_index,
             flushed: rec.snap_index,
             records: VecDeque::new(),

@@ -161,8 +161,7 @@ impl Engine {
     /// once the batch that staged its [`new_group_record`] is persisted.
     pub fn new_group(&self, info: &GroupInfo, fresh: bool) -> GroupStorage {
         GroupStorage::fresh(
-            self.db.clone(),
-            self.overlay.clone(),
+            (self.db.clone(), self.overlay.clone(), self.cache.clone()),
             info.id,
             &new_group_record(info, fresh),
         )

@@ -17,9 +17,12 @@
 //!   right after its log append; a crash rolls redb back to its last synced
 //!   commit, and opening replays the log records after it (`opening`).
 //! - **The log rows awaiting a checkpoint**: Raft log entries reach redb's
-//!   log table only at a checkpoint. Each group serves its log from memory
-//!   (`group`, raft-rs's `Storage`), so the rows wait in memory and in the
-//!   round log. Every few megabytes of round log the engine checkpoints
+//!   log table only at a checkpoint. Each group serves its recent log from
+//!   memory (`group`, raft-rs's `Storage`), so the rows wait in memory and
+//!   in the round log; once a checkpoint put them in redb, applied entries
+//!   may leave memory when the node's entries pass the entry cache's
+//!   budget, and are read back from redb's log table (`cache`). Every few
+//!   megabytes of round log the engine checkpoints
 //!   (`checkpoint`): the log rows go to redb with a synced commit, on a
 //!   thread of their own for a real file, and the log moves to its other
 //!   file. Round log → redb.
@@ -38,13 +41,15 @@
 //!
 //! Files: `opening` creates the files and replays the log when a node
 //! opens; `identity` holds the node's id, cluster id, catalog and
-//! bootstrap; `view` the merged reads; `batch` the round's staging;
+//! bootstrap; `group` and `cache` each group's log and which of it stays in
+//! memory; `view` the merged reads; `batch` the round's staging;
 //! `persist` the write path and the flush schedule; `checkpoint` the
 //! checkpoint thread; `schema` the tables and records. [`Stats`] counts
 //! batches, commits and syncs so tests and benchmarks can check group
 //! commit.
 
 mod batch;
+mod cache;
 mod checkpoint;
 mod group;
 mod identity;
@@ -60,6 +65,7 @@ mod wal;
 mod walscan;
 
 pub use batch::{GroupKv, WriteBatch};
+pub use cache::{EntryCache, RAFT_CACHE_BYTES};
 pub use group::GroupStorage;
 pub use identity::new_group_record;
 pub use memdisk::{MemDisk, MemFile};
@@ -144,6 +150,8 @@ pub struct Engine {
     next_log_seq: Arc<AtomicU64>,
     /// Applied state of data groups not yet in redb.
     overlay: SharedOverlay,
+    /// The budget of Raft log entries in memory, shared by every group.
+    cache: Arc<EntryCache>,
     /// The round log. A std lock: only the driver's rounds take it, never
     /// across an await.
     wal: Arc<Mutex<Wal>>,
@@ -204,6 +212,37 @@ impl Engine {
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
     }
+
+    /// The node's entry cache: its budget and what it holds.
+    pub fn entry_cache(&self) -> Arc<EntryCache> {
+        self.cache.clone()
+    }
+}
+
+/// Default memory redb may keep for pages it read or wrote: the interior
+/// pages of a node's tables and its hot rows. redb's own default (1 GiB)
+/// was most of a loaded node's resident memory, for pages a write-heavy
+/// node rarely reads again.
+pub const DB_CACHE_BYTES: usize = 128 * 1024 * 1024;
+
+/// What a node's engine may keep in memory (the README gives the whole
+/// formula for a node).
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryConfig {
+    /// redb's page cache, in bytes (`--db-cache`).
+    pub db_cache: usize,
+    /// Raft log entries kept in memory over all groups, in bytes
+    /// (`--raft-cache`).
+    pub raft_cache: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            db_cache: DB_CACHE_BYTES,
+            raft_cache: RAFT_CACHE_BYTES,
+        }
+    }
 }
 
 /// Index a founding member's log starts after (see `identity::initial_record`).
@@ -213,6 +252,8 @@ pub const INIT_TERM: u64 = 5;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_cache;
 #[cfg(test)]
 mod tests_checkpoint;
 #[cfg(test)]

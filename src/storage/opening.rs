@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
+use super::cache::EntryCache;
 use super::checkpoint::Checkpointer;
 use super::group::RestoredLog;
 use super::overlay::SharedOverlay;
@@ -31,7 +32,10 @@ use super::schema::{
 use super::syncfile::{SyncControl, SyncFile};
 use super::wal::{NamedLogFile, Wal, WalConfig};
 use super::walscan::Damage;
-use super::{bytes_u64, io_error, u64_bytes, wal_paths, Engine, FlushState, GroupStorage, MemDisk};
+use super::{
+    bytes_u64, io_error, u64_bytes, wal_paths, Engine, FlushState, GroupStorage, MemDisk,
+    MemoryConfig,
+};
 use crate::error::{Error, Result};
 use crate::types::GroupId;
 use crate::wire;
@@ -181,8 +185,13 @@ pub(super) fn replay(db: &Database, mut wal: Wal) -> Result<Wal> {
 
 impl Engine {
     /// Opens (or creates) the database file at `path` and its round log
-    /// beside it (see [`wal_paths`]).
+    /// beside it (see [`wal_paths`]), with the default memory budgets.
     pub fn open(path: &Path) -> Result<Engine> {
+        Self::open_with(path, MemoryConfig::default())
+    }
+
+    /// Like [`Self::open`], with the memory budgets `mem`.
+    pub fn open_with(path: &Path, mem: MemoryConfig) -> Result<Engine> {
         let [a, b] = wal_paths(path);
         let (db_file, new_db) = open_rw(path)?;
         let (a_file, new_a) = open_rw(&a)?;
@@ -195,14 +204,29 @@ impl Engine {
             (b.display().to_string(), Box::new(b_file)),
         ];
         let (file, sync) = SyncFile::open(db_file).map_err(io_error)?;
-        let db = Database::builder().create_with_backend(file)?;
-        Self::init(db, log, WalConfig::FILE, Some(sync))
+        let db = Database::builder()
+            .set_cache_size(mem.db_cache)
+            .create_with_backend(file)?;
+        Self::init(db, log, WalConfig::FILE, Some(sync), mem.raft_cache)
     }
 
     /// Opens a database and round log on an in-memory disk.
     pub fn open_backend(disk: MemDisk) -> Result<Engine> {
-        let db = Database::builder().create_with_backend(disk.db_file())?;
-        Self::init(db, disk.log_backends(), WalConfig::MEMORY, None)
+        Self::open_backend_with(disk, MemoryConfig::default())
+    }
+
+    /// Like [`Self::open_backend`], with the memory budgets `mem`.
+    pub fn open_backend_with(disk: MemDisk, mem: MemoryConfig) -> Result<Engine> {
+        let db = Database::builder()
+            .set_cache_size(mem.db_cache)
+            .create_with_backend(disk.db_file())?;
+        Self::init(
+            db,
+            disk.log_backends(),
+            WalConfig::MEMORY,
+            None,
+            mem.raft_cache,
+        )
     }
 
     /// Like [`Self::open_backend`], with checkpoints' syncs run behind the
@@ -217,6 +241,7 @@ impl Engine {
                 disk.log_backends(),
                 WalConfig::MEMORY,
                 Some(sync.clone()),
+                MemoryConfig::default().raft_cache,
             )?,
             sync,
         ))
@@ -245,6 +270,7 @@ impl Engine {
         log: [NamedLogFile; 2],
         cfg: WalConfig,
         sync: Option<Arc<SyncControl>>,
+        raft_cache: usize,
     ) -> Result<Engine> {
         // Create every table up front so readers never meet a missing one.
         let txn = db.begin_write()?;
@@ -287,11 +313,15 @@ impl Engine {
         };
         let db = Arc::new(db);
         let wal = Arc::new(Mutex::new(wal));
+        // The opening put every record of the round log into redb.
+        let cache = Arc::new(EntryCache::new(raft_cache));
+        cache.set_in_db_below(next);
         let checkpointer = match sync {
             Some(sync) => Some(Arc::new(Checkpointer::start(
                 db.clone(),
                 wal.clone(),
                 sync,
+                cache.clone(),
             )?)),
             None => None,
         };
@@ -300,6 +330,7 @@ impl Engine {
             stats: Arc::default(),
             next_log_seq: Arc::new(AtomicU64::new(next)),
             overlay: SharedOverlay::default(),
+            cache,
             wal,
             log_rows: Arc::default(),
             checkpointer,
@@ -338,15 +369,14 @@ impl Engine {
             };
             logs.entry(g)
                 .or_default()
-                .replay(GroupId(g), rec.snap_index, seq.value(), entries)?;
+                .replay(GroupId(g), rec.snap_index, seq.value(), &entries)?;
         }
         let mut out = Vec::with_capacity(states.len());
         for (g, rec) in &states {
             let applied = applied_table.get(*g)?.map_or(0, |v| v.value());
             let log = logs.remove(g).unwrap_or_default();
             out.push(GroupStorage::restore(
-                self.db.clone(),
-                self.overlay.clone(),
+                (self.db.clone(), self.overlay.clone(), self.cache.clone()),
                 GroupId(*g),
                 rec,
                 applied,

@@ -40,6 +40,40 @@ pub struct FlushPolicy {
     pub bytes: usize,
 }
 
+/// What a round flushes of the overlay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FlushDue {
+    /// Nothing this round.
+    Nothing,
+    /// The groups whose changes waited their rounds.
+    Aged,
+    /// Every group.
+    All,
+}
+
+impl FlushPolicy {
+    /// What a round flushes, with the overlay at `bytes` after `ticks` quiet
+    /// ticks; `flush_all` when the batch asks for everything, and
+    /// `checkpoint_running` asked only when it matters.
+    pub(crate) fn due(
+        &self,
+        bytes: usize,
+        ticks: u64,
+        flush_all: bool,
+        checkpoint_running: impl FnOnce() -> bool,
+    ) -> FlushDue {
+        let overfull = bytes >= self.bytes.saturating_mul(2);
+        if !flush_all && !overfull && checkpoint_running() {
+            return FlushDue::Nothing;
+        }
+        if flush_all || bytes >= self.bytes || ticks >= self.ticks {
+            FlushDue::All
+        } else {
+            FlushDue::Aged
+        }
+    }
+}
+
 impl Default for FlushPolicy {
     fn default() -> Self {
         FlushPolicy {
@@ -181,7 +215,10 @@ impl Engine {
     /// batch asks for it, the overlay grew past its bytes or waited its
     /// ticks, else the groups that waited their rounds. Flushing writes to
     /// redb, and while a checkpoint runs behind the driver that would wait
-    /// for it: so it waits a few rounds instead, unless the batch needs it.
+    /// for it: so it waits a few rounds instead, unless the batch needs it
+    /// or the overlay reached twice its bytes. That bounds the overlay's
+    /// memory: it never passes twice the flush threshold by more than one
+    /// round's applies, however long checkpoints take.
     fn schedule_flush(&self, batch: &mut WriteBatch) -> Vec<(GroupId, u64)> {
         let mut f = self.flush.lock().unwrap_or_else(|p| p.into_inner());
         let Some(bytes) = self.overlay_bytes() else {
@@ -189,14 +226,12 @@ impl Engine {
             return Vec::new();
         };
         f.ticks_since += batch.ticks;
-        if !batch.flush_all && self.checkpoint_running() {
-            return Vec::new();
-        }
-        let all = batch.flush_all || bytes >= f.policy.bytes || f.ticks_since >= f.policy.ticks;
-        let flushed = if all {
-            batch.stage_overlay()
-        } else {
-            batch.stage_aged(f.policy.rounds, f.policy.groups_per_round)
+        let flushed = match f.policy.due(bytes, f.ticks_since, batch.flush_all, || {
+            self.checkpoint_running()
+        }) {
+            FlushDue::Nothing => return Vec::new(),
+            FlushDue::All => batch.stage_overlay(),
+            FlushDue::Aged => batch.stage_aged(f.policy.rounds, f.policy.groups_per_round),
         };
         if !flushed.is_empty() {
             f.ticks_since = 0;
@@ -276,8 +311,11 @@ impl Engine {
                     Some(txn) => txn,
                     None => self.db.begin_write()?,
                 };
-                write_log_rows(&txn, &rows, seq)?;
+                let (_, records) = write_log_rows(&txn, &rows, seq)?;
                 txn.commit()?;
+                if let Some(seq) = records {
+                    self.cache.set_in_db(seq);
+                }
                 wal.restart(seq + 1).map_err(io_error)?;
             }
         }
