@@ -196,7 +196,7 @@ async fn serve_bi(
     t: Arc<Transport>,
     peer: SocketAddr,
     cert: &PeerCert,
-    send: SendStream,
+    mut send: SendStream,
     mut recv: RecvStream,
 ) {
     let read = async {
@@ -218,7 +218,10 @@ async fn serve_bi(
     };
     let req = match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
         Ok(Some(req)) => req,
-        Ok(None) => return,
+        Ok(None) => {
+            let _ = send.reset(BAD_FRAME.into());
+            return;
+        }
         Err(_) => {
             t.refuse(
                 Refusal::Stalled,
@@ -226,6 +229,7 @@ async fn serve_bi(
                 &format_args!("a request did not arrive whole within {REQUEST_TIMEOUT:?}"),
             );
             let _ = recv.stop(BAD_FRAME.into());
+            let _ = send.reset(BAD_FRAME.into());
             return;
         }
     };
