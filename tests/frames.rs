@@ -67,8 +67,12 @@ fn certs_dir() -> tempfile::TempDir {
 /// A node's transport on loopback; its Raft batches go to the receiver.
 fn node(dir: &Path, id: u64) -> (Arc<Transport>, mpsc::Receiver<Delivered>) {
     let (tx, rx) = mpsc::channel();
-    let t = Transport::bind(NodeId(id), "127.0.0.1:0".parse().unwrap(), &identity(dir, Role::Node))
-        .unwrap();
+    let t = Transport::bind(
+        NodeId(id),
+        "127.0.0.1:0".parse().unwrap(),
+        &identity(dir, Role::Node),
+    )
+    .unwrap();
     t.serve(Arc::new(ChanInbox(Mutex::new(tx))), Arc::new(Done));
     (t, rx)
 }
@@ -132,7 +136,12 @@ async fn oversize_frames_and_wrong_kinds_are_refused_before_their_body() {
         (&as_client, true, &over_request, &stats.refused_oversize),
         (&as_node, false, &over_raft, &stats.refused_oversize),
         (&as_client, false, &client_raft, &stats.refused_roles),
-        (&as_node, false, &[StreamKind::Snapshot.tag(), 0, 0], &stats.refused_kinds),
+        (
+            &as_node,
+            false,
+            &[StreamKind::Snapshot.tag(), 0, 0],
+            &stats.refused_kinds,
+        ),
         (&as_node, true, &[0x7f, 0, 0, 0, 8], &stats.refused_kinds),
     ];
     for (conn, bi, bytes, counter) in cases {
@@ -238,7 +247,10 @@ async fn streams_per_connection_and_connections_per_certificate_are_capped() {
     open.pop().unwrap().close(0u32.into(), b"done");
     let start = Instant::now();
     while !answers(&dial(&endpoint, dir.path(), Role::Client, addr).await).await {
-        assert!(start.elapsed() < DEADLINE, "the freed place was not given back");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the freed place was not given back"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     t.close();
@@ -314,7 +326,10 @@ async fn a_large_raft_batch_leaves_in_frames_under_the_target_and_arrives_whole(
         got.extend(msgs);
     }
     assert_eq!(got, batch, "every message, in order");
-    assert!(frames >= 24 * (1 << 20) / RAFT_FRAME_TARGET_BYTES, "{frames} frames");
+    assert!(
+        frames >= 24 * (1 << 20) / RAFT_FRAME_TARGET_BYTES,
+        "{frames} frames"
+    );
     a.close();
     b.close();
 }
@@ -336,7 +351,10 @@ async fn a_message_over_the_raft_limit_is_not_sent_and_the_sender_hears_so() {
     };
     let small = big_append(2, 40, 10);
     let sent = a.send_raft(NodeId(2), vec![(GroupId(3), huge), small.clone()]);
-    assert!(!sent, "the driver must hear that the batch was not delivered");
+    assert!(
+        !sent,
+        "the driver must hear that the batch was not delivered"
+    );
     assert_eq!(TransportStats::get(&a.stats().oversize_outbound), 1);
     // The message that fits still goes.
     let (_, msgs) = next(&rx);
