@@ -339,8 +339,10 @@ async fn a_message_over_the_raft_limit_is_not_sent_and_the_sender_hears_so() {
     let dir = certs_dir();
     let (a, b, rx) = linked(dir.path()).await;
 
-    let mut snapshot = Snapshot::default();
-    snapshot.data = vec![0; MAX_RAFT_FRAME_BYTES + 1].into();
+    let snapshot = Snapshot {
+        data: vec![0; MAX_RAFT_FRAME_BYTES + 1].into(),
+        ..Default::default()
+    };
     let huge = Message {
         msg_type: MessageType::MsgSnapshot,
         from: 1,
