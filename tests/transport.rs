@@ -1,7 +1,8 @@
 //! The QUIC transport on loopback: Raft batches between nodes, and every
 //! refusal the blueprint names: a foreign CA, a client certificate sending
 //! Raft traffic, a client without any certificate, a pinned key that does
-//! not match, malformed and oversize frames, and non-QUIC garbage. After each refusal the node still serves.
+//! not match, malformed and oversize frames, a stream of no kind, and
+//! non-QUIC garbage. After each refusal the node still serves.
 //!
 //! With a key per node: a node presenting another node's key, and Raft
 //! messages speaking for another node, are refused; a reloaded certificate
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use flotilla::api::{RpcError, RpcRequest, RpcResponse};
 use flotilla::certs::{self, role_files, Role, CA_CERT};
+use flotilla::transport::frame::{write_frame, write_tag, Frame, StreamKind, MAX_RAFT_FRAME_BYTES};
 use flotilla::transport::rpc::Service;
 use flotilla::transport::{Inbox, RaftMessage, TlsIdentity, Transport, TransportStats};
 use flotilla::types::{GroupId, NodeId};
@@ -198,7 +200,8 @@ async fn nodes_exchange_raft_batches_and_refuse_what_they_must() {
     );
     wait_for(&b_stats.refused_handshakes, before + 1).await;
 
-    // Malformed and oversize frames close their stream and are counted.
+    // Malformed and oversize frames close their stream and are counted,
+    // and so does a stream that names no kind.
     let raw = quinn::Endpoint::client(loopback()).unwrap();
     let conn = raw
         .connect_with(
@@ -209,16 +212,24 @@ async fn nodes_exchange_raft_batches_and_refuse_what_they_must() {
         .unwrap()
         .await
         .unwrap();
+    let raft = StreamKind::Raft.tag();
     let mut s = conn.open_uni().await.unwrap();
-    s.write_all(&[0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8])
+    s.write_all(&[raft, 0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8])
         .await
         .unwrap();
     s.finish().unwrap();
     wait_for(&b_stats.bad_frames, 1).await;
     let mut s = conn.open_uni().await.unwrap();
+    s.write_all(&[raft]).await.unwrap();
     s.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
     s.finish().unwrap();
-    wait_for(&b_stats.bad_frames, 2).await;
+    wait_for(&b_stats.refused_oversize, 1).await;
+    let mut s = conn.open_uni().await.unwrap();
+    s.write_all(&[0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8])
+        .await
+        .unwrap();
+    s.finish().unwrap();
+    wait_for(&b_stats.refused_kinds, 1).await;
 
     // Non-QUIC bytes on the port are dropped.
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -388,11 +399,12 @@ async fn a_reloaded_certificate_serves_new_connections_and_old_ones_keep_working
     // The connection opened before the reload still carries frames.
     let before = TransportStats::get(&b_stats.frames_in);
     let mut s = open.open_uni().await.unwrap();
-    let frame = flotilla::transport::frame::Frame::Raft {
+    let frame = Frame::Raft {
         from: NodeId(1),
         batch: vec![(GroupId(5), (&heartbeat(1, 2).1).into())],
     };
-    flotilla::transport::frame::write_frame(&mut s, &frame)
+    write_tag(&mut s, StreamKind::Raft).await.unwrap();
+    write_frame(&mut s, &frame, MAX_RAFT_FRAME_BYTES)
         .await
         .unwrap();
     s.finish().unwrap();

@@ -9,6 +9,10 @@ pub const MAX_KEY_BYTES: usize = 4 * 1024;
 /// Default maximum value length: 1 MiB keeps a single entry well below the
 /// transport's frame limit and a round's write batch small.
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Most operations in one batch: with the byte bound below, this keeps a
+/// batch's encoded size (each operation adds a fixed record to its key
+/// and value) within the transport's request frame.
+pub const MAX_BATCH_OPS: usize = 1024;
 
 /// Limits on what a client may write.
 #[derive(Clone, Copy, Debug)]
@@ -58,6 +62,12 @@ impl Limits {
         if let Op::Batch { ops } = op {
             if ops.is_empty() {
                 return Err(Error::Invalid("an empty batch".into()));
+            }
+            if ops.len() > MAX_BATCH_OPS {
+                return Err(Error::Invalid(format!(
+                    "a batch of {} operations; at most {MAX_BATCH_OPS}",
+                    ops.len()
+                )));
             }
             let mut total = 0usize;
             for o in ops {

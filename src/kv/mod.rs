@@ -24,7 +24,7 @@
 mod limits;
 mod model;
 
-pub use limits::Limits;
+pub use limits::{Limits, MAX_BATCH_OPS, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use model::MapStore;
 
 use crate::error::{Outcome, Rejection, Result};

@@ -3,23 +3,31 @@
 //! Each node runs one [`Transport`]: a quinn endpoint that accepts
 //! connections from peers and dials them. Every connection is mutual TLS
 //! against the cluster CA with ALPN `flotilla/1` ([`tls`]); after the
-//! handshake the peer's certificate decides what it may send: only the
-//! `node` role may send Raft traffic, and a node whose public key the
-//! catalog pins must present that key. Everything travels as length-prefixed
-//! rkyv [`frame`]s with a size limit; a bad frame closes that stream, is
-//! logged and counted, and the node keeps serving.
+//! handshake the peer's certificate decides what it may do: how many
+//! connections it may hold at once ([`MAX_CLIENT_CONNECTIONS_PER_CERT`],
+//! [`MAX_NODE_CONNECTIONS_PER_CERT`]), which kinds of stream it may open
+//! (only the `node` role may open Raft and snapshot streams), and, for a
+//! node whose public key the catalog pins, that it presents that key.
+//! Every stream names its kind in its first byte and carries
+//! length-prefixed rkyv [`frame`]s with a limit per kind, read without
+//! trusting the declared length; whatever is refused (a stream, a frame, a
+//! connection) is counted by reason in [`TransportStats`] and logged
+//! without flooding, and the node keeps serving.
 //!
 //! Outbound, each peer has one task owning one connection and one
 //! long-lived unidirectional stream on which the Raft messages of all
-//! groups bound for that peer travel in batches; a connection that closes
-//! or whose peer falls silent is replaced at once, and failed dials back
-//! off for at most a quarter second while the peer was reached recently.
-//! The driver thread hands it batches through a channel
-//! ([`Transport::send_raft`]), so the driver never waits on the network.
-//! The transport knows Raft messages only as (group, message) pairs
-//! ([`RaftMessage`]) and requests only as [`crate::api`] types: the node
-//! wires it to the driver ([`crate::node::raft_link`]) and to its request
-//! handlers ([`crate::node::handlers`]).
+//! groups bound for that peer travel in batches, split into frames of at
+//! most [`frame::RAFT_FRAME_TARGET_BYTES`] (one larger message travels
+//! alone); a message too large for any frame is not sent, and the driver
+//! hears that it was not ([`Transport::send_raft`]). A connection that
+//! closes or whose peer falls silent is replaced at once, and failed dials
+//! back off for at most a quarter second while the peer was reached
+//! recently. The driver thread hands it batches through a channel, so the
+//! driver never waits on the network. The transport knows Raft messages
+//! only as (group, message) pairs ([`RaftMessage`]) and requests only as
+//! [`crate::api`] types: the node wires it to the driver
+//! ([`crate::node::raft_link`]) and to its request handlers
+//! ([`crate::node::handlers`]).
 //!
 //! [`Transport::reload`] swaps the certificate this node presents (on
 //! SIGHUP): new connections use the new one, open ones carry on.
@@ -27,16 +35,20 @@
 //! Requests from clients and operators use a bidirectional stream each
 //! ([`rpc`]); the certificate's role decides which requests are allowed.
 //!
-//! Left out for now: snapshot chunking (a snapshot travels inside one Raft
-//! frame) and connection reuse for [`rpc::call`] (one connection per call).
+//! Left out for now: snapshot streams (the kind is reserved, a snapshot
+//! still travels inside one Raft message), connection reuse for
+//! [`rpc::call`] (one connection per call), and a byte budget per
+//! connection: a peer that really sends a frame's bytes holds up to its
+//! kind's limit on each of its streams until the frame is read.
 
 pub mod frame;
 mod inbound;
 mod outbound;
+mod refusal;
 pub mod rpc;
 pub mod tls;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -44,8 +56,20 @@ use std::time::{Duration, Instant};
 
 pub use tls::TlsIdentity;
 
+use crate::certs::Role;
 use crate::error::{Error, Result};
 use crate::types::{GroupId, NodeId};
+use refusal::{Refusal, RefusalLog};
+
+/// Connections one client or admin certificate may hold at once on a
+/// node: a client keeps one per node it talks to, and an application's
+/// processes may share one certificate.
+pub const MAX_CLIENT_CONNECTIONS_PER_CERT: usize = 64;
+/// Connections one node certificate may hold at once on a node: each
+/// other node keeps one for its Raft traffic and opens one per call it
+/// makes; nodes that share one certificate all count against it, so this
+/// leaves room for a cluster of a few dozen of them.
+pub const MAX_NODE_CONNECTIONS_PER_CERT: usize = 32;
 
 /// One Raft message and the group it belongs to: what the transport
 /// carries between nodes, without knowing what a group is for.
@@ -64,12 +88,30 @@ pub struct TransportStats {
     pub frames_in: AtomicU64,
     /// Frames sent.
     pub frames_out: AtomicU64,
-    /// Frames that failed to decode or exceeded the size limit.
+    /// Frames whose body failed to decode.
     pub bad_frames: AtomicU64,
+    /// Frames that declared more bytes than their kind allows.
+    pub refused_oversize: AtomicU64,
+    /// Frames whose stream ended partway through them.
+    pub refused_truncated: AtomicU64,
+    /// Frames (or request streams) that stopped arriving partway.
+    pub refused_stalled: AtomicU64,
+    /// Streams that named no kind, or a kind not served on their
+    /// direction or by this node.
+    pub refused_kinds: AtomicU64,
+    /// Connections closed because their peer opened more streams than
+    /// the connection allows.
+    pub refused_streams: AtomicU64,
+    /// Connections refused because their certificate already held as
+    /// many as it may.
+    pub refused_connections: AtomicU64,
+    /// Raft messages too large for any frame, not sent (this side).
+    pub oversize_outbound: AtomicU64,
     /// Connections whose TLS handshake failed (no certificate, unknown CA,
     /// wrong ALPN).
     pub refused_handshakes: AtomicU64,
-    /// Raft frames from a certificate without the node role.
+    /// Raft or snapshot streams opened by a certificate without the node
+    /// role.
     pub refused_roles: AtomicU64,
     /// Raft frames from a node whose key does not match its pin.
     pub refused_pins: AtomicU64,
@@ -133,6 +175,25 @@ impl CertInfo {
     }
 }
 
+/// One accepted connection counted against its certificate; uncounted
+/// when dropped.
+struct ConnectionSlot {
+    t: Arc<Transport>,
+    spki: [u8; 32],
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut live = self.t.connections.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = live.get_mut(&self.spki) {
+            *n -= 1;
+            if *n == 0 {
+                live.remove(&self.spki);
+            }
+        }
+    }
+}
+
 /// A node's QUIC endpoint.
 pub struct Transport {
     /// This node's id; 0 until a joining node is admitted.
@@ -156,6 +217,11 @@ pub struct Transport {
     /// One outbound task per peer, started on first use.
     senders: Mutex<BTreeMap<NodeId, outbound::PeerSender>>,
     stats: Arc<TransportStats>,
+    /// When each reason of refusal was last logged.
+    refusals: RefusalLog,
+    /// Live accepted connections per peer certificate key (SPKI SHA-256).
+    /// A std lock: held only to count.
+    connections: Mutex<HashMap<[u8; 32], usize>>,
     runtime: tokio::runtime::Handle,
     /// When the transport started; the origin of `last_reached_ms`.
     started: Instant,
@@ -185,6 +251,8 @@ impl Transport {
             service: RwLock::default(),
             senders: Mutex::default(),
             stats: Arc::default(),
+            refusals: RefusalLog::default(),
+            connections: Mutex::default(),
             runtime: tokio::runtime::Handle::current(),
             started: Instant::now(),
             last_reached_ms: AtomicU64::new(0),
@@ -272,15 +340,69 @@ impl Transport {
     }
 
     /// Queues `msgs` for the peer `to`, starting its outbound task on
-    /// first use; never waits. Returns `false`, dropping the batch, while
-    /// the peer is not connected: Raft resends what matters, and the caller
-    /// (the driver) then probes the peer instead of streaming to it.
+    /// first use; never waits. Returns `false` while the peer is not
+    /// connected, dropping the batch: Raft resends what matters, and the
+    /// caller (the driver) then probes the peer instead of streaming to it.
+    /// Also returns `false` when a message is too large for any frame
+    /// ([`frame::MAX_RAFT_FRAME_BYTES`]): that message is dropped, counted
+    /// and logged, the rest are sent, and the driver treats the whole batch
+    /// as undelivered (its leaders probe the peer again and a snapshot in
+    /// it is reported failed), rather than believing a dropped message
+    /// arrived.
     pub fn send_raft(self: &Arc<Self>, to: NodeId, msgs: Vec<RaftMessage>) -> bool {
+        let (fits, over): (Vec<RaftMessage>, Vec<RaftMessage>) = msgs
+            .into_iter()
+            .partition(|(_, m)| frame::message_bytes(m) <= frame::MAX_RAFT_FRAME_BYTES);
+        for (group, m) in &over {
+            let detail = format!(
+                "a {:?} of group {} takes about {} bytes, over the Raft frame limit of {}; not sent",
+                m.get_msg_type(),
+                group.0,
+                frame::message_bytes(m),
+                frame::MAX_RAFT_FRAME_BYTES
+            );
+            self.refuse(
+                Refusal::OversizeOutbound,
+                &format_args!("node {}", to.0),
+                &detail,
+            );
+        }
+        if fits.is_empty() {
+            return false;
+        }
         let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
         let s = senders
             .entry(to)
             .or_insert_with(|| outbound::PeerSender::start(self.clone(), to));
-        s.send(msgs)
+        s.send(fits) && over.is_empty()
+    }
+
+    /// Counts and logs a refusal of `why` concerning `peer`.
+    fn refuse(&self, why: Refusal, peer: &dyn std::fmt::Display, detail: &dyn std::fmt::Display) {
+        self.refusals
+            .refuse(&self.stats, self.node().0, why, peer, detail);
+    }
+
+    /// Admits one more connection from the certificate `spki` of `role`,
+    /// or `None` when it already holds as many as its role may
+    /// ([`MAX_CLIENT_CONNECTIONS_PER_CERT`],
+    /// [`MAX_NODE_CONNECTIONS_PER_CERT`]). The connection counts until the
+    /// returned slot is dropped.
+    fn admit(self: &Arc<Self>, spki: [u8; 32], role: Option<Role>) -> Option<ConnectionSlot> {
+        let cap = match role {
+            Some(Role::Node) => MAX_NODE_CONNECTIONS_PER_CERT,
+            _ => MAX_CLIENT_CONNECTIONS_PER_CERT,
+        };
+        let mut live = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        let n = live.entry(spki).or_default();
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(ConnectionSlot {
+            t: self.clone(),
+            spki,
+        })
     }
 
     /// The configuration this node dials other nodes with to make

@@ -27,7 +27,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::frame::{write_frame, Frame};
+use super::frame::{
+    message_bytes, split_batch, write_frame, write_tag, Frame, StreamKind, MAX_RAFT_FRAME_BYTES,
+    RAFT_FRAME_TARGET_BYTES,
+};
 use super::{RaftMessage, Transport};
 use crate::certs::spki_sha256;
 use crate::types::NodeId;
@@ -118,7 +121,8 @@ async fn connect(t: &Transport, to: NodeId) -> Option<(quinn::Connection, quinn:
             return None;
         }
     }
-    let stream = conn.open_uni().await.ok()?;
+    let mut stream = conn.open_uni().await.ok()?;
+    write_tag(&mut stream, StreamKind::Raft).await.ok()?;
     Some((conn, stream))
 }
 
@@ -171,23 +175,36 @@ async fn stream_batches(
         let Some(mut batch) = batch else {
             return Ended::Closed;
         };
-        // Coalesce whatever else is already queued into the same frame.
+        // Coalesce whatever else is already queued, then cut it into
+        // frames of at most the target size each.
         while let Ok(more) = rx.try_recv() {
             batch.extend(more);
         }
-        let frame = Frame::Raft {
-            from: t.node(),
-            batch: batch
-                .iter()
-                .map(|(group, msg)| (*group, WireMessage::from(msg)))
-                .collect(),
-        };
-        if let Err(e) = write_frame(&mut stream, &frame).await {
-            tracing::debug!(error = %e, "stream to peer broke");
-            return Ended::Gone;
+        for run in split_batch(batch, RAFT_FRAME_TARGET_BYTES, |(_, m)| message_bytes(m)) {
+            let frame = Frame::Raft {
+                from: t.node(),
+                batch: run
+                    .iter()
+                    .map(|(group, msg)| (*group, WireMessage::from(msg)))
+                    .collect(),
+            };
+            match write_frame(&mut stream, &frame, MAX_RAFT_FRAME_BYTES).await {
+                Ok(()) => {}
+                // Transport::send_raft let through only messages that fit;
+                // a frame that does not fit is left out, not sent whole.
+                Err(e @ crate::error::Error::Invalid(_)) => {
+                    t.stats.oversize_outbound.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "raft frame over its limit; not sent");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "stream to peer broke");
+                    return Ended::Gone;
+                }
+            }
+            t.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+            t.reached_peer();
         }
-        t.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-        t.reached_peer();
     }
 }
 

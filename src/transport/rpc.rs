@@ -1,9 +1,10 @@
 //! Requests to a node: one bidirectional QUIC stream per call.
 //!
-//! A caller opens a stream, writes one [`RpcRequest`] frame and finishes
+//! A caller opens a stream, writes the [`StreamKind::Request`] tag and one
+//! [`RpcRequest`] frame (at most [`MAX_REQUEST_FRAME_BYTES`]) and finishes
 //! its side; the node checks that the caller's certificate role may make
 //! that request, hands it to its [`Service`], and answers with one
-//! [`RpcResponse`] frame. The types are [`crate::api`]'s; what a request
+//! [`RpcResponse`] frame (at most [`MAX_RESPONSE_FRAME_BYTES`]). The types are [`crate::api`]'s; what a request
 //! does is the [`Service`]'s (a node's is [`crate::node::handlers`]): this
 //! module only carries them.
 
@@ -14,7 +15,9 @@ use std::pin::Pin;
 use crate::api::{RpcRequest, RpcResponse};
 use crate::error::{Error, Result};
 
-use super::frame::{read_frame, write_frame};
+use super::frame::{
+    encode_frame, read_frame, StreamKind, MAX_REQUEST_FRAME_BYTES, MAX_RESPONSE_FRAME_BYTES,
+};
 use super::tls::certificate_refusal;
 
 /// What a node does with requests.
@@ -53,14 +56,20 @@ pub async fn connect(
 /// Makes one call on an open connection (a stream of its own).
 pub async fn call_on(conn: &quinn::Connection, req: &RpcRequest) -> Result<RpcResponse> {
     let addr = conn.remote_address();
+    // The tag and the request leave in one write.
+    let mut out = vec![StreamKind::Request.tag()];
+    out.extend(encode_frame(req, MAX_REQUEST_FRAME_BYTES)?);
     let answer = async {
         let (mut send, mut recv) = conn
             .open_bi()
             .await
             .map_err(|e| connection_error(addr, &e))?;
-        write_frame(&mut send, req).await?;
+        send.write_all(&out)
+            .await
+            .map_err(|e| Error::Unreachable(e.to_string()))?;
         let _ = send.finish();
-        read_frame::<RpcResponse>(&mut recv).await?.ok_or_else(|| {
+        let answer = read_frame::<RpcResponse>(&mut recv, MAX_RESPONSE_FRAME_BYTES).await?;
+        answer.ok_or_else(|| {
             Error::Unreachable(format!("{addr} closed the stream without answering"))
         })
     };

@@ -105,7 +105,7 @@ impl TlsIdentity {
             detail: e.to_string(),
         })?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        config.transport_config(liveness(IDLE_TIMEOUT / 4));
+        config.transport_config(liveness(IDLE_TIMEOUT / 4, Streams::Served));
         Ok(config)
     }
 
@@ -119,14 +119,14 @@ impl TlsIdentity {
     /// traffic to a peer: these ping every [`PEER_PING`] when nothing else
     /// goes out, so that a silent peer shows within a fraction of a second.
     pub fn peer_client_config(&self) -> Result<quinn::ClientConfig> {
-        self.client_with(None, liveness(PEER_PING))
+        self.client_with(None, liveness(PEER_PING, Streams::None))
     }
 
     /// [`TlsIdentity::client_config`], and with `pin` the server must also
     /// prove a key whose SPKI SHA-256 is `pin`: the CA's (checked here, once)
     /// or the server certificate's (checked on every handshake).
     pub fn pinned_client_config(&self, pin: Option<[u8; 32]>) -> Result<quinn::ClientConfig> {
-        self.client_with(pin, liveness(IDLE_TIMEOUT / 4))
+        self.client_with(pin, liveness(IDLE_TIMEOUT / 4, Streams::None))
     }
 
     fn client_with(
@@ -191,10 +191,36 @@ const ACK_EVERY_PACKETS: u32 = 8;
 /// How long a peer may hold an acknowledgement back when fewer packets came.
 const ACK_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
 
-/// Transport settings: the idle timeout, keep-alives every `ping`, and
-/// batched acknowledgements.
-fn liveness(ping: std::time::Duration) -> Arc<quinn::TransportConfig> {
+/// Request streams a peer may have open at once on one connection to a
+/// node: a client shares one connection per node among all its callers
+/// (the bench's 64 closed-loop clients, each with a hedged second attempt
+/// at times). A caller past the cap waits for a stream, it is not
+/// refused; a peer that ignores the cap loses its connection.
+pub const MAX_REQUEST_STREAMS: u32 = 128;
+/// Unidirectional streams a peer may have open at once on one connection
+/// to a node: a node sends its Raft traffic on one; the rest leave room
+/// for snapshot transfers.
+pub const MAX_UNI_STREAMS: u32 = 8;
+
+/// Which streams a connection's peer may open towards this side.
+#[derive(Clone, Copy)]
+enum Streams {
+    /// Accepted connections: requests and Raft, up to their caps.
+    Served,
+    /// Dialled connections: this side never accepts a stream on them.
+    None,
+}
+
+/// Transport settings: the idle timeout, keep-alives every `ping`,
+/// batched acknowledgements, and the streams the peer may open.
+fn liveness(ping: std::time::Duration, streams: Streams) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
+    let (bidi, uni) = match streams {
+        Streams::Served => (MAX_REQUEST_STREAMS, MAX_UNI_STREAMS),
+        Streams::None => (0, 0),
+    };
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(bidi))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(uni));
     // 5 s always fits quinn's idle-timeout range.
     if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
         t.max_idle_timeout(Some(idle));
