@@ -326,3 +326,26 @@ fn a_long_run_of_fresh_clients_keeps_the_table_bounded() {
     assert!(g.store.sessions.contains_key(&runs), "the newest stays");
     assert!(!g.store.sessions.contains_key(&1), "the oldest went");
 }
+
+#[test]
+fn a_sessions_cost_is_its_encoding_plus_a_rows_overhead() {
+    let mut s = Session::default();
+    for seq in 0..40u64 {
+        let kept = match seq % 4 {
+            0 => Kept::Answer(Response::Written),
+            1 => Kept::Answer(Response::Cas {
+                swapped: false,
+                current: Some(vec![1; seq as usize * 6]),
+            }),
+            2 => Kept::Swapped,
+            _ => Kept::FailedLarge,
+        };
+        s.results.push((seq, kept));
+        let stored = crate::wire::encode(&s).len() as u64 + 64;
+        // The encoding may pad each value to 8 bytes; the cost does not.
+        let padding = 8 * s.results.len() as u64;
+        let cost = s.cost();
+        assert!(cost <= stored, "cost {cost}, stored {stored}");
+        assert!(cost + padding >= stored, "cost {cost}, stored {stored}");
+    }
+}
