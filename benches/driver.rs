@@ -43,6 +43,8 @@ async fn run_clients(cluster: &Arc<LocalCluster>, round: u64) {
                     client,
                     seq,
                     ack_below: seq,
+                    fresh: true,
+                    proposed_ms: 0,
                     op: Op::Put {
                         key: format!("c{client}-{j}").into_bytes(),
                         value: vec![b'v'; VALUE_BYTES],

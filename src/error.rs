@@ -111,6 +111,20 @@ pub enum Error {
         /// The lowest sequence still remembered.
         floor: u64,
     },
+    /// A retried write whose answer the group no longer holds: its client
+    /// session expired or was evicted, or the answer of a failed
+    /// compare-and-swap was too large to keep and cannot be given again.
+    /// Whether or how the write applied is unknown; read before writing
+    /// again.
+    #[error("client {client} sequence {seq}: the group no longer holds its answer ({why})")]
+    AnswerLost {
+        /// Client session key.
+        client: u64,
+        /// The sequence number retried.
+        seq: u64,
+        /// Why the answer is gone.
+        why: String,
+    },
     /// Bytes read from disk or a peer did not decode.
     #[error("corrupt {what}: {detail}")]
     Corrupt {
@@ -151,6 +165,7 @@ impl Error {
             Error::KeyTooLarge { .. }
             | Error::ValueTooLarge { .. }
             | Error::SessionExpired { .. }
+            | Error::AnswerLost { .. }
             | Error::BatchSpansVShards { .. }
             | Error::Corrupt { .. }
             | Error::Storage(_)
@@ -178,6 +193,17 @@ pub enum Rejection {
         /// The lowest sequence still remembered.
         floor: u64,
     },
+    /// A retried command whose answer the group no longer holds (see
+    /// [`Error::AnswerLost`]).
+    #[error("client {client} sequence {seq}: the group no longer holds its answer ({why})")]
+    AnswerLost {
+        /// Client session key.
+        client: u64,
+        /// The sequence number retried.
+        seq: u64,
+        /// Why the answer is gone.
+        why: String,
+    },
     /// The command does not fit the state it met (an empty batch, a catalog
     /// change the catalog refuses, a command for the wrong kind of group,
     /// an entry that is not a proposal).
@@ -197,6 +223,7 @@ impl From<Rejection> for Error {
             Rejection::SessionExpired { client, seq, floor } => {
                 Error::SessionExpired { client, seq, floor }
             }
+            Rejection::AnswerLost { client, seq, why } => Error::AnswerLost { client, seq, why },
             Rejection::Invalid(m) => Error::Invalid(m),
             r @ Rejection::ConfChange(_) => Error::Invalid(r.to_string()),
         }

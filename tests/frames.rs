@@ -48,7 +48,11 @@ impl Inbox for ChanInbox {
 struct Done;
 
 impl Service for Done {
-    fn handle(&self, _req: RpcRequest) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>> {
+    fn handle(
+        &self,
+        _req: RpcRequest,
+        _caller: Option<[u8; 32]>,
+    ) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>> {
         Box::pin(async { RpcResponse::Done })
     }
 }
@@ -374,6 +378,8 @@ fn the_largest_legal_request_fits_its_frame_and_one_byte_more_is_for_the_kv_limi
             client: u64::MAX,
             seq: u64::MAX,
             ack_below: u64::MAX,
+            fresh: true,
+            proposed_ms: u64::MAX,
             op,
         },
     };

@@ -20,6 +20,8 @@ async fn three_driver_threads_elect_and_serve() {
             client: 1,
             seq: i + 1,
             ack_below: 0,
+            fresh: true,
+            proposed_ms: 0,
             op: Op::Put {
                 key: format!("t{i}").into_bytes(),
                 value: i.to_le_bytes().to_vec(),

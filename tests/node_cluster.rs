@@ -134,6 +134,8 @@ async fn init_then_join_forms_a_three_replica_cluster() {
             client: 9,
             seq: i + 1,
             ack_below: i + 1,
+            fresh: true,
+            proposed_ms: 0,
             op: Op::Put {
                 key,
                 value: vec![i as u8],

@@ -21,6 +21,8 @@ fn puts(from: u64, n: u64) -> Vec<Command> {
             client: 7,
             seq: i,
             ack_below: 0,
+            fresh: true,
+            proposed_ms: 0,
             op: Op::Put {
                 key: format!("d{}", i % 64).into_bytes(),
                 value: i.to_le_bytes().to_vec(),

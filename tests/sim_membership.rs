@@ -19,6 +19,8 @@ fn puts(client: u64, from: u64, n: u64) -> Vec<Command> {
             client,
             seq: i,
             ack_below: 0,
+            fresh: true,
+            proposed_ms: 0,
             op: Op::Put {
                 key: format!("m{}", i % 200).into_bytes(),
                 value: i.to_le_bytes().to_vec(),

@@ -65,6 +65,8 @@ impl Client {
             client: self.id,
             seq: self.seq,
             ack_below: self.seq,
+            fresh: true,
+            proposed_ms: 0,
             op,
         }
     }

@@ -55,6 +55,8 @@ fn puts(client: u64, first_seq: u64, kvs: &[(Vec<u8>, Vec<u8>)]) -> Vec<Command>
             client,
             seq: first_seq + i as u64,
             ack_below: 0,
+            fresh: true,
+            proposed_ms: 0,
             op: Op::Put {
                 key: k.clone(),
                 value: v.clone(),
@@ -226,6 +228,8 @@ fn a_lagging_follower_receives_only_the_entries_it_lacks() {
                 client: 3,
                 seq: seq0 + i,
                 ack_below: 0,
+                fresh: true,
+                proposed_ms: 0,
                 op: Op::Put {
                     key: in_group[(i % 20) as usize].clone(),
                     value: i.to_le_bytes().to_vec(),
@@ -309,6 +313,8 @@ fn a_restarted_leader_returns_as_follower_and_loses_no_acknowledged_write() {
         client: 5,
         seq,
         ack_below: 0,
+        fresh: true,
+        proposed_ms: 0,
         op: Op::Put {
             key: k.to_vec(),
             value: seq.to_le_bytes().to_vec(),
@@ -393,6 +399,8 @@ fn the_same_client_sequence_proposed_twice_is_applied_once() {
         client: 77,
         seq: 1,
         ack_below: 0,
+        fresh: true,
+        proposed_ms: 0,
         op: Op::Cas {
             key: key.clone(),
             expected: None,

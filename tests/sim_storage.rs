@@ -65,6 +65,8 @@ fn a_round_with_entries_for_32_groups_makes_exactly_one_commit() {
             client: 0,
             seq: 0,
             ack_below: 0,
+            fresh: true,
+            proposed_ms: 0,
             op: Op::Put {
                 key: keys[i].clone(),
                 value: vec![i as u8],
@@ -146,6 +148,8 @@ fn put(key: Vec<u8>, value: Vec<u8>) -> Proposal {
         client: 0,
         seq: 0,
         ack_below: 0,
+        fresh: true,
+        proposed_ms: 0,
         op: Op::Put { key, value },
     })
 }

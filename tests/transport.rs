@@ -56,7 +56,11 @@ fn bound(
 struct NoService;
 
 impl Service for NoService {
-    fn handle(&self, _req: RpcRequest) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>> {
+    fn handle(
+        &self,
+        _req: RpcRequest,
+        _caller: Option<[u8; 32]>,
+    ) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>> {
         Box::pin(async {
             RpcResponse::Error(RpcError::from(&flotilla::Error::Invalid(
                 "no service".into(),

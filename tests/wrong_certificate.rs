@@ -25,7 +25,11 @@ use flotilla::Error;
 struct Done;
 
 impl Service for Done {
-    fn handle(&self, _req: RpcRequest) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>> {
+    fn handle(
+        &self,
+        _req: RpcRequest,
+        _caller: Option<[u8; 32]>,
+    ) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>> {
         Box::pin(async { RpcResponse::Done })
     }
 }

@@ -58,6 +58,15 @@ pub enum RpcError {
         /// The lowest sequence still remembered.
         floor: u64,
     },
+    /// [`Error::AnswerLost`].
+    AnswerLost {
+        /// Client session key.
+        client: u64,
+        /// The sequence number retried.
+        seq: u64,
+        /// Why the answer is gone.
+        why: String,
+    },
     /// [`Error::BatchSpansVShards`].
     BatchSpansVShards {
         /// How many vshards the keys fall in.
@@ -111,6 +120,11 @@ impl From<&Error> for RpcError {
                 seq: *seq,
                 floor: *floor,
             },
+            Error::AnswerLost { client, seq, why } => RpcError::AnswerLost {
+                client: *client,
+                seq: *seq,
+                why: why.clone(),
+            },
             Error::BatchSpansVShards { vshards } => RpcError::BatchSpansVShards {
                 vshards: *vshards as u64,
             },
@@ -152,6 +166,7 @@ impl From<RpcError> for Error {
             RpcError::SessionExpired { client, seq, floor } => {
                 Error::SessionExpired { client, seq, floor }
             }
+            RpcError::AnswerLost { client, seq, why } => Error::AnswerLost { client, seq, why },
             RpcError::BatchSpansVShards { vshards } => Error::BatchSpansVShards {
                 vshards: size(vshards),
             },
@@ -202,6 +217,11 @@ mod tests {
                 client: 9,
                 seq: 1,
                 floor: 4,
+            },
+            Error::AnswerLost {
+                client: 9,
+                seq: 2,
+                why: "session evicted".into(),
             },
             Error::BatchSpansVShards { vshards: 2 },
             Error::KeyTooLarge { len: 10, max: 4 },

@@ -1,7 +1,8 @@
 //! The client's connections: one per node address, dialled on first use
 //! and kept, and a note of the addresses that failed lately.
 //!
-//! Every request of the library goes through [`Client::call_within`], so
+//! Every request of the library goes through [`Client::call_within`] (or
+//! `call_sent`, which also tells whether it went unanswered), so
 //! every caller (the client's routing, operator commands, the tests) dials
 //! the same way: from an endpoint of the node's address family (an IPv6
 //! endpoint is opened only when an IPv6 node is asked, so a host without
@@ -140,8 +141,20 @@ impl Client {
         req: &RpcRequest,
         deadline: Instant,
     ) -> Result<RpcResponse> {
+        self.call_sent(addr, req, deadline).await.0
+    }
+
+    /// [`Client::call_within`], also telling whether the request may have
+    /// reached the node unanswered: a connection was made, and no answer
+    /// came back on it.
+    pub(super) async fn call_sent(
+        &self,
+        addr: SocketAddr,
+        req: &RpcRequest,
+        deadline: Instant,
+    ) -> (Result<RpcResponse>, bool) {
         let limit = ATTEMPT_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
-        self.attempt(addr, req, limit).await
+        self.attempt_sent(addr, req, limit).await
     }
 
     /// One request to one node, given `limit`.
@@ -151,17 +164,33 @@ impl Client {
         req: &RpcRequest,
         limit: Duration,
     ) -> Result<RpcResponse> {
+        self.attempt_sent(addr, req, limit).await.0
+    }
+
+    /// [`Client::attempt`], also telling whether the request may have
+    /// reached the node unanswered.
+    async fn attempt_sent(
+        &self,
+        addr: SocketAddr,
+        req: &RpcRequest,
+        limit: Duration,
+    ) -> (Result<RpcResponse>, bool) {
+        let mut connected = false;
         let attempt = async {
             let conn = self.inner.conns.to(addr).await?;
+            connected = true;
             rpc::call_on(&conn, req).await
         };
-        match tokio::time::timeout(limit, attempt).await {
+        let r = tokio::time::timeout(limit, attempt).await;
+        let unanswered = connected && !matches!(r, Ok(Ok(_)));
+        let r = match r {
             Ok(Ok(RpcResponse::Error(e))) => Err(Error::from(e)),
             Ok(r) => r,
             Err(_) => Err(Error::Unreachable(format!(
                 "{addr} did not answer within {limit:?}"
             ))),
-        }
+        };
+        (r, unanswered)
     }
 }
 

@@ -7,7 +7,10 @@
 //! catalog. Every call retries retryable failures with backoff until its
 //! deadline ([`ClientConfig::timeout`], 5 s by default). Writes carry the
 //! client's id and a sequence number, so a retried write is applied once
-//! and returns the answer of its first application.
+//! and returns the answer of its first application; the nodes key the
+//! client's session by that id and its certificate. A retry that finds its
+//! session gone (idle past its TTL, or evicted) fails with
+//! [`Error::AnswerLost`] instead of applying again.
 //!
 //! This is the one client core of Flotilla: the CLI, the operator commands
 //! (`init`, `node-status`, `dev`) and the process tests all talk to nodes
@@ -164,7 +167,8 @@ struct Inner {
     seeds: Vec<String>,
     /// Deadline of one call, retries included.
     timeout: Duration,
-    /// This client's session id (never 0).
+    /// This client's id (never 0): with its certificate, the key of its
+    /// session in each group it writes to.
     id: u64,
     next_seq: AtomicU64,
     /// Sequences sent and not yet answered; the smallest bounds what the
@@ -443,6 +447,8 @@ impl Client {
             client: self.inner.id,
             seq,
             ack_below,
+            fresh: true,
+            proposed_ms: 0,
             op,
         };
         let answer = self

@@ -7,7 +7,11 @@
 //! with a redirect, which is followed as soon as it arrives. A write sent to
 //! several nodes is still applied once: only a leader proposes it, and the
 //! client's session deduplicates a `(client, seq)` that two leaders of
-//! successive terms both proposed.
+//! successive terms both proposed. A write goes out marked as its first
+//! attempt until a pass may have proposed it (a node it reached gave no
+//! answer, or answered that its fate is unknown); from then on it is sent
+//! as a retry, which a group that no longer holds the client's session
+//! refuses instead of applying again (see `kv::session`).
 //!
 //! An address that failed to connect or to answer is remembered as down for
 //! a few seconds (see `conn`) and is not asked again meanwhile, unless no other member is
@@ -29,6 +33,7 @@ use tokio::time::Instant;
 use super::{resolve, Client};
 use crate::api::{RpcRequest, RpcResponse};
 use crate::error::{Action, Error, Result};
+use crate::kv::Command;
 use crate::types::{GroupId, NodeId};
 
 /// How long a believed leader may take before the other members are asked
@@ -39,8 +44,23 @@ const HEDGE_AFTER: Duration = Duration::from_millis(250);
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_millis(300);
 
-/// One answer of a fan-out, with who gave it.
-type Answer = (NodeId, SocketAddr, Result<RpcResponse>);
+/// `req` as sent again, when it is a write: no longer its first attempt.
+fn not_fresh(req: &RpcRequest) -> Option<RpcRequest> {
+    match req {
+        RpcRequest::Propose { group, command } => Some(RpcRequest::Propose {
+            group: *group,
+            command: Command {
+                fresh: false,
+                ..command.clone()
+            },
+        }),
+        _ => None,
+    }
+}
+
+/// One answer of a fan-out, with who gave it and whether the request may
+/// have reached it unanswered.
+type Answer = (NodeId, SocketAddr, Result<RpcResponse>, bool);
 
 impl Client {
     /// The members of `group` to ask, believed leader first, as resolved
@@ -83,12 +103,25 @@ impl Client {
         let deadline = Instant::now() + self.inner.timeout;
         let mut backoff = MIN_BACKOFF;
         let mut refreshed = false;
+        // A write sent again after a pass that may have applied it is no
+        // longer fresh: it must not open a session (see `kv::session`).
+        let mut again: Option<RpcRequest> = None;
         loop {
             let known = self.lock_routing().catalog.is_some();
             let err = if known {
-                match self.fan_out(group, req, deadline).await {
+                let sent = again.as_ref().unwrap_or(req);
+                let mut maybe_applied = false;
+                match self
+                    .fan_out(group, sent, deadline, &mut maybe_applied)
+                    .await
+                {
                     Ok(r) => return Ok(r),
-                    Err(e) => e,
+                    Err(e) => {
+                        if maybe_applied {
+                            again = again.or_else(|| not_fresh(req));
+                        }
+                        e
+                    }
                 }
             } else {
                 // A client made with `Client::new` has no routing yet.
@@ -125,12 +158,15 @@ impl Client {
     }
 
     /// One pass over the members of `group` (see the module documentation).
-    /// Returns the first good answer, or the most telling error.
+    /// Returns the first good answer, or the most telling error; sets
+    /// `maybe_applied` when an attempt may have been proposed (it reached a
+    /// node and got no answer, or the answer said its fate is unknown).
     async fn fan_out(
         &self,
         group: GroupId,
         req: &RpcRequest,
         deadline: Instant,
+        maybe_applied: &mut bool,
     ) -> Result<RpcResponse> {
         let members = self.members(group).await;
         let Some(&(first, first_addr)) = members.first() else {
@@ -146,8 +182,10 @@ impl Client {
             if asked.insert(addr, node).is_none() {
                 let me = self.clone();
                 let req = req.clone();
-                calls
-                    .spawn(async move { (node, addr, me.call_within(addr, &req, deadline).await) });
+                calls.spawn(async move {
+                    let (answer, unanswered) = me.call_sent(addr, &req, deadline).await;
+                    (node, addr, answer, unanswered)
+                });
             }
         };
         ask(&mut calls, &mut asked, first, first_addr);
@@ -192,9 +230,10 @@ impl Client {
                 }
                 return Err(last);
             };
-            let Ok((node, addr, answer)) = done else {
+            let Ok((node, addr, answer, unanswered)) = done else {
                 continue;
             };
+            *maybe_applied |= unanswered || matches!(answer, Err(Error::ProposalLost { .. }));
             match answer {
                 Ok(r) => {
                     self.mark(addr, false);

@@ -5,12 +5,13 @@
 //! logic over a [`KvStore`] trait: storage supplies the trait over the round's
 //! redb write transaction, tests supply a `BTreeMap`.
 //!
-//! **Sessions.** Each command may carry a client id and a sequence number. The
-//! first application of `(client, seq)` records its [`Response`]; a retry of
-//! the same pair (a client that timed out and asked again, possibly at a new
-//! leader) gets the recorded response and changes nothing. Clients tell the
-//! machine which results they no longer need with `ack_below`, which bounds
-//! the table per client.
+//! **Sessions.** Each command may carry a client session key and a
+//! sequence number. The first application of `(client, seq)` keeps its
+//! [`Response`]; a retry of the same pair (a client that timed out and asked
+//! again, possibly at a new leader) gets the kept response and changes
+//! nothing. Clients tell the machine which results they no longer need with
+//! `ack_below`. How sessions are keyed to certificates, bounded, evicted and
+//! kept small is the `session` module's essay.
 //!
 //! **Two kinds of failure.** [`apply`] returns `Result<Outcome<Response>>`.
 //! The inner [`Rejection`] is a refusal every replica reaches alike (an
@@ -18,14 +19,19 @@
 //! error is the store failing on this node alone (a row that will not read
 //! or decode): it is never an answer, and the node must stop.
 //!
-//! Left out for now: expiry of idle client sessions (a client that never
-//! comes back keeps its last few rows until the group is rebuilt).
+//! Left out: the session bounds are constants of the build, not settings
+//! a running cluster can change (every replica must evict alike).
 
 mod limits;
 mod model;
+mod session;
 
 pub use limits::{Limits, MAX_BATCH_OPS, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use model::MapStore;
+pub use session::{
+    session_key, Kept, Session, SessionLimits, SessionTable, MAX_KEPT_VALUE_BYTES,
+    MAX_SESSION_RESULTS, TABLE_KEY,
+};
 
 use crate::error::{Outcome, Rejection, Result};
 
@@ -103,12 +109,20 @@ impl Op {
 /// A command as it travels in a Raft entry.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Command {
-    /// Client session id; `0` means no session (no deduplication).
+    /// Client session key; `0` means no session (no deduplication). A
+    /// client sends the id it picked; the node that proposes replaces it
+    /// with [`session_key`] of that id and the caller's certificate.
     pub client: u64,
     /// Sequence number of this command within the client's session (from 1).
     pub seq: u64,
     /// The client has seen the results of every sequence below this one.
     pub ack_below: u64,
+    /// This is the command's first attempt: no replica can have applied it
+    /// yet, so it may open a session (a retry may not; see `session`).
+    pub fresh: bool,
+    /// Log time: milliseconds since the Unix epoch on the clock of the node
+    /// that proposed it, set by that node (a client's value is replaced).
+    pub proposed_ms: u64,
     /// What to do.
     pub op: Op,
 }
@@ -136,23 +150,6 @@ pub enum Response {
     Rows(Vec<(Vec<u8>, Vec<u8>)>),
 }
 
-/// What a group remembers of one client: the answers it may still ask for
-/// again, and the sequence below which it promised never to ask.
-#[derive(
-    Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-)]
-pub struct Session {
-    /// Every sequence below this was acknowledged by the client.
-    pub floor: u64,
-    /// Recorded answers by sequence, oldest first.
-    pub results: Vec<(u64, Response)>,
-}
-
-/// Answers kept per client and group at most. A client that never
-/// acknowledges anything loses deduplication of its oldest commands past
-/// this many, instead of growing its session row without bound.
-pub const MAX_SESSION_RESULTS: usize = 256;
-
 /// The storage a state machine applies to: the KV rows and the session rows
 /// of one group.
 pub trait KvStore {
@@ -166,30 +163,37 @@ pub trait KvStore {
     fn session(&self, client: u64) -> Result<Option<Session>>;
     /// Stores the session of `client`.
     fn put_session(&mut self, client: u64, session: &Session) -> Result<()>;
+    /// Forgets the session of `client`.
+    fn delete_session(&mut self, client: u64) -> Result<()>;
+    /// Every session, by client key ([`TABLE_KEY`]'s row is not one).
+    fn sessions(&self) -> Result<Vec<(u64, Session)>>;
+    /// The group's session totals and clock (default when it has none).
+    fn session_table(&self) -> Result<SessionTable>;
+    /// Stores the group's session totals and clock.
+    fn put_session_table(&mut self, table: &SessionTable) -> Result<()>;
 }
 
-/// Applies one command to a store. Deterministic: the same store contents and
-/// command give the same response (or the same [`Rejection`]) and the same
-/// new contents on every replica; a rejected command changes nothing. An
-/// `Err` is the store failing on this node: the store may then hold part of
-/// the command, so the caller must stop rather than carry on.
-pub fn apply(store: &mut impl KvStore, cmd: &Command) -> Result<Outcome<Response>> {
-    let mut session = None;
-    if cmd.client != 0 {
-        let s = store.session(cmd.client)?.unwrap_or_default();
-        if cmd.seq < s.floor {
-            return Ok(Err(Rejection::SessionExpired {
-                client: cmd.client,
-                seq: cmd.seq,
-                floor: s.floor,
-            }));
-        }
-        if let Some((_, previous)) = s.results.iter().find(|(seq, _)| *seq == cmd.seq) {
-            return Ok(Ok(previous.clone()));
-        }
-        session = Some(s);
+/// Applies one command, the entry at log `index`, to a store.
+/// Deterministic: the same store contents, command, index and limits give
+/// the same response (or the same [`Rejection`]) and the same new contents
+/// on every replica; a rejected command changes nothing. An `Err` is the
+/// store failing on this node: the store may then hold part of the
+/// command, so the caller must stop rather than carry on.
+pub fn apply(
+    store: &mut impl KvStore,
+    cmd: &Command,
+    index: u64,
+    limits: &SessionLimits,
+) -> Result<Outcome<Response>> {
+    if cmd.client == 0 {
+        return execute(store, &cmd.op);
     }
-    let response = match &cmd.op {
+    session::apply_in_session(store, cmd, index, limits)
+}
+
+/// Carries out one operation, with no session.
+fn execute(store: &mut impl KvStore, op: &Op) -> Result<Outcome<Response>> {
+    Ok(Ok(match op {
         Op::Put { key, value } => {
             store.put(key, value)?;
             Response::Written
@@ -226,23 +230,10 @@ pub fn apply(store: &mut impl KvStore, cmd: &Command) -> Result<Outcome<Response
             }
             Response::Written
         }
-    };
-    if let Some(mut s) = session {
-        let at = s.results.partition_point(|(seq, _)| *seq < cmd.seq);
-        s.results.insert(at, (cmd.seq, response.clone()));
-        // Never forget the answer just recorded: its retry must still dedupe.
-        s.floor = s.floor.max(cmd.ack_below.min(cmd.seq));
-        if s.results.len() > MAX_SESSION_RESULTS {
-            s.floor = s
-                .floor
-                .max(s.results[s.results.len() - MAX_SESSION_RESULTS].0);
-        }
-        let floor = s.floor;
-        s.results.retain(|(seq, _)| *seq >= floor);
-        store.put_session(cmd.client, &s)?;
-    }
-    Ok(Ok(response))
+    }))
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_sessions;

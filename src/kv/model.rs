@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{KvStore, Session};
+use super::{KvStore, Session, SessionTable};
 use crate::error::Result;
 
 /// A [`KvStore`] kept in ordered maps.
@@ -12,6 +12,8 @@ pub struct MapStore {
     pub rows: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Sessions by client.
     pub sessions: BTreeMap<u64, Session>,
+    /// The session totals and clock.
+    pub table: SessionTable,
 }
 
 impl KvStore for MapStore {
@@ -30,6 +32,20 @@ impl KvStore for MapStore {
     }
     fn put_session(&mut self, client: u64, session: &Session) -> Result<()> {
         self.sessions.insert(client, session.clone());
+        Ok(())
+    }
+    fn delete_session(&mut self, client: u64) -> Result<()> {
+        self.sessions.remove(&client);
+        Ok(())
+    }
+    fn sessions(&self) -> Result<Vec<(u64, Session)>> {
+        Ok(self.sessions.iter().map(|(c, s)| (*c, s.clone())).collect())
+    }
+    fn session_table(&self) -> Result<SessionTable> {
+        Ok(self.table.clone())
+    }
+    fn put_session_table(&mut self, table: &SessionTable) -> Result<()> {
+        self.table = table.clone();
         Ok(())
     }
 }

@@ -6,8 +6,16 @@ fn cmd(client: u64, seq: u64, op: Op) -> Command {
         client,
         seq,
         ack_below: 0,
+        fresh: true,
+        proposed_ms: 0,
         op,
     }
+}
+
+/// Applies `c` at an index that does not matter here, with the default
+/// session bounds.
+fn run(s: &mut impl KvStore, c: &Command) -> Result<Outcome<Response>> {
+    apply(s, c, 1, &SessionLimits::default())
 }
 
 fn put(k: &str, v: &str) -> Op {
@@ -48,7 +56,7 @@ fn cas_table() {
         if let Some(b) = before {
             s.put(b"k", b.as_bytes()).unwrap();
         }
-        let r = apply(&mut s, &cmd(0, 0, cas("k", expected, new)))
+        let r = run(&mut s, &cmd(0, 0, cas("k", expected, new)))
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -66,7 +74,7 @@ fn cas_table() {
 #[test]
 fn same_client_and_sequence_applies_once_and_replays_the_first_result() {
     let mut s = MapStore::default();
-    let first = apply(&mut s, &cmd(9, 1, cas("k", None, Some("1"))))
+    let first = run(&mut s, &cmd(9, 1, cas("k", None, Some("1"))))
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -77,10 +85,8 @@ fn same_client_and_sequence_applies_once_and_replays_the_first_result() {
         }
     );
     // Someone else changes the key; the retry must not re-evaluate.
-    apply(&mut s, &cmd(0, 0, put("k", "other")))
-        .unwrap()
-        .unwrap();
-    let retry = apply(&mut s, &cmd(9, 1, cas("k", None, Some("1"))))
+    run(&mut s, &cmd(0, 0, put("k", "other"))).unwrap().unwrap();
+    let retry = run(&mut s, &cmd(9, 1, cas("k", None, Some("1"))))
         .unwrap()
         .unwrap();
     assert_eq!(retry, first);
@@ -91,17 +97,17 @@ fn same_client_and_sequence_applies_once_and_replays_the_first_result() {
 fn acknowledged_sequences_are_trimmed_and_then_refused() {
     let mut s = MapStore::default();
     for seq in 1..=5 {
-        apply(&mut s, &cmd(3, seq, put("k", "v"))).unwrap().unwrap();
+        run(&mut s, &cmd(3, seq, put("k", "v"))).unwrap().unwrap();
     }
     let mut c = cmd(3, 6, put("k", "v"));
     c.ack_below = 5;
-    apply(&mut s, &c).unwrap().unwrap();
+    run(&mut s, &c).unwrap().unwrap();
     let session = s.session(3).unwrap().unwrap();
     assert_eq!(session.floor, 5);
     let kept: Vec<u64> = session.results.iter().map(|(seq, _)| *seq).collect();
     assert_eq!(kept, vec![5, 6], "only seqs 5 and 6 remain");
     let before = s.clone();
-    let refused = apply(&mut s, &cmd(3, 2, put("k", "v"))).unwrap();
+    let refused = run(&mut s, &cmd(3, 2, put("k", "v"))).unwrap();
     assert_eq!(s, before, "a refused command changes nothing");
     assert!(matches!(
         refused,
@@ -140,14 +146,14 @@ fn a_client_that_never_acknowledges_keeps_a_bounded_session() {
     let mut s = MapStore::default();
     let n = MAX_SESSION_RESULTS as u64 + 50;
     for seq in 1..=n {
-        apply(&mut s, &cmd(4, seq, put("k", "v"))).unwrap().unwrap();
+        run(&mut s, &cmd(4, seq, put("k", "v"))).unwrap().unwrap();
     }
     let session = s.session(4).unwrap().unwrap();
     assert_eq!(session.results.len(), MAX_SESSION_RESULTS);
     assert_eq!(session.floor, n - MAX_SESSION_RESULTS as u64 + 1);
     // The newest answers still deduplicate.
     assert_eq!(
-        apply(&mut s, &cmd(4, n, cas("k", None, Some("x"))))
+        run(&mut s, &cmd(4, n, cas("k", None, Some("x"))))
             .unwrap()
             .unwrap(),
         Response::Written
@@ -158,7 +164,7 @@ fn a_client_that_never_acknowledges_keeps_a_bounded_session() {
 fn an_empty_batch_is_rejected_and_changes_nothing() {
     let mut s = MapStore::default();
     let before = s.clone();
-    let refused = apply(&mut s, &cmd(5, 1, Op::Batch { ops: vec![] })).unwrap();
+    let refused = run(&mut s, &cmd(5, 1, Op::Batch { ops: vec![] })).unwrap();
     assert!(matches!(refused, Err(Rejection::Invalid(_))), "{refused:?}");
     assert_eq!(s, before);
 }
@@ -198,6 +204,18 @@ impl KvStore for FaultyStore {
     fn put_session(&mut self, client: u64, session: &Session) -> Result<()> {
         self.inner.put_session(client, session)
     }
+    fn delete_session(&mut self, client: u64) -> Result<()> {
+        self.inner.delete_session(client)
+    }
+    fn sessions(&self) -> Result<Vec<(u64, Session)>> {
+        self.inner.sessions()
+    }
+    fn session_table(&self) -> Result<SessionTable> {
+        self.inner.session_table()
+    }
+    fn put_session_table(&mut self, table: &SessionTable) -> Result<()> {
+        self.inner.put_session_table(table)
+    }
 }
 
 #[test]
@@ -215,7 +233,7 @@ fn a_store_that_fails_to_read_is_a_fault_not_an_answer() {
             sessions_fail,
             gets_fail,
         };
-        let r = apply(&mut s, &c);
+        let r = run(&mut s, &c);
         assert!(r.is_err(), "{c:?} gave {r:?}");
     }
 }

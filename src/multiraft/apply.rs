@@ -34,6 +34,8 @@ pub(super) struct Applier<'a> {
     pub effects: &'a mut Vec<Effect>,
     pub completions: &'a mut Vec<Completion>,
     pub trace: Option<&'a mut Vec<Applied>>,
+    /// The session bounds of data groups.
+    pub sessions: kv::SessionLimits,
 }
 
 /// Parses a conf-change entry of either version into the V2 form raft-rs
@@ -77,7 +79,7 @@ fn apply_proposal(
 ) -> Result<Outcome<Reply>> {
     match wire::decode::<Proposal>("proposal", &e.data)? {
         Proposal::Kv(cmd) if gid != CATALOG_GROUP => {
-            let r = kv::apply(&mut w.kv(gid), &cmd)?;
+            let r = kv::apply(&mut w.kv(gid), &cmd, e.index, &a.sessions)?;
             *command = Some(cmd);
             Ok(r.map(Reply::Kv))
         }

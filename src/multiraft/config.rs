@@ -3,7 +3,7 @@
 use raft::StateRole;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::kv::Limits;
+use crate::kv::{Limits, SessionLimits};
 use crate::storage::{FlushPolicy, FLUSH_BYTES, FLUSH_GROUPS_PER_ROUND, FLUSH_ROUNDS, FLUSH_TICKS};
 use crate::types::{GroupId, NodeId};
 
@@ -70,6 +70,10 @@ pub struct DriverConfig {
     pub read_timeout_ticks: u64,
     /// Key and value size limits.
     pub limits: Limits,
+    /// How much each data group keeps of client sessions. Replicated
+    /// semantics: every node of a cluster must use the same value (nodes
+    /// take the default; tests set it alike on all).
+    pub sessions: SessionLimits,
     /// Report every applied entry in the round output (for checkers).
     pub trace_applies: bool,
     /// Hand each group's leadership to its preferred leader when that voter
@@ -106,6 +110,7 @@ impl Default for DriverConfig {
             proposal_timeout_ticks: 20 * ELECTION_TICKS as u64,
             read_timeout_ticks: 4 * ELECTION_TICKS as u64,
             limits: Limits::default(),
+            sessions: SessionLimits::default(),
             trace_applies: false,
             balance_leaders: true,
             replicas: crate::catalog::DEFAULT_REPLICAS,

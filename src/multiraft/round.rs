@@ -228,6 +228,7 @@ impl Driver {
                 effects,
                 completions: &mut out.completions,
                 trace: trace.then_some(&mut out.applied),
+                sessions: self.cfg.sessions,
             };
             conf_changed = apply_entries(g, w, &committed, &mut applier)?;
             state_dirty |= conf_changed;

@@ -24,6 +24,8 @@ pub(super) fn put(key: &[u8], value: Vec<u8>) -> Proposal {
         client: 0,
         seq: 0,
         ack_below: 0,
+        fresh: true,
+        proposed_ms: 0,
         op: Op::Put {
             key: key.to_vec(),
             value,
@@ -480,6 +482,8 @@ fn a_session_row_that_does_not_decode_stops_the_leader_instead_of_answering() {
         client,
         seq: 1,
         ack_below: 0,
+        fresh: true,
+        proposed_ms: 0,
         op: Op::Put {
             key,
             value: b"v".to_vec(),

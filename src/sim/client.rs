@@ -83,6 +83,8 @@ impl Sim {
             client,
             seq,
             ack_below: seq,
+            fresh: true,
+            proposed_ms: 0,
             op,
         });
         match self.request(group, max_steps, |s, node| s.submit(node, group, &p))? {

@@ -32,7 +32,7 @@ use super::schema::{RaftStateRecord, SnapshotData, KV, SESSIONS};
 use super::GroupStorage;
 use crate::catalog::Catalog;
 use crate::error::Result;
-use crate::kv::{KvStore, Session};
+use crate::kv::{KvStore, Session, SessionTable, TABLE_KEY};
 use crate::types::{GroupId, CATALOG_GROUP};
 use crate::wire;
 
@@ -237,10 +237,16 @@ impl WriteBatch {
                 });
             }
             for (client, session) in &o.sessions {
-                self.stage(Op::Session {
-                    group: g,
-                    client: *client,
-                    session,
+                self.stage(match session {
+                    Some(session) => Op::Session {
+                        group: g,
+                        client: *client,
+                        session,
+                    },
+                    None => Op::SessionDelete {
+                        group: g,
+                        client: *client,
+                    },
                 });
             }
             self.overlay.lock().remember_flushed(g, o.sessions);
@@ -342,6 +348,22 @@ pub struct GroupKv<'w> {
     g: u64,
 }
 
+impl GroupKv<'_> {
+    /// The encoded session row of `client`: the overlay's if it has one
+    /// (an eviction included), else redb's.
+    fn session_row(&self, client: u64) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.w.overlay.lock().session(self.g, client) {
+            return Ok(v.map(<[u8]>::to_vec));
+        }
+        Ok(self
+            .w
+            .reads()?
+            .sessions
+            .get((self.g, client))?
+            .map(|v| v.value().to_vec()))
+    }
+}
+
 impl KvStore for GroupKv<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         if let Some(v) = self.w.overlay.lock().row(self.g, key) {
@@ -369,20 +391,53 @@ impl KvStore for GroupKv<'_> {
     }
 
     fn session(&self, client: u64) -> Result<Option<Session>> {
-        if let Some(v) = self.w.overlay.lock().session(self.g, client) {
-            return Ok(Some(wire::decode("client session", v)?));
-        }
-        self.w
-            .reads()?
-            .sessions
-            .get((self.g, client))?
-            .map(|v| wire::decode("client session", v.value()))
+        self.session_row(client)?
+            .map(|v| wire::decode("client session", &v))
             .transpose()
     }
 
     fn put_session(&mut self, client: u64, session: &Session) -> Result<()> {
         let bytes = wire::encode(session);
-        self.w.overlay.lock().put_session(self.g, client, bytes);
+        self.w
+            .overlay
+            .lock()
+            .put_session(self.g, client, Some(bytes));
+        Ok(())
+    }
+
+    fn delete_session(&mut self, client: u64) -> Result<()> {
+        self.w.overlay.lock().put_session(self.g, client, None);
+        Ok(())
+    }
+
+    fn sessions(&self) -> Result<Vec<(u64, Session)>> {
+        let reads = self.w.reads()?;
+        let o = self.w.overlay.lock();
+        let rows =
+            super::view::group_sessions(&reads.sessions, o.groups.get(&self.g), GroupId(self.g))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (client, bytes) = row?;
+            if client != TABLE_KEY {
+                out.push((client, wire::decode("client session", &bytes)?));
+            }
+        }
+        Ok(out)
+    }
+
+    fn session_table(&self) -> Result<SessionTable> {
+        Ok(match self.session_row(TABLE_KEY)? {
+            Some(v) => wire::decode("session table", &v)?,
+            None => SessionTable::default(),
+        })
+    }
+
+    fn put_session_table(&mut self, table: &SessionTable) -> Result<()> {
+        let bytes = wire::encode(table);
+        self.w
+            .overlay
+            .lock()
+            .put_session(self.g, TABLE_KEY, Some(bytes));
         Ok(())
     }
 }

@@ -37,8 +37,8 @@ pub(crate) const CLEAN_SESSION_BYTES: usize = 32 * 1024 * 1024;
 pub(crate) struct GroupOverlay {
     /// Key → new value, or `None` for a deleted key.
     pub(crate) rows: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    /// Client → encoded session.
-    pub(crate) sessions: BTreeMap<u64, Vec<u8>>,
+    /// Client → encoded session, or `None` for an evicted one.
+    pub(crate) sessions: BTreeMap<u64, Option<Vec<u8>>>,
     /// The apply index these changes bring the group to.
     pub(crate) applied: Option<u64>,
     /// The overlay round in which the group's first unflushed change was made.
@@ -75,23 +75,40 @@ impl Overlay {
         self.groups.get(&group)?.rows.get(key).map(|v| v.as_deref())
     }
 
-    /// A session changed since the last flush, or else as the last flush
-    /// wrote it; `None`: ask redb.
-    pub(crate) fn session(&self, group: u64, client: u64) -> Option<&[u8]> {
-        self.groups
+    /// A session changed since the last flush (`Some(None)`: evicted), or
+    /// else as the last flush wrote it; `None`: ask redb.
+    pub(crate) fn session(&self, group: u64, client: u64) -> Option<Option<&[u8]>> {
+        match self
+            .groups
             .get(&group)
             .and_then(|o| o.sessions.get(&client))
-            .or_else(|| self.clean_sessions.get(&(group, client)))
-            .map(Vec::as_slice)
+        {
+            Some(changed) => Some(changed.as_deref()),
+            None => self
+                .clean_sessions
+                .get(&(group, client))
+                .map(|s| Some(s.as_slice())),
+        }
     }
 
     /// Keeps the sessions a flush of `group` just staged for redb, so that
     /// the next command of each client finds its session here rather than
     /// reading and decoding it from redb (with 1,024 clients writing to 32
-    /// groups, session lookups took a tenth of the driver's time). Bounded: past
-    /// [`CLEAN_SESSION_BYTES`] every kept copy is dropped.
-    pub(crate) fn remember_flushed(&mut self, group: u64, sessions: BTreeMap<u64, Vec<u8>>) {
+    /// groups, session lookups took a tenth of the driver's time). An
+    /// evicted session's copy goes. Bounded: past [`CLEAN_SESSION_BYTES`]
+    /// every kept copy is dropped.
+    pub(crate) fn remember_flushed(
+        &mut self,
+        group: u64,
+        sessions: BTreeMap<u64, Option<Vec<u8>>>,
+    ) {
         for (client, session) in sessions {
+            let Some(session) = session else {
+                if let Some(old) = self.clean_sessions.remove(&(group, client)) {
+                    self.clean_bytes -= ROW_OVERHEAD + old.len();
+                }
+                continue;
+            };
             let bytes = ROW_OVERHEAD + session.len();
             if self.clean_bytes + bytes > CLEAN_SESSION_BYTES {
                 self.clean_sessions.clear();
@@ -141,8 +158,9 @@ impl Overlay {
         }
     }
 
-    pub(crate) fn put_session(&mut self, group: u64, client: u64, session: Vec<u8>) {
-        let bytes = ROW_OVERHEAD + session.len();
+    /// Sets a group's session of `client` (`None`: evicts it).
+    pub(crate) fn put_session(&mut self, group: u64, client: u64, session: Option<Vec<u8>>) {
+        let bytes = ROW_OVERHEAD + session.as_ref().map_or(0, Vec::len);
         self.group_mut(group, bytes)
             .sessions
             .insert(client, session);
@@ -287,8 +305,8 @@ mod tests {
     #[test]
     fn flushed_sessions_are_kept_until_a_snapshot_or_the_bound() {
         let mut o = Overlay::default();
-        o.put_session(1, 7, vec![1]);
-        o.put_session(2, 7, vec![2]);
+        o.put_session(1, 7, Some(vec![1]));
+        o.put_session(2, 7, Some(vec![2]));
         let mut taken = o.take();
         assert!(o.is_empty());
         assert_eq!(o.session(1, 7), None, "not kept until the flush says so");
@@ -297,22 +315,43 @@ mod tests {
         }
         assert!(o.is_empty(), "kept copies are not unflushed state");
         assert_eq!(o.bytes, 0);
-        assert_eq!(o.session(1, 7), Some(&[1u8][..]));
-        assert_eq!(o.session(2, 7), Some(&[2u8][..]));
+        assert_eq!(o.session(1, 7), Some(Some(&[1u8][..])));
+        assert_eq!(o.session(2, 7), Some(Some(&[2u8][..])));
         // A newer, unflushed session wins over the kept copy.
-        o.put_session(1, 7, vec![9]);
-        assert_eq!(o.session(1, 7), Some(&[9u8][..]));
+        o.put_session(1, 7, Some(vec![9]));
+        assert_eq!(o.session(1, 7), Some(Some(&[9u8][..])));
         // A snapshot replaces group 1's state: nothing of it is kept.
         o.discard(1);
         assert_eq!(o.session(1, 7), None);
-        assert_eq!(o.session(2, 7), Some(&[2u8][..]));
+        assert_eq!(o.session(2, 7), Some(Some(&[2u8][..])));
         // Past the bound every kept copy goes, then filling starts again.
         let big = CLEAN_SESSION_BYTES / 2;
-        o.remember_flushed(3, BTreeMap::from([(1, vec![0; big]), (2, vec![0; big])]));
+        o.remember_flushed(
+            3,
+            BTreeMap::from([(1, Some(vec![0; big])), (2, Some(vec![0; big]))]),
+        );
         assert_eq!(o.session(2, 7), None, "dropped at the bound");
         assert_eq!(o.session(3, 1), None, "dropped at the bound");
-        assert_eq!(o.session(3, 2).map(<[u8]>::len), Some(big));
+        assert_eq!(o.session(3, 2).flatten().map(<[u8]>::len), Some(big));
         assert!(o.clean_bytes <= CLEAN_SESSION_BYTES);
+    }
+
+    #[test]
+    fn an_evicted_session_hides_redb_and_its_kept_copy_goes() {
+        let mut o = Overlay::default();
+        o.put_session(1, 7, Some(vec![1; 10]));
+        for (g, go) in o.take() {
+            o.remember_flushed(g, go.sessions);
+        }
+        let kept = o.clean_bytes;
+        assert_eq!(kept, ROW_OVERHEAD + 10);
+        o.put_session(1, 7, None);
+        assert_eq!(o.session(1, 7), Some(None), "evicted, whatever redb holds");
+        for (g, go) in o.take() {
+            o.remember_flushed(g, go.sessions);
+        }
+        assert_eq!(o.session(1, 7), None, "redb now knows");
+        assert_eq!(o.clean_bytes, 0, "the kept copy's bytes are given back");
     }
 
     #[test]
@@ -348,7 +387,7 @@ mod tests {
     fn bytes_grow_with_rows_and_reset_on_take() {
         let mut o = Overlay::default();
         o.put_row(1, b"k", Some(&[0u8; 100]));
-        o.put_session(1, 7, vec![0; 10]);
+        o.put_session(1, 7, Some(vec![0; 10]));
         o.set_applied(1, 9);
         assert!(o.bytes >= 111);
         assert_eq!(o.row(1, b"k").map(|v| v.map(<[u8]>::len)), Some(Some(100)));

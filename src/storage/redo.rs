@@ -70,6 +70,8 @@ pub(crate) enum Op<'a> {
         client: u64,
         session: &'a [u8],
     },
+    /// Remove a client session (evicted).
+    SessionDelete { group: u64, client: u64 },
     /// Set the catalog.
     Catalog { bytes: &'a [u8] },
     /// Remove every KV row and session of a group (a snapshot replaces them).
@@ -93,6 +95,7 @@ const CATALOG: u8 = 8;
 const CLEAR_GROUP: u8 = 9;
 const CHECKSUM: u8 = 10;
 const DROP_GROUP: u8 = 11;
+const SESSION_DELETE: u8 = 12;
 
 fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
@@ -148,6 +151,11 @@ impl<'a> Op<'a> {
                 put_u64(out, group);
                 put_u64(out, client);
                 put_bytes(out, session);
+            }
+            Op::SessionDelete { group, client } => {
+                out.push(SESSION_DELETE);
+                put_u64(out, group);
+                put_u64(out, client);
             }
             Op::Catalog { bytes } => {
                 out.push(CATALOG);
@@ -208,6 +216,9 @@ impl<'a> Op<'a> {
                 session,
             } => {
                 t.sessions.insert((group, client), session)?;
+            }
+            Op::SessionDelete { group, client } => {
+                t.sessions.remove((group, client))?;
             }
             Op::Catalog { bytes } => {
                 t.meta.insert(META_CATALOG, bytes)?;
@@ -308,6 +319,10 @@ fn decode_one<'a>(body: &mut &'a [u8]) -> Result<Op<'a>> {
             client: take_u64(body)?,
             session: take_bytes(body)?,
         },
+        SESSION_DELETE => Op::SessionDelete {
+            group: take_u64(body)?,
+            client: take_u64(body)?,
+        },
         CATALOG => Op::Catalog {
             bytes: take_bytes(body)?,
         },
@@ -356,6 +371,10 @@ mod tests {
                 group: 4,
                 client: 11,
                 session: b"s",
+            },
+            Op::SessionDelete {
+                group: 4,
+                client: 12,
             },
             Op::Catalog { bytes: b"cat" },
             Op::ClearGroup { group: 5 },

@@ -166,7 +166,8 @@ pub(crate) const RAFT_STATE: TableDefinition<u64, &[u8]> = TableDefinition::new(
 pub(crate) const APPLIED: TableDefinition<u64, u64> = TableDefinition::new("applied");
 /// KV rows: (group, key) → value.
 pub(crate) const KV: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("kv");
-/// Client sessions: (group, client) → rkyv `kv::Session`.
+/// Client sessions: (group, client) → rkyv `kv::Session`; the row of
+/// client `kv::TABLE_KEY` (0) holds the group's rkyv `kv::SessionTable`.
 pub(crate) const SESSIONS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("sessions");
 /// Node-wide facts: see the `META_*` keys.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -189,8 +190,10 @@ pub(crate) const META_STORE_ID: &str = "store_id";
 /// with a clear message instead of failing to decode deep inside a start.
 pub(crate) const META_FORMAT: &str = "format";
 /// The format this build writes and reads. 2: nodes carry a store id and
-/// may be dead (catalog layout changed).
-pub(crate) const FORMAT: u32 = 2;
+/// may be dead (catalog layout changed). 3: KV commands carry `fresh` and
+/// a log time, sessions are bounded (session and table rows, a session
+/// delete op in round records).
+pub(crate) const FORMAT: u32 = 3;
 /// META key: how many times a driver has opened this database (u64, little
 /// endian). Proposal ids carry it, so an entry proposed before a restart is
 /// never mistaken for one proposed after.
@@ -281,7 +284,8 @@ impl RaftStateRecord {
 pub struct SnapshotData {
     /// KV rows.
     pub rows: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Sessions: (client, rkyv `kv::Session`).
+    /// Session rows: (client, rkyv `kv::Session`), and (0, rkyv
+    /// `kv::SessionTable`) when the group has one.
     pub sessions: Vec<(u64, Vec<u8>)>,
     /// For group 0: the rkyv-encoded catalog.
     pub catalog: Option<Vec<u8>>,

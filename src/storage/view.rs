@@ -15,6 +15,7 @@ use super::overlay::{self, GroupOverlay, Merged};
 use super::schema::{APPLIED, CHECKSUMS, KV, SESSIONS};
 use super::Engine;
 use crate::error::Result;
+use crate::kv::{SessionTable, TABLE_KEY};
 use crate::types::GroupId;
 
 impl Engine {
@@ -58,6 +59,25 @@ impl Engine {
             group,
         )?;
         Ok((applied, digest))
+    }
+
+    /// A group's session totals as applied, and the number of sessions it
+    /// holds, counted row by row (the totals' own count must agree).
+    pub fn sessions_of(&self, group: GroupId) -> Result<(SessionTable, u64)> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(SESSIONS)?;
+        let o = self.overlay.lock();
+        let mut table = SessionTable::default();
+        let mut count = 0;
+        for row in group_sessions(&t, o.groups.get(&group.0), group)? {
+            let (client, bytes) = row?;
+            if client == TABLE_KEY {
+                table = crate::wire::decode("session table", &bytes)?;
+            } else {
+                count += 1;
+            }
+        }
+        Ok((table, count))
     }
 
     /// Up to `limit` rows of `group` with `start <= key < end` (no upper
@@ -169,7 +189,8 @@ pub(crate) fn row_value(
     }
 }
 
-/// Every client session of a group, redb and overlay merged, by client.
+/// Every client session row of a group, redb and overlay merged, by
+/// client (key `kv::TABLE_KEY` first: the group's session totals).
 pub(crate) fn group_sessions<'a>(
     sessions: &'a impl ReadableTable<(u64, u64), &'static [u8]>,
     overlay: Option<&'a GroupOverlay>,
@@ -183,6 +204,6 @@ pub(crate) fn group_sessions<'a>(
     let over = overlay
         .into_iter()
         .flat_map(|o| o.sessions.iter())
-        .map(|(c, s)| (*c, Some(s.clone())));
+        .map(|(c, s)| (*c, s.clone()));
     Ok(Merged::new(base, over))
 }

@@ -260,7 +260,7 @@ async fn serve_request(t: Arc<Transport>, cert: &PeerCert, mut send: SendStream,
         RpcResponse::Error(RpcError::from(&e))
     } else {
         match t.service() {
-            Some(s) => s.handle(req).await,
+            Some(s) => s.handle(req, cert.spki).await,
             None => RpcResponse::Error(RpcError::from(&Error::Unreachable(
                 "the node is starting".into(),
             ))),

@@ -3,10 +3,12 @@
 //! A caller opens a stream, writes the [`StreamKind::Request`] tag and one
 //! [`RpcRequest`] frame (at most [`MAX_REQUEST_FRAME_BYTES`]) and finishes
 //! its side; the node checks that the caller's certificate role may make
-//! that request, hands it to its [`Service`], and answers with one
-//! [`RpcResponse`] frame (at most [`MAX_RESPONSE_FRAME_BYTES`]). The types are [`crate::api`]'s; what a request
-//! does is the [`Service`]'s (a node's is [`crate::node::handlers`]): this
-//! module only carries them.
+//! that request, hands it to its [`Service`] with the hash of that
+//! certificate's key (which binds the caller's write sessions), and
+//! answers with one [`RpcResponse`] frame (at most
+//! [`MAX_RESPONSE_FRAME_BYTES`]). The types are [`crate::api`]'s; what a
+//! request does is the [`Service`]'s (a node's is
+//! [`crate::node::handlers`]): this module only carries them.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,8 +25,13 @@ use super::tls::certificate_refusal;
 /// What a node does with requests.
 pub trait Service: Send + Sync + 'static {
     /// Answers one request; the transport has already checked that the
-    /// caller's certificate may make it.
-    fn handle(&self, req: RpcRequest) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>>;
+    /// caller's certificate may make it. `caller` is the SHA-256 of that
+    /// certificate's public key (`None` when the handshake gave none).
+    fn handle(
+        &self,
+        req: RpcRequest,
+        caller: Option<[u8; 32]>,
+    ) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>>;
 }
 
 /// Makes one call to the node at `addr` over `endpoint`.

@@ -1,16 +1,34 @@
 //! Data requests: KV commands, reads and scans, each served by the group's
 //! leader through the driver (a follower answers with a redirect).
+//!
+//! A command is bound to its caller here, before it is proposed: its
+//! session key becomes `kv::session_key` of the client's id and the
+//! caller's certificate key hash, which the handshake proved and the
+//! request cannot change, and it is stamped with this node's clock (the
+//! group's log time; only a leader's proposal gets into the log).
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{applied, ask};
 use crate::api::RpcResponse;
 use crate::error::Result;
-use crate::kv::Command;
+use crate::kv::{session_key, Command};
 use crate::multiraft::Proposal;
 use crate::runtime::runner::DriverHandle;
 use crate::types::GroupId;
 
-/// Applies a KV command through the group's log.
-pub async fn propose(h: &DriverHandle, group: GroupId, command: Command) -> Result<RpcResponse> {
+/// Applies a KV command of the caller whose certificate key hash is
+/// `caller` through the group's log.
+pub async fn propose(
+    h: &DriverHandle,
+    group: GroupId,
+    mut command: Command,
+    caller: Option<[u8; 32]>,
+) -> Result<RpcResponse> {
+    command.client = session_key(caller.as_ref(), command.client);
+    command.proposed_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     applied(ask(h.propose(group, Proposal::Kv(command))).await??)
 }
 

@@ -37,10 +37,14 @@ use crate::transport::rpc::Service;
 use crate::types::CATALOG_GROUP;
 
 impl Service for NodeServer {
-    fn handle(&self, req: RpcRequest) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>> {
+    fn handle(
+        &self,
+        req: RpcRequest,
+        caller: Option<[u8; 32]>,
+    ) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>> {
         Box::pin(async move {
             let driver = self.driver();
-            answer(Some(self), driver, req).await
+            answer(Some(self), driver, req, caller).await
         })
     }
 }
@@ -50,20 +54,26 @@ impl Service for NodeServer {
 pub struct DriverService(pub DriverHandle);
 
 impl Service for DriverService {
-    fn handle(&self, req: RpcRequest) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>> {
-        Box::pin(answer(None, Some(self.0.clone()), req))
+    fn handle(
+        &self,
+        req: RpcRequest,
+        caller: Option<[u8; 32]>,
+    ) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>> {
+        Box::pin(answer(None, Some(self.0.clone()), req, caller))
     }
 }
 
-/// Serves `req` with the node `node` (none for a bare driver) and its
-/// driver (none before it runs), and says how it went.
+/// Serves `req` from the caller whose certificate key hash is `caller`
+/// with the node `node` (none for a bare driver) and its driver (none
+/// before it runs), and says how it went.
 async fn answer(
     node: Option<&NodeServer>,
     driver: Option<DriverHandle>,
     req: RpcRequest,
+    caller: Option<[u8; 32]>,
 ) -> RpcResponse {
     let group = req.group();
-    let result = serve(node, driver.as_ref(), req).await;
+    let result = serve(node, driver.as_ref(), req, caller).await;
     match result {
         Ok(r) => r,
         Err(e) => {
@@ -92,6 +102,7 @@ async fn serve(
     node: Option<&NodeServer>,
     driver: Option<&DriverHandle>,
     req: RpcRequest,
+    caller: Option<[u8; 32]>,
 ) -> Result<RpcResponse> {
     let no_node = || Error::Invalid("a bare driver serves no membership or status request".into());
     match req {
@@ -101,15 +112,20 @@ async fn serve(
             let h = driver.ok_or_else(|| {
                 Error::Unreachable("this node has not joined a cluster yet".into())
             })?;
-            driven(h, req).await
+            driven(h, req, caller).await
         }
     }
 }
 
-/// The requests a running driver serves.
-async fn driven(h: &DriverHandle, req: RpcRequest) -> Result<RpcResponse> {
+/// The requests a running driver serves, for the caller whose certificate
+/// key hash is `caller`.
+async fn driven(
+    h: &DriverHandle,
+    req: RpcRequest,
+    caller: Option<[u8; 32]>,
+) -> Result<RpcResponse> {
     match req {
-        RpcRequest::Propose { group, command } => data::propose(h, group, command).await,
+        RpcRequest::Propose { group, command } => data::propose(h, group, command, caller).await,
         RpcRequest::Read { group, key } => data::read(h, group, key).await,
         RpcRequest::Scan {
             group,

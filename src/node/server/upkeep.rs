@@ -90,7 +90,7 @@ impl NodeServer {
             let mut candidates: Vec<String> = self.cfg.join.clone();
             for _ in 0..3 {
                 let answer = match &target {
-                    None => self.handle(req.clone()).await,
+                    None => self.handle(req.clone(), Some(self.spki)).await,
                     Some(t) => self.call_node(t, &req).await,
                 };
                 match answer {
