@@ -4,102 +4,37 @@
 //! budget on a page of its own, and pages that each show one state of
 //! their group while batches rewrite it.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+#[path = "common/drivers.rs"]
+mod drivers;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flotilla::catalog::Catalog;
-use flotilla::certs::{self, role_files, Role, CA_CERT};
-use flotilla::client::{Client, ClientConfig, KeyRange};
+use drivers::QuicDrivers;
+use flotilla::certs::Role;
+use flotilla::client::{Client, KeyRange};
 use flotilla::kv::BatchOp;
-use flotilla::multiraft::{Driver, DriverConfig};
-use flotilla::node::handlers::DriverService;
-use flotilla::node::raft_link::{DriverInbox, QuicSender};
-use flotilla::runtime::runner::Runner;
-use flotilla::storage::{Engine, MemDisk, ScanPage};
-use flotilla::transport::{TlsIdentity, Transport};
+use flotilla::multiraft::DriverConfig;
+use flotilla::storage::ScanPage;
 use flotilla::types::{GroupId, NodeId};
 
 const DEADLINE: Duration = Duration::from_secs(30);
-const TICK: Duration = Duration::from_millis(20);
 /// The page budget of these nodes.
 const BUDGET: usize = 64 * 1024;
 
-/// Three drivers over QUIC, and a client of them. Dropped, it stops them.
-struct Cluster {
-    transports: Vec<Arc<Transport>>,
-    runners: Vec<Runner>,
-    client: Client,
-    catalog: Catalog,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for t in &self.transports {
-            t.close();
-        }
-        for r in self.runners.drain(..) {
-            let _ = r.stop();
-        }
-    }
-}
-
-fn cluster(dir: &std::path::Path) -> Cluster {
-    certs::create(dir, &["127.0.0.1".into()], false).unwrap();
-    let (crt, key) = role_files(dir, Role::Node);
-    let id = TlsIdentity::load(&dir.join(CA_CERT), &crt, &key).unwrap();
-    let mut transports = BTreeMap::new();
-    for i in 1..=3 {
-        let t = Transport::bind(NodeId(i), "127.0.0.1:0".parse().unwrap(), &id).unwrap();
-        transports.insert(NodeId(i), t);
-    }
-    let addrs: BTreeMap<NodeId, SocketAddr> = transports
-        .iter()
-        .map(|(id, t)| (*id, t.local_addr().unwrap()))
-        .collect();
-    let members: Vec<(NodeId, String)> = addrs.iter().map(|(id, a)| (*id, a.to_string())).collect();
-    let catalog = Catalog::bootstrap(7, 64, &members, 4, 3).unwrap();
-    let mut runners = Vec::new();
-    for (id, t) in &transports {
-        for (peer, addr) in &addrs {
-            if peer != id {
-                t.set_peer(*peer, *addr, None);
-            }
-        }
-        let engine = Engine::open_backend(MemDisk::new()).unwrap();
-        engine.bootstrap(*id, &catalog).unwrap();
-        let cfg = DriverConfig {
-            seed: id.0,
-            scan_page_bytes: BUDGET,
-            // Flushes every few rounds, so pages are read while the
-            // overlay moves into redb.
-            flush_rounds: 2,
-            ..DriverConfig::default()
-        };
-        let driver = Driver::open(engine, cfg).unwrap();
-        let runner = Runner::spawn(driver, QuicSender::new(t.clone()), TICK).unwrap();
-        let h = runner.handle();
-        t.serve(Arc::new(DriverInbox(h.clone())), Arc::new(DriverService(h)));
-        runners.push(runner);
-    }
-    let (cert, key) = role_files(dir, Role::Client);
-    let client = Client::new(ClientConfig {
-        endpoints: addrs.values().map(|a| a.to_string()).collect(),
-        ca: dir.join(CA_CERT),
-        cert,
-        key,
-        pin: None,
-        timeout: DEADLINE,
-    })
-    .unwrap();
-    Cluster {
-        transports: transports.into_values().collect(),
-        runners,
-        client,
-        catalog,
-    }
+/// Three drivers over QUIC with a page budget of [`BUDGET`], and a client.
+fn cluster(dir: &std::path::Path) -> (QuicDrivers, Client) {
+    let nodes = QuicDrivers::start(dir, 64, 4, |id: NodeId| DriverConfig {
+        seed: id.0,
+        scan_page_bytes: BUDGET,
+        // Flushes every few rounds, so pages are read while the overlay
+        // moves into redb.
+        flush_rounds: 2,
+        ..DriverConfig::default()
+    });
+    let client = nodes.client(dir, Role::Client, DEADLINE);
+    (nodes, client)
 }
 
 fn bytes(page: &ScanPage) -> usize {
@@ -127,8 +62,8 @@ async fn group_pages(client: &Client, group: GroupId, prefix: &[u8]) -> Vec<Scan
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scans_come_in_pages_that_lose_and_repeat_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let c = cluster(dir.path());
-    let client = &c.client;
+    let (nodes, client) = cluster(dir.path());
+    let client = &client;
 
     // 200 rows of 10 KiB: about 2 MB, some thirty pages.
     let keys: Vec<Vec<u8>> = (0..200)
@@ -176,21 +111,23 @@ async fn scans_come_in_pages_that_lose_and_repeat_nothing() {
     assert_eq!(rows.len(), 201);
     assert_eq!(rows[101].0, b"row/100+".to_vec());
     assert_eq!(rows[101].1.len(), 3 * BUDGET);
+    nodes.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_page_shows_one_state_while_batches_rewrite_the_group() {
     let dir = tempfile::tempdir().unwrap();
-    let c = cluster(dir.path());
+    let (nodes, client) = cluster(dir.path());
+    let catalog = &nodes.catalog;
     // 40 keys of one vshard, rewritten together by each batch: about four
     // pages.
-    let vshard = c.catalog.vshard(b"v/0");
+    let vshard = catalog.vshard(b"v/0");
     let keys: Vec<Vec<u8>> = (0..100_000)
         .map(|i| format!("v/{i}").into_bytes())
-        .filter(|k| c.catalog.vshard(k) == vshard)
+        .filter(|k| catalog.vshard(k) == vshard)
         .take(40)
         .collect();
-    let group = c.catalog.group_of(&keys[0]);
+    let group = catalog.group_of(&keys[0]);
     let batch = {
         let keys = keys.clone();
         move |version: u64| {
@@ -206,11 +143,11 @@ async fn every_page_shows_one_state_while_batches_rewrite_the_group() {
                 .collect::<Vec<_>>()
         }
     };
-    c.client.batch(batch(0)).await.unwrap();
+    client.batch(batch(0)).await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
     let writer = {
-        let (client, stop, written) = (c.client.clone(), stop.clone(), written.clone());
+        let (client, stop, written) = (client.clone(), stop.clone(), written.clone());
         tokio::spawn(async move {
             let mut version = 1;
             while !stop.load(Ordering::Relaxed) {
@@ -228,7 +165,7 @@ async fn every_page_shows_one_state_while_batches_rewrite_the_group() {
     // version change between its pages.
     while scans < 10 || written.load(Ordering::Relaxed) < 20 || mixed == 0 {
         assert!(start.elapsed() < DEADLINE, "{scans} scans, {mixed} mixed");
-        let pages = group_pages(&c.client, group, b"v/").await;
+        let pages = group_pages(&client, group, b"v/").await;
         assert!(pages.len() >= 3, "{} pages", pages.len());
         let mut last = 0;
         let mut seen = Vec::new();
@@ -251,4 +188,5 @@ async fn every_page_shows_one_state_while_batches_rewrite_the_group() {
     }
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
+    nodes.stop();
 }
