@@ -104,7 +104,8 @@ pub enum ClientCommand {
         #[arg(long, conflicts_with = "new")]
         file: Option<PathBuf>,
     },
-    /// Lists keys in key order, one "KEY<TAB>VALUE" line each.
+    /// Lists keys in key order, one "KEY<TAB>VALUE" line of raw bytes
+    /// each, printed as the pages of every group arrive.
     Scan {
         /// Keys starting with P.
         #[arg(long, conflicts_with_all = ["from", "to"], required_unless_present = "from")]
