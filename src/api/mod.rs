@@ -42,8 +42,10 @@ pub enum RpcRequest {
         /// The key.
         key: Vec<u8>,
     },
-    /// Up to `limit` rows of a group with `start <= key < end`, read
-    /// linearizably through the group's leader.
+    /// One page of a group's rows with `start <= key < end`, read
+    /// linearizably through the group's leader: at most `limit` rows and
+    /// the node's page budget of bytes, answered by
+    /// [`RpcResponse::ScanPage`].
     Scan {
         /// The group.
         group: GroupId,
@@ -237,6 +239,14 @@ pub enum RpcResponse {
     },
     /// (group, apply index, digest) of each group's last check on a node.
     Checksums(Vec<(GroupId, u64, u64)>),
+    /// One page of a scan, in key order.
+    ScanPage {
+        /// The rows.
+        rows: Vec<(Vec<u8>, Vec<u8>)>,
+        /// The first key the page left out, where the next page starts;
+        /// none: the range is exhausted.
+        resume: Option<Vec<u8>>,
+    },
     /// A failure.
     Error(RpcError),
 }

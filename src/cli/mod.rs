@@ -104,7 +104,8 @@ pub enum ClientCommand {
         #[arg(long, conflicts_with = "new")]
         file: Option<PathBuf>,
     },
-    /// Lists keys in key order, one "KEY<TAB>VALUE" line each.
+    /// Lists keys in key order, one "KEY<TAB>VALUE" line of raw bytes
+    /// each, printed as the pages of every group arrive.
     Scan {
         /// Keys starting with P.
         #[arg(long, conflicts_with_all = ["from", "to"], required_unless_present = "from")]
@@ -308,6 +309,42 @@ fn value_of(
     }
 }
 
+/// `scan`: rows printed as each page arrives, so neither the node nor this
+/// process holds more than a page per group. Text is `KEY<TAB>VALUE` lines
+/// of raw bytes; JSON is one document, written row by row.
+async fn scan(
+    g: &Globals,
+    c: &Client,
+    range: KeyRange,
+    limit: usize,
+    out: &mut dyn Write,
+) -> Outcome {
+    let mut pages = c.scan_pages(range, limit).await?;
+    let mut count = 0usize;
+    if g.json {
+        let _ = write!(out, "{{\"rows\":[");
+    }
+    while let Some(rows) = pages.next_page().await? {
+        for (k, v) in &rows {
+            if g.json {
+                let comma = if count == 0 { "" } else { "," };
+                let _ = write!(out, "{comma}{}", json!({"key": text(k), "value": text(v)}));
+            } else {
+                let _ = out.write_all(k);
+                let _ = out.write_all(b"\t");
+                let _ = out.write_all(v);
+                let _ = out.write_all(b"\n");
+            }
+            count += 1;
+        }
+        let _ = out.flush();
+    }
+    if g.json {
+        let _ = writeln!(out, "],\"count\":{count}}}");
+    }
+    Ok((exit::OK, None))
+}
+
 fn state_name(s: NodeState) -> &'static str {
     match s {
         NodeState::Active => "active",
@@ -405,22 +442,7 @@ async fn execute(g: &Globals, c: &Client, cmd: ClientCommand, out: &mut dyn Writ
                 },
                 (None, None) => return Err(Error::Invalid("give --prefix or --from".into())),
             };
-            let rows = c.scan(range, limit).await?;
-            if g.json {
-                let rows: Vec<Value> = rows
-                    .iter()
-                    .map(|(k, v)| json!({"key": text(k), "value": text(v)}))
-                    .collect();
-                print_json(out, &json!({"count": rows.len(), "rows": rows}));
-            } else {
-                for (k, v) in &rows {
-                    let _ = out.write_all(k);
-                    let _ = out.write_all(b"\t");
-                    let _ = out.write_all(v);
-                    let _ = writeln!(out);
-                }
-            }
-            Ok((exit::OK, None))
+            scan(g, c, range, limit, out).await
         }
         ClientCommand::Status => ops::status(g, c, out).await,
         ClientCommand::Groups => ops::groups(g, c, out).await,

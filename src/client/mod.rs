@@ -15,8 +15,8 @@
 //! This is the one client core of Flotilla: the CLI, the operator commands
 //! (`init`, `node-status`, `dev`) and the process tests all talk to nodes
 //! through it (`route`: finding the leader; `conn`: connections and
-//! failures; `admin`: one node's report, routed requests of any kind, the
-//! operator's requests). The request types are [`crate::api`]'s; nothing
+//! failures; `scan`: range scans, page by page; `admin`: one node's
+//! report, routed requests of any kind, the operator's requests). The request types are [`crate::api`]'s; nothing
 //! here depends on the node's code.
 //!
 //! ```no_run
@@ -46,13 +46,15 @@ use crate::certs::{role_files, Role, CA_CERT};
 use crate::error::{Error, Result};
 use crate::kv::{BatchOp, Command, Op, Response};
 use crate::transport::TlsIdentity;
-use crate::types::{GroupId, NodeId, CATALOG_GROUP};
+use crate::types::{GroupId, NodeId};
 
 mod admin;
 mod conn;
 mod route;
+mod scan;
 
 pub use admin::NODE_CALL_TIMEOUT;
+pub use scan::{Row, Scanner};
 
 /// Default deadline of one call, retries included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -314,52 +316,6 @@ impl Client {
             Response::Written => Ok(()),
             other => Err(Error::Remote(format!("unexpected answer {other:?}"))),
         }
-    }
-
-    /// Up to `limit` keys of `range` with their values, in key order,
-    /// gathered from every group (each read linearizably).
-    ///
-    /// ```no_run
-    /// # async fn example(client: flotilla::client::Client) -> flotilla::Result<()> {
-    /// use flotilla::client::KeyRange;
-    /// for (key, value) in client.scan(KeyRange::Prefix(b"user/".to_vec()), 100).await? {
-    ///     println!("{} = {} bytes", String::from_utf8_lossy(&key), value.len());
-    /// }
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn scan(&self, range: KeyRange, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let (start, end) = range.bounds();
-        let catalog = self.catalog().await?;
-        let groups: Vec<GroupId> = catalog
-            .groups
-            .keys()
-            .copied()
-            .filter(|g| *g != CATALOG_GROUP)
-            .collect();
-        let limit32 = u32::try_from(limit).unwrap_or(u32::MAX);
-        let mut calls = tokio::task::JoinSet::new();
-        for group in groups {
-            let me = self.clone();
-            let req = RpcRequest::Scan {
-                group,
-                start: start.clone(),
-                end: end.clone(),
-                limit: limit32,
-            };
-            calls.spawn(async move { me.call_group(group, &req).await });
-        }
-        let mut rows = Vec::new();
-        while let Some(done) = calls.join_next().await {
-            let answer = done.map_err(|e| Error::Invalid(format!("scan task failed: {e}")))?;
-            match answer? {
-                RpcResponse::Kv(Response::Rows(r)) => rows.extend(r),
-                other => return Err(unexpected(&other)),
-            }
-        }
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
-        rows.truncate(limit);
-        Ok(rows)
     }
 
     /// The catalog, from the cache when it has one.

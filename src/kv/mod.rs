@@ -146,8 +146,6 @@ pub enum Response {
     },
     /// The result of a read (never stored in a log).
     Value(Option<Vec<u8>>),
-    /// The rows of a scan, in key order (never stored in a log).
-    Rows(Vec<(Vec<u8>, Vec<u8>)>),
 }
 
 /// The storage a state machine applies to: the KV rows and the session rows

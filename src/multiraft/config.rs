@@ -4,7 +4,9 @@ use raft::StateRole;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::kv::{Limits, SessionLimits};
-use crate::storage::{FlushPolicy, FLUSH_BYTES, FLUSH_GROUPS_PER_ROUND, FLUSH_ROUNDS, FLUSH_TICKS};
+use crate::storage::{
+    FlushPolicy, FLUSH_BYTES, FLUSH_GROUPS_PER_ROUND, FLUSH_ROUNDS, FLUSH_TICKS, SCAN_PAGE_BYTES,
+};
 use crate::types::{GroupId, NodeId};
 
 /// Ticks without a leader's word before a follower campaigns (the lower
@@ -68,6 +70,9 @@ pub struct DriverConfig {
     pub proposal_timeout_ticks: u64,
     /// Ticks a linearizable read may wait for leadership to be confirmed.
     pub read_timeout_ticks: u64,
+    /// Bytes of keys and values one scan page holds at most; see
+    /// [`SCAN_PAGE_BYTES`].
+    pub scan_page_bytes: usize,
     /// Key and value size limits.
     pub limits: Limits,
     /// How much each data group keeps of client sessions. Replicated
@@ -109,6 +114,7 @@ impl Default for DriverConfig {
             max_inflight_msgs: MAX_INFLIGHT_MSGS,
             proposal_timeout_ticks: 20 * ELECTION_TICKS as u64,
             read_timeout_ticks: 4 * ELECTION_TICKS as u64,
+            scan_page_bytes: SCAN_PAGE_BYTES,
             limits: Limits::default(),
             sessions: SessionLimits::default(),
             trace_applies: false,

@@ -21,7 +21,10 @@
 //!    the batch is durable (acknowledgements and votes);
 //! 4. calls [`Driver::on_persisted`]: each group learns its ready persisted
 //!    (`on_persist_ready`), groups open and leave as the catalog's effects
-//!    say, and proposals and reads whose entries applied are answered.
+//!    say, and proposals and reads whose entries applied are answered. A
+//!    scan's answer is not its rows but a `storage::ScanRead`, taken here
+//!    between rounds and read by the caller on another thread, so a large
+//!    page does not hold up every group's next round.
 //!
 //! `runtime::round` does steps 2 to 4 (the only place a batch is handed to
 //! the engine); the runner thread, the simulation and the tests all go
@@ -62,7 +65,7 @@ use raft::{RawNode, StateRole};
 use crate::catalog::{Catalog, CatalogCommand};
 use crate::error::{Error, Result};
 use crate::kv::{Command, Response};
-use crate::storage::{Engine, GroupStorage};
+use crate::storage::{Engine, GroupStorage, ScanRead};
 use crate::types::{GroupId, NodeId};
 
 /// Bits of a proposal id numbering proposals within one incarnation of the
@@ -98,6 +101,9 @@ pub enum Proposal {
 pub enum Reply {
     /// A KV command applied (or a read served).
     Kv(Response),
+    /// A scan confirmed: the read of its page, to be read off the driver
+    /// thread (see [`ScanRead`]).
+    Scan(ScanRead),
     /// A catalog change applied.
     Catalog,
     /// A joining node was admitted with this id.
@@ -538,3 +544,5 @@ impl Group {
 mod tests;
 #[cfg(test)]
 mod tests_ready;
+#[cfg(test)]
+mod tests_scan;

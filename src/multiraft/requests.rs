@@ -150,8 +150,11 @@ impl Driver {
         Ok(())
     }
 
-    /// Queues a linearizable scan of `group`: up to `limit` rows with
-    /// `start <= key < end` (to the end of the group without `end`).
+    /// Queues a linearizable scan of one page of `group`: up to `limit`
+    /// rows with `start <= key < end` (to the end of the group without
+    /// `end`) and at most the configured page bytes. Its answer is a
+    /// [`crate::storage::ScanRead`] taken once the read index applied, for
+    /// the caller to read.
     pub fn scan(
         &mut self,
         token: Token,

@@ -5,7 +5,9 @@
 //! and, held back, the messages that must wait until the batch is durable.
 //! The caller persists the batch and calls [`Driver::on_persisted`], which
 //! tells each group its ready persisted, opens and leaves the groups the
-//! catalog's effects name, and serves the reads whose index applied.
+//! catalog's effects name, and serves the reads whose index applied (a
+//! scan with the read of its page, which the caller reads off the driver
+//! thread).
 
 use std::collections::BTreeMap;
 
@@ -425,10 +427,17 @@ impl Driver {
                         tokens.push(r.token);
                     }
                     Some((end, limit)) => {
-                        let rows = self.engine.scan(*gid, &r.key, end.as_deref(), *limit)?;
+                        // The rows are read by the caller, off this thread.
+                        let read = self.engine.scan_read(
+                            *gid,
+                            &r.key,
+                            end.as_deref(),
+                            *limit,
+                            self.cfg.scan_page_bytes,
+                        )?;
                         out.completions.push(Completion {
                             token: r.token,
-                            result: Ok(Reply::Kv(Response::Rows(rows))),
+                            result: Ok(Reply::Scan(read)),
                         });
                     }
                 }

@@ -54,7 +54,9 @@ pub enum Input {
         /// Where the answer goes.
         reply: oneshot::Sender<Result<Reply>>,
     },
-    /// A linearizable scan of one group.
+    /// A linearizable scan of one page of one group. The answer is a
+    /// [`Reply::Scan`]: the read of the page, not its rows, so that the
+    /// caller reads them on a thread of its own.
     Scan {
         /// Target group.
         group: GroupId,
@@ -115,7 +117,8 @@ impl DriverHandle {
         self.call(|reply| Input::Read { group, key, reply })
     }
 
-    /// Scans `group` linearizably; await the receiver for the rows.
+    /// Scans one page of `group` linearizably; await the receiver for the
+    /// read of the page ([`Reply::Scan`]), then read it off this thread.
     pub fn scan(
         &self,
         group: GroupId,

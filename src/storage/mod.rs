@@ -42,7 +42,8 @@
 //! Files: `opening` creates the files and replays the log when a node
 //! opens; `identity` holds the node's id, cluster id, catalog and
 //! bootstrap; `group` and `cache` each group's log and which of it stays in
-//! memory; `view` the merged reads; `batch` the round's staging;
+//! memory; `view` the merged reads; `scan` the paged scans read off the
+//! driver thread; `batch` the round's staging;
 //! `persist` the write path and the flush schedule; `checkpoint` the
 //! checkpoint thread; `schema` the tables and records. [`Stats`] counts
 //! batches, commits and syncs so tests and benchmarks can check group
@@ -58,6 +59,7 @@ mod opening;
 mod overlay;
 mod persist;
 mod redo;
+mod scan;
 mod schema;
 mod syncfile;
 mod view;
@@ -72,6 +74,7 @@ pub use memdisk::{MemDisk, MemFile};
 pub use persist::{
     Durable, FlushPolicy, Persisted, FLUSH_BYTES, FLUSH_GROUPS_PER_ROUND, FLUSH_ROUNDS, FLUSH_TICKS,
 };
+pub use scan::{ScanPage, ScanRead, SCAN_PAGE_BYTES};
 pub use schema::{RaftStateRecord, SnapshotData};
 pub use wal::{LogFile, WalConfig, WAL_CHECKPOINT_BYTES};
 
@@ -258,3 +261,5 @@ mod tests_cache;
 mod tests_checkpoint;
 #[cfg(test)]
 mod tests_damage;
+#[cfg(test)]
+mod tests_scan;

@@ -1,9 +1,10 @@
 //! The merged read view: redb's committed rows with the overlay's laid
 //! over them, the overlay winning (see `overlay`).
 //!
-//! Reads, scans, checksums and snapshots all go through the helpers here,
-//! so a row reads the same wherever it is asked for: a deleted key in the
-//! overlay hides redb's row, and an overlay row replaces it.
+//! Reads, checksums and snapshots all go through the helpers here, and
+//! scans through the same merge (`scan`, which reads away from the
+//! driver), so a row reads the same wherever it is asked for: a deleted
+//! key in the overlay hides redb's row, and an overlay row replaces it.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -78,24 +79,6 @@ impl Engine {
             }
         }
         Ok((table, count))
-    }
-
-    /// Up to `limit` rows of `group` with `start <= key < end` (no upper
-    /// bound without `end`), in key order.
-    pub fn scan(
-        &self,
-        group: GroupId,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(KV)?;
-        let o = self.overlay.lock();
-        let rows = group_rows_in(&t, o.groups.get(&group.0), group, start, end)?
-            .take(limit)
-            .collect();
-        rows
     }
 
     /// The result of every group's last consistency check on this node:

@@ -1,5 +1,6 @@
 //! Data requests: KV commands, reads and scans, each served by the group's
-//! leader through the driver (a follower answers with a redirect).
+//! leader through the driver (a follower answers with a redirect). A scan
+//! is answered one page at a time, read off the driver thread.
 //!
 //! A command is bound to its caller here, before it is proposed: its
 //! session key becomes `kv::session_key` of the client's id and the
@@ -11,9 +12,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{applied, ask};
 use crate::api::RpcResponse;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kv::{session_key, Command};
-use crate::multiraft::Proposal;
+use crate::multiraft::{Proposal, Reply};
 use crate::runtime::runner::DriverHandle;
 use crate::types::GroupId;
 
@@ -37,7 +38,9 @@ pub async fn read(h: &DriverHandle, group: GroupId, key: Vec<u8>) -> Result<RpcR
     applied(ask(h.read(group, key)).await??)
 }
 
-/// Reads up to `limit` rows of `start..end` linearizably.
+/// Serves one page of `start..end`: the driver confirms the read and
+/// takes it between rounds; its rows are read here, on a blocking thread,
+/// so a page of megabytes holds up no group's round.
 pub async fn scan(
     h: &DriverHandle,
     group: GroupId,
@@ -45,5 +48,16 @@ pub async fn scan(
     end: Option<Vec<u8>>,
     limit: u32,
 ) -> Result<RpcResponse> {
-    applied(ask(h.scan(group, start, end, limit as usize)).await??)
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let read = match ask(h.scan(group, start, end, limit)).await?? {
+        Reply::Scan(read) => read,
+        other => return Err(Error::Invalid(format!("unexpected reply {other:?}"))),
+    };
+    let page = tokio::task::spawn_blocking(move || read.page())
+        .await
+        .map_err(|e| Error::Invalid(format!("the scan page read failed: {e}")))??;
+    Ok(RpcResponse::ScanPage {
+        rows: page.rows,
+        resume: page.resume,
+    })
 }
