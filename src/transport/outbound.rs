@@ -20,7 +20,7 @@
 //! rather than left to QUIC's handshake retransmissions, which wait about a
 //! second before the first resend.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,11 +58,50 @@ const STALL_CHECK: Duration = Duration::from_millis(100);
 /// QUIC error code for a connection closed because the peer went silent.
 const STALLED: u32 = 0x48;
 
+/// Bytes of Raft messages queued for one peer at most, written or not:
+/// past it a batch is refused and raft-rs hears the peer was unreachable
+/// (its leaders probe again later). raft-rs bounds appends in flight by
+/// count only (256 of up to 1 MiB per group), so without this a slow peer
+/// could hold gigabytes of a node's memory in its queue.
+pub const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+
+/// The bytes queued for a peer, against [`MAX_QUEUED_BYTES`].
+#[derive(Debug, Default)]
+pub(super) struct QueueBudget(AtomicUsize);
+
+impl QueueBudget {
+    /// Takes `bytes` from the budget; `false` if that passes the cap (an
+    /// empty queue takes any batch, so a large one still goes alone).
+    pub(super) fn take(&self, bytes: usize, cap: usize) -> bool {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used == 0 || used + bytes <= cap).then_some(used + bytes)
+            })
+            .is_ok()
+    }
+
+    /// Gives `bytes` back once they were written or dropped.
+    pub(super) fn give(&self, bytes: usize) {
+        self.0.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Bytes queued now.
+    #[cfg(test)]
+    fn used(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// A batch on its way to a peer, with its bytes as its budget counted them.
+type Queued = (usize, Vec<RaftMessage>);
+
 /// The handle of one peer's outbound task.
 pub(super) struct PeerSender {
-    tx: mpsc::UnboundedSender<Vec<RaftMessage>>,
+    tx: mpsc::UnboundedSender<Queued>,
     /// Whether the task holds an open stream to the peer.
     up: Arc<AtomicBool>,
+    /// What is queued for the peer and not yet written.
+    queued: Arc<QueueBudget>,
 }
 
 impl PeerSender {
@@ -70,14 +109,28 @@ impl PeerSender {
     pub(super) fn start(t: Arc<Transport>, to: NodeId) -> PeerSender {
         let (tx, rx) = mpsc::unbounded_channel();
         let up = Arc::new(AtomicBool::new(false));
-        t.runtime.spawn(peer_task(t.clone(), to, rx, up.clone()));
-        PeerSender { tx, up }
+        let queued = Arc::new(QueueBudget::default());
+        t.runtime
+            .spawn(peer_task(t.clone(), to, rx, up.clone(), queued.clone()));
+        PeerSender { tx, up, queued }
     }
 
     /// Queues a batch; `false` (and the batch dropped) while the peer is
-    /// down: Raft retransmits, and leaders probe the peer meanwhile.
+    /// down or its queue holds [`MAX_QUEUED_BYTES`]: Raft retransmits, and
+    /// leaders probe the peer meanwhile.
     pub(super) fn send(&self, msgs: Vec<RaftMessage>) -> bool {
-        self.up.load(Ordering::Relaxed) && self.tx.send(msgs).is_ok()
+        if !self.up.load(Ordering::Relaxed) {
+            return false;
+        }
+        let bytes = msgs.iter().map(|(_, m)| message_bytes(m)).sum();
+        if !self.queued.take(bytes, MAX_QUEUED_BYTES) {
+            return false;
+        }
+        if self.tx.send((bytes, msgs)).is_err() {
+            self.queued.give(bytes);
+            return false;
+        }
+        true
     }
 }
 
@@ -162,7 +215,8 @@ async fn stream_batches(
     t: &Transport,
     conn: &quinn::Connection,
     mut stream: quinn::SendStream,
-    rx: &mut mpsc::UnboundedReceiver<Vec<RaftMessage>>,
+    rx: &mut mpsc::UnboundedReceiver<Queued>,
+    queued: &QueueBudget,
 ) -> Ended {
     loop {
         let batch = tokio::select! {
@@ -172,14 +226,17 @@ async fn stream_batches(
                 return Ended::Gone;
             }
         };
-        let Some(mut batch) = batch else {
+        let Some((mut bytes, mut batch)) = batch else {
             return Ended::Closed;
         };
         // Coalesce whatever else is already queued, then cut it into
         // frames of at most the target size each.
-        while let Ok(more) = rx.try_recv() {
+        while let Ok((more_bytes, more)) = rx.try_recv() {
+            bytes += more_bytes;
             batch.extend(more);
         }
+        // The batch's bytes stay counted until its frames are written.
+        let _written = GiveBack(queued, bytes);
         for run in split_batch(batch, RAFT_FRAME_TARGET_BYTES, |(_, m)| message_bytes(m)) {
             let frame = Frame::Raft {
                 from: t.node(),
@@ -208,11 +265,22 @@ async fn stream_batches(
     }
 }
 
+/// Gives a batch's bytes back to its budget when dropped: written, or
+/// abandoned with the connection.
+struct GiveBack<'a>(&'a QueueBudget, usize);
+
+impl Drop for GiveBack<'_> {
+    fn drop(&mut self) {
+        self.0.give(self.1);
+    }
+}
+
 async fn peer_task(
     t: Arc<Transport>,
     to: NodeId,
-    mut rx: mpsc::UnboundedReceiver<Vec<RaftMessage>>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
     up: Arc<AtomicBool>,
+    queued: Arc<QueueBudget>,
 ) {
     let span = tracing::debug_span!("peer", node_id = t.node().0, peer = to.0);
     let _g = span.enter();
@@ -222,7 +290,9 @@ async fn peer_task(
     loop {
         let Some((conn, stream)) = connect(&t, to).await else {
             // Drop what queued while down; Raft resends what matters.
-            while rx.try_recv().is_ok() {}
+            while let Ok((bytes, _)) = rx.try_recv() {
+                queued.give(bytes);
+            }
             if rx.is_closed() {
                 return;
             }
@@ -239,12 +309,31 @@ async fn peer_task(
         t.reached_peer();
         t.runtime
             .spawn(watch(conn.clone()).instrument(span.clone()));
-        let ended = stream_batches(&t, &conn, stream, &mut rx).await;
+        let ended = stream_batches(&t, &conn, stream, &mut rx, &queued).await;
         up.store(false, Ordering::Relaxed);
         conn.close(0u32.into(), b"replaced");
         last_up = Some(Instant::now());
         if matches!(ended, Ended::Closed) || rx.is_closed() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::QueueBudget;
+
+    #[test]
+    fn a_peers_queue_refuses_batches_past_its_bytes_but_always_takes_one() {
+        let q = QueueBudget::default();
+        assert!(q.take(600, 1000), "an empty queue takes a batch");
+        assert!(q.take(400, 1000));
+        assert!(!q.take(1, 1000), "full");
+        q.give(600);
+        assert!(q.take(500, 1000));
+        assert_eq!(q.used(), 900);
+        q.give(900);
+        assert!(q.take(5000, 1000), "a batch over the cap goes alone");
+        assert!(!q.take(1, 1000));
     }
 }
