@@ -121,6 +121,10 @@ enum Command {
         /// one, and at least one; the Raft driver has a thread of its own].
         #[arg(long)]
         io_threads: Option<usize>,
+        /// Snapshot bytes a second this node sends at most, over all its
+        /// transfers, e.g. `64MiB`; 0 for no limit [default: 64MiB].
+        #[arg(long)]
+        snapshot_rate: Option<String>,
     },
     /// Bootstraps a new cluster on the node at ENDPOINT (once per cluster).
     Init {
@@ -310,6 +314,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             join_max_backoff,
             data_groups,
             io_threads,
+            snapshot_rate,
         } => {
             let file = match &config {
                 Some(path) => FileConfig::load(path)?,
@@ -346,6 +351,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 if let Some(t) = file.tick {
                     cfg.tick = t;
+                }
+                if let Some(r) = snapshot_rate.or(file.snapshot_rate) {
+                    cfg.snapshot_rate = flotilla::node::config::parse_rate(&r)?;
                 }
                 if let Some(d) = dead_after.or(file.dead_after) {
                     anyhow::ensure!(

@@ -18,6 +18,7 @@
 //! join_attempts = 12
 //! join_max_backoff = "32s"
 //! io_threads = 3
+//! snapshot_rate = "64MiB"
 //! ```
 
 use std::net::SocketAddr;
@@ -60,6 +61,32 @@ pub struct FileConfig {
     pub join_max_backoff: Option<Duration>,
     /// Threads for networking (see [`default_io_threads`]).
     pub io_threads: Option<usize>,
+    /// Snapshot bytes a second the node sends at most (see
+    /// [`parse_rate`]).
+    pub snapshot_rate: Option<String>,
+}
+
+/// Reads a rate in bytes a second: a number with an optional `KiB`,
+/// `MiB` or `GiB` (or `KB`, `MB`, `GB`) suffix, `0` for no limit.
+pub fn parse_rate(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let unit_bytes: u64 = match unit.trim().trim_end_matches("/s") {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(Error::Invalid(format!("{text:?}: unknown unit {other:?}"))),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| Error::Invalid(format!("{text:?} is not a number of bytes")))?;
+    n.checked_mul(unit_bytes)
+        .ok_or_else(|| Error::Invalid(format!("{text:?} is too large")))
 }
 
 /// Threads a node gives its network (QUIC, TLS, requests) by default: one

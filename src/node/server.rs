@@ -35,9 +35,9 @@ use crate::certs::spki_sha256;
 use crate::error::{Error, Result};
 use crate::multiraft::{Driver, DriverConfig, Replayed};
 use crate::runtime::runner::{DriverHandle, Runner};
-use crate::storage::Engine;
+use crate::storage::{Engine, SnapshotLimits};
 use crate::transport::rpc;
-use crate::transport::{TlsIdentity, Transport};
+use crate::transport::{TlsIdentity, Transport, SNAPSHOT_RATE as DEFAULT_SNAPSHOT_RATE};
 use crate::types::NodeId;
 
 /// How long a restarting node waits for one seed to say which cluster it
@@ -85,6 +85,11 @@ pub struct NodeConfig {
     /// How long a node may stay silent before group 0's leader declares it
     /// dead (see `multiraft::liveness`).
     pub dead_after: Duration,
+    /// Snapshot bytes a second this node sends at most, over all its
+    /// transfers (0: unlimited); `--snapshot-rate`.
+    pub snapshot_rate: u64,
+    /// Chunk size and concurrency of snapshot transfers.
+    pub snapshot_limits: SnapshotLimits,
 }
 
 impl NodeConfig {
@@ -104,6 +109,8 @@ impl NodeConfig {
             wipe_and_join: false,
             isolation_timeout: DEFAULT_ISOLATION_TIMEOUT,
             dead_after: DEFAULT_DEAD_AFTER,
+            snapshot_rate: DEFAULT_SNAPSHOT_RATE,
+            snapshot_limits: SnapshotLimits::default(),
         }
     }
 }
@@ -281,12 +288,16 @@ impl NodeServer {
                 .unwrap_or(u64::MAX),
             ..DriverConfig::default()
         };
+        let snapshots = engine.snapshots();
+        snapshots.set_limits(self.cfg.snapshot_limits);
         let driver = Driver::open(engine, cfg)?;
         let replayed = driver.replayed();
         self.refresh_peers(driver.catalog());
         let sender = QuicSender::new(self.transport.clone());
         let runner = Runner::spawn(driver, sender, self.cfg.tick)?;
         let handle = runner.handle();
+        self.transport
+            .serve_snapshots(snapshots, self.cfg.snapshot_rate);
         self.transport
             .serve(Arc::new(DriverInbox(handle.clone())), self.clone());
         {

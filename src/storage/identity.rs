@@ -163,6 +163,7 @@ impl Engine {
         GroupStorage::fresh(
             self.db.clone(),
             self.overlay.clone(),
+            self.snapshots.clone(),
             info.id,
             &new_group_record(info, fresh),
         )

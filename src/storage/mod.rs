@@ -54,6 +54,8 @@ mod overlay;
 mod persist;
 mod redo;
 mod schema;
+mod snapshot;
+mod staging;
 mod syncfile;
 mod view;
 mod wal;
@@ -66,7 +68,11 @@ pub use memdisk::{MemDisk, MemFile};
 pub use persist::{
     Durable, FlushPolicy, Persisted, FLUSH_BYTES, FLUSH_GROUPS_PER_ROUND, FLUSH_ROUNDS, FLUSH_TICKS,
 };
-pub use schema::{RaftStateRecord, SnapshotData};
+pub use schema::RaftStateRecord;
+pub use snapshot::{
+    copy_snapshot, ChunkCursor, SnapshotChunk, SnapshotDescriptor, SnapshotLimits, SnapshotStats,
+    Snapshots, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_RECEIVES, SNAPSHOT_SENDS, SNAPSHOT_SOURCE_TTL,
+};
 pub use wal::{LogFile, WalConfig, WAL_CHECKPOINT_BYTES};
 
 use std::path::Path;
@@ -155,6 +161,8 @@ pub struct Engine {
     buffers: RoundBuffers,
     /// The overlay's flush schedule and the time it has waited.
     flush: Mutex<FlushState>,
+    /// Snapshot sources and stagings (see `snapshot`).
+    snapshots: Arc<Snapshots>,
 }
 
 /// The flush schedule of an engine.
@@ -204,6 +212,11 @@ impl Engine {
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
     }
+
+    /// The node's snapshot transfers, for whoever carries them.
+    pub fn snapshots(&self) -> Arc<Snapshots> {
+        self.snapshots.clone()
+    }
 }
 
 /// Index a founding member's log starts after (see `identity::initial_record`).
@@ -217,3 +230,5 @@ mod tests;
 mod tests_checkpoint;
 #[cfg(test)]
 mod tests_damage;
+#[cfg(test)]
+mod tests_snapshot;

@@ -31,7 +31,9 @@ use super::schema::{
 use super::syncfile::{SyncControl, SyncFile};
 use super::wal::{NamedLogFile, Wal, WalConfig};
 use super::walscan::Damage;
-use super::{bytes_u64, io_error, u64_bytes, wal_paths, Engine, FlushState, GroupStorage, MemDisk};
+use super::{
+    bytes_u64, io_error, u64_bytes, wal_paths, Engine, FlushState, GroupStorage, MemDisk, Snapshots,
+};
 use crate::error::{Error, Result};
 use crate::types::GroupId;
 use crate::wire;
@@ -255,6 +257,9 @@ impl Engine {
         txn.open_table(SESSIONS)?;
         txn.open_table(META)?;
         txn.open_table(CHECKSUMS)?;
+        txn.open_table(super::staging::STAGED)?;
+        txn.open_table(super::staging::STAGED_KV)?;
+        txn.open_table(super::staging::STAGED_SESSIONS)?;
         {
             // A new database holds no log rows yet. One written before rows
             // were deferred has no position for them: it held them all.
@@ -279,6 +284,7 @@ impl Engine {
         }
         txn.commit()?;
         let wal = replay(&db, Wal::new(log, cfg))?;
+        super::staging::reset(&db)?;
         let next = {
             let txn = db.begin_read()?;
             let log = txn.open_table(LOG)?;
@@ -295,7 +301,9 @@ impl Engine {
             )?)),
             None => None,
         };
+        let snapshots = Arc::new(Snapshots::new(db.clone(), wal.clone()));
         Ok(Engine {
+            snapshots,
             db,
             stats: Arc::default(),
             next_log_seq: Arc::new(AtomicU64::new(next)),
@@ -347,6 +355,7 @@ impl Engine {
             out.push(GroupStorage::restore(
                 self.db.clone(),
                 self.overlay.clone(),
+                self.snapshots.clone(),
                 GroupId(*g),
                 rec,
                 applied,

@@ -29,6 +29,19 @@ pub enum Frame {
         /// (group, message) pairs.
         batch: Vec<(GroupId, WireMessage)>,
     },
+    /// The first frame of a snapshot transfer, on a stream of its own: the
+    /// snapshot message, whose state follows in chunks.
+    SnapshotBegin {
+        /// The sending node.
+        from: NodeId,
+        /// The group.
+        group: GroupId,
+        /// The snapshot message; its data is a descriptor. Boxed: the
+        /// other frames are far smaller than a message.
+        msg: Box<WireMessage>,
+    },
+    /// A piece of a snapshot's state; the last has no `next`.
+    SnapshotChunk(crate::storage::SnapshotChunk),
 }
 
 /// Writes one frame of any rkyv type.

@@ -21,6 +21,7 @@ use super::Transport;
 use crate::api::{RpcError, RpcRequest, RpcResponse};
 use crate::certs::{role_of, spki_sha256, Role};
 use crate::error::Error;
+use crate::types::NodeId;
 
 /// QUIC error code for a peer refused after the handshake.
 const REFUSED: u32 = 0x46;
@@ -152,20 +153,31 @@ async fn serve_stream(t: Arc<Transport>, conn: Connection, cert: &PeerCert, mut 
             }
         };
         match frame {
-            Frame::Raft { from, batch } => {
-                if cert.role != Some(Role::Node) {
-                    t.stats.refused_roles.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(node_id = t.node().0, peer = %peer, role = ?cert.role, "Raft traffic from a certificate without the node role refused");
-                    conn.close(REFUSED.into(), b"only nodes may send raft traffic");
+            Frame::SnapshotBegin { from, group, msg } => {
+                if !sender_allowed(&t, &conn, cert, from) {
                     return;
                 }
-                if let Some(pin) = t.pin_of(from) {
-                    if cert.spki != Some(pin) {
-                        t.stats.refused_pins.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(node_id = t.node().0, peer = %peer, claimed = from.0, "peer key does not match the pin of the node it claims to be");
-                        conn.close(REFUSED.into(), b"key does not match pin");
-                        return;
+                match (*msg).into_raft() {
+                    Ok(msg) if msg.from == from.0 => {
+                        super::snapshot::receive(t, recv, from, group, msg).await;
                     }
+                    _ => {
+                        t.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(node_id = t.node().0, peer = %peer, "snapshot whose message is malformed or names another sender; stream closed");
+                        let _ = recv.stop(BAD_FRAME.into());
+                    }
+                }
+                return;
+            }
+            Frame::SnapshotChunk(_) => {
+                t.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(node_id = t.node().0, peer = %peer, "snapshot chunk outside a transfer; stream closed");
+                let _ = recv.stop(BAD_FRAME.into());
+                return;
+            }
+            Frame::Raft { from, batch } => {
+                if !sender_allowed(&t, &conn, cert, from) {
+                    return;
                 }
                 let mut msgs = Vec::with_capacity(batch.len());
                 let mut impostors = Vec::new();
@@ -214,4 +226,26 @@ async fn serve_stream(t: Arc<Transport>, conn: Connection, cert: &PeerCert, mut 
             }
         }
     }
+}
+
+/// Whether the peer may send Raft traffic as `from`: its certificate has
+/// the node role and, if the catalog pins a key for `from`, holds that key.
+/// A refused peer's connection is closed.
+fn sender_allowed(t: &Transport, conn: &Connection, cert: &PeerCert, from: NodeId) -> bool {
+    let peer = conn.remote_address();
+    if cert.role != Some(Role::Node) {
+        t.stats.refused_roles.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(node_id = t.node().0, peer = %peer, role = ?cert.role, "Raft traffic from a certificate without the node role refused");
+        conn.close(REFUSED.into(), b"only nodes may send raft traffic");
+        return false;
+    }
+    if let Some(pin) = t.pin_of(from) {
+        if cert.spki != Some(pin) {
+            t.stats.refused_pins.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(node_id = t.node().0, peer = %peer, claimed = from.0, "peer key does not match the pin of the node it claims to be");
+            conn.close(REFUSED.into(), b"key does not match pin");
+            return false;
+        }
+    }
+    true
 }

@@ -27,14 +27,20 @@
 //! Requests from clients and operators use a bidirectional stream each
 //! ([`rpc`]); the certificate's role decides which requests are allowed.
 //!
-//! Left out for now: snapshot chunking (a snapshot travels inside one Raft
-//! frame) and connection reuse for [`rpc::call`] (one connection per call).
+//! A snapshot's state travels in chunks on a connection of its own
+//! ([`snapshot`]), never inside a Raft frame.
+//!
+//! Left out for now: connection reuse for [`rpc::call`] (one connection
+//! per call).
 
 pub mod frame;
 mod inbound;
 mod outbound;
 pub mod rpc;
+mod snapshot;
 pub mod tls;
+
+pub use snapshot::{Pacer, SNAPSHOT_RATE, SNAPSHOT_STALL};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -153,6 +159,8 @@ pub struct Transport {
     inbox: RwLock<Option<Arc<dyn Inbox>>>,
     /// Who answers requests; set once the driver runs.
     service: RwLock<Option<Arc<dyn rpc::Service>>>,
+    /// How snapshots are read, staged and paced; set once the node runs.
+    snapshots: RwLock<Option<Arc<snapshot::SnapshotLink>>>,
     /// One outbound task per peer, started on first use.
     senders: Mutex<BTreeMap<NodeId, outbound::PeerSender>>,
     stats: Arc<TransportStats>,
@@ -183,6 +191,7 @@ impl Transport {
             peers: RwLock::default(),
             inbox: RwLock::default(),
             service: RwLock::default(),
+            snapshots: RwLock::default(),
             senders: Mutex::default(),
             stats: Arc::default(),
             runtime: tokio::runtime::Handle::current(),

@@ -81,7 +81,10 @@ impl PeerSender {
 /// Dials `to` and opens the stream its batches travel on; `None` when the
 /// peer is unknown, does not answer within [`DIAL_TIMEOUT`], or presents a
 /// key other than its pin.
-async fn connect(t: &Transport, to: NodeId) -> Option<(quinn::Connection, quinn::SendStream)> {
+pub(super) async fn connect(
+    t: &Transport,
+    to: NodeId,
+) -> Option<(quinn::Connection, quinn::SendStream)> {
     let peer = t.peer(to)?;
     let server_name = peer.addr.ip().to_string();
     let connecting = t
