@@ -33,7 +33,7 @@ use crate::catalog::{Catalog, CatalogCommand, NodeInfo, NodeState};
 use crate::error::{Error, Result};
 use crate::multiraft::GroupMessage;
 use crate::multiraft::{Applied, Driver, DriverConfig, Proposal, Reply, Token};
-use crate::storage::{copy_snapshot, Engine, MemDisk, Snapshots};
+use crate::storage::{copy_snapshot, Engine, MemDisk, SnapshotLimits, Snapshots};
 use crate::types::{GroupId, NodeId, CATALOG_GROUP};
 
 /// How to build a simulated cluster.
@@ -56,6 +56,8 @@ pub struct SimConfig {
     pub steps_per_tick: u64,
     /// Driver settings (the seed is overridden per node from `seed`).
     pub driver: DriverConfig,
+    /// Every node's snapshot chunk size and transfer bounds.
+    pub snapshots: SnapshotLimits,
 }
 
 impl Default for SimConfig {
@@ -73,6 +75,7 @@ impl Default for SimConfig {
                 balance_leaders: false,
                 ..DriverConfig::default()
             },
+            snapshots: SnapshotLimits::default(),
         }
     }
 }
@@ -175,6 +178,7 @@ impl Sim {
             .ok_or_else(|| Error::Invalid(format!("no node {id}")))?;
         assert!(node.driver.is_none(), "{id} is already running");
         let engine = Engine::open_backend(node.disk.clone())?;
+        engine.snapshots().set_limits(self.cfg.snapshots);
         node.driver = Some(Driver::open(engine, dcfg)?);
         Ok(())
     }

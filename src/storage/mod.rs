@@ -40,7 +40,9 @@
 //! opens; `identity` holds the node's id, cluster id, catalog and
 //! bootstrap; `view` the merged reads; `batch` the round's staging;
 //! `persist` the write path and the flush schedule; `checkpoint` the
-//! checkpoint thread; `schema` the tables and records. [`Stats`] counts
+//! checkpoint thread; `schema` the tables and records; `snapshot` and
+//! `staging` streamed snapshots (sources read in chunks, staging tables
+//! switched in by one transaction). [`Stats`] counts
 //! batches, commits and syncs so tests and benchmarks can check group
 //! commit.
 

@@ -110,7 +110,9 @@ impl Transport {
     }
 
     /// Streams the state of the snapshot in `msg` (of `group`) to `to`,
-    /// then the message, on a task of its own; never waits. `done` hears
+    /// then the message, on a task of its own; never waits. A snapshot
+    /// whose state is in its message (the catalog group's) goes with the
+    /// peer's Raft batches. `done` hears
     /// whether the transfer went through.
     pub fn send_snapshot(
         self: &Arc<Self>,
@@ -119,6 +121,12 @@ impl Transport {
         msg: raft::eraftpb::Message,
         done: impl FnOnce(bool) + Send + 'static,
     ) {
+        // The catalog group's state travels inside its descriptor.
+        let streamed =
+            SnapshotDescriptor::decode(&msg.get_snapshot().data).is_ok_and(|d| d.streamed());
+        if !streamed {
+            return done(self.send_raft(to, vec![(group, msg)]));
+        }
         let t = self.clone();
         self.runtime.spawn(async move {
             let Some(link) = t.snapshot_link() else {
@@ -254,6 +262,14 @@ async fn stage(
             let s = store.clone();
             blocking(move || s.stage_chunk(group, &chunk)).await?;
             if last {
+                // Read to the stream's end: a stream dropped before it
+                // would tell the sender its transfer was refused.
+                if within("end", read_frame::<Frame>(recv)).await??.is_some() {
+                    return Err(Error::Corrupt {
+                        what: "snapshot stream",
+                        detail: "a frame after the last chunk".into(),
+                    });
+                }
                 let s = store.clone();
                 return blocking(move || s.finish_receive(group, index)).await;
             }
