@@ -66,7 +66,10 @@ fn frames(c: &mut Criterion) {
         });
         group.bench_with_input(BenchmarkId::new("decode", name), &encoded, |b, bytes| {
             b.iter(|| {
-                let Frame::Raft { batch, .. } = decode::<Frame>("frame", bytes).expect("valid");
+                let Frame::Raft { batch, .. } = decode::<Frame>("frame", bytes).expect("valid")
+                else {
+                    unreachable!("a raft frame was encoded")
+                };
                 batch
                     .into_iter()
                     .map(|(_, m)| m.into_raft().expect("valid"))

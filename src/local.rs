@@ -61,13 +61,14 @@ impl LocalCluster {
             };
             engine.bootstrap(*id, &catalog)?;
             stats.insert(*id, engine.stats());
+            let snapshots = engine.snapshots();
             let cfg = DriverConfig {
                 seed: id.0,
                 ..DriverConfig::default()
             };
             let runner =
                 Runner::spawn(Driver::open(engine, cfg)?, network.transport(), LOCAL_TICK)?;
-            network.register(*id, runner.handle());
+            network.register(*id, runner.handle(), snapshots);
             runners.insert(*id, runner);
         }
         Ok(LocalCluster {

@@ -4,11 +4,13 @@
 //! voters and no acknowledged write is lost.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 use flotilla::catalog::placement;
 use flotilla::kv::{Command, Op, Response};
 use flotilla::multiraft::DriverConfig;
 use flotilla::sim::{Sim, SimConfig};
+use flotilla::storage::SnapshotLimits;
 use flotilla::types::{GroupId, NodeId, CATALOG_GROUP};
 
 const STEPS: u64 = 40_000;
@@ -155,6 +157,11 @@ fn a_fourth_node_takes_its_share_under_writes_and_every_group_keeps_three_voters
         data_groups: 16,
         vshards: 128,
         seed: 22,
+        // Chunks of a few rows: every snapshot travels in several.
+        snapshots: SnapshotLimits {
+            chunk_bytes: 128,
+            ..SnapshotLimits::default()
+        },
         ..SimConfig::default()
     };
     let mut sim = Sim::new(cfg).unwrap();
@@ -180,6 +187,17 @@ fn a_fourth_node_takes_its_share_under_writes_and_every_group_keeps_three_voters
         .count();
     // 17 groups x 3 replicas over 4 nodes: 12 or 13 each.
     assert!((12..=13).contains(&held), "node 4 holds {held} replicas");
+    let stats = &sim.driver(NodeId(4)).unwrap().engine().snapshots().stats;
+    let installs = stats.installs.load(Ordering::Relaxed);
+    let chunks = stats.chunks_staged.load(Ordering::Relaxed);
+    assert!(
+        installs >= 11,
+        "data replicas filled by snapshot: {installs}"
+    );
+    assert!(
+        chunks >= 3 * installs,
+        "{chunks} chunks for {installs} snapshots"
+    );
     let mut all = first.clone();
     all.extend(second);
     check_all_replicas(&sim, &expected(&all));

@@ -130,6 +130,10 @@ enum Command {
         /// 128MiB [default: 128MiB].
         #[arg(long)]
         db_cache: Option<bytesize::ByteSize>,
+        /// Snapshot bytes a second this node sends at most, over all its
+        /// transfers, e.g. `64MiB`; 0 for no limit [default: 64MiB].
+        #[arg(long)]
+        snapshot_rate: Option<bytesize::ByteSize>,
     },
     /// Bootstraps a new cluster on the node at ENDPOINT (once per cluster).
     Init {
@@ -321,6 +325,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             io_threads,
             raft_cache,
             db_cache,
+            snapshot_rate,
         } => {
             let file = match &config {
                 Some(path) => FileConfig::load(path)?,
@@ -357,6 +362,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 if let Some(t) = file.tick {
                     cfg.tick = t;
+                }
+                if let Some(r) = snapshot_rate.or(file.snapshot_rate) {
+                    cfg.snapshot_rate = r.as_u64();
                 }
                 if let Some(d) = dead_after.or(file.dead_after) {
                     anyhow::ensure!(

@@ -51,6 +51,7 @@ mod liveness;
 mod membership;
 mod requests;
 mod round;
+mod snapshot;
 
 pub use config::{DriverConfig, ELECTION_TICKS, HEARTBEAT_TICKS};
 pub use round::Ready;
@@ -448,6 +449,7 @@ impl Driver {
     /// does not hold, or addressed to another node id (one that used to
     /// live at this address), are dropped.
     pub fn step(&mut self, msgs: impl IntoIterator<Item = GroupMessage>) {
+        let snapshots = self.engine.snapshots();
         for GroupMessage { group, msg } in msgs {
             if msg.to != self.id.0 {
                 tracing::debug!(
@@ -461,8 +463,19 @@ impl Driver {
             self.heard(NodeId(msg.from), group, msg.get_msg_type());
             match self.groups.get_mut(&group) {
                 Some(g) => {
+                    let Ok(claimed) = snapshot::claim(&snapshots, group, &msg) else {
+                        tracing::debug!(
+                            node_id = self.id.0,
+                            group_id = group.0,
+                            "snapshot whose state is not staged dropped"
+                        );
+                        continue;
+                    };
                     if let Err(e) = g.node.step(msg) {
                         tracing::debug!(node_id = self.id.0, group_id = group.0, error = %e, "step refused");
+                    }
+                    if let Some(index) = claimed {
+                        snapshot::settle_refused(&snapshots, g, group, index);
                     }
                 }
                 None => {

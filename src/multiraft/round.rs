@@ -19,9 +19,8 @@ use super::{Completion, Driver, Group, GroupMessage, PendingRead, Reply, RoundOu
 use crate::catalog::{Effect, GroupInfo};
 use crate::error::{Error, Result};
 use crate::kv::Response;
-use crate::storage::{new_group_record, Durable, Persisted, SnapshotData, WriteBatch};
+use crate::storage::{new_group_record, Durable, Persisted, SnapshotDescriptor, WriteBatch};
 use crate::types::{GroupId, NodeId};
-use crate::wire;
 
 fn push_messages(
     out: &mut BTreeMap<NodeId, Vec<GroupMessage>>,
@@ -56,6 +55,8 @@ pub struct Ready {
     waiting: Vec<(GroupId, u64, Vec<Message>)>,
     /// What the applied catalog changes ask of this node.
     effects: Vec<Effect>,
+    /// Groups that install a snapshot's staging with this batch.
+    installs: Vec<GroupId>,
 }
 
 impl Ready {
@@ -102,11 +103,16 @@ impl Driver {
         batch.add_ticks(std::mem::take(&mut self.ticks_since_round));
         let mut waiting = Vec::with_capacity(busy.len());
         let mut effects = Vec::new();
+        let mut installs = Vec::new();
         for gid in busy {
             if !self.groups.contains_key(&gid) {
                 continue;
             }
-            let (number, msgs) = self.handle_ready(gid, &mut batch, &mut out, &mut effects)?;
+            let (number, msgs, installed) =
+                self.handle_ready(gid, &mut batch, &mut out, &mut effects)?;
+            if installed {
+                installs.push(gid);
+            }
             waiting.push((gid, number, msgs));
         }
         self.compact(&mut batch);
@@ -127,6 +133,7 @@ impl Driver {
             batch: Some(batch),
             waiting,
             effects,
+            installs,
         })
     }
 
@@ -139,9 +146,14 @@ impl Driver {
             mut out,
             waiting,
             effects,
+            installs,
             ..
         } = ready;
         out.committed = persisted.committed;
+        let snapshots = self.engine.snapshots();
+        for gid in installs {
+            snapshots.settle(gid, true);
+        }
         for (gid, index) in persisted.flushed {
             if let Some(g) = self.groups.get_mut(&gid) {
                 g.node.mut_store().flushed = index;
@@ -181,14 +193,15 @@ impl Driver {
     }
 
     /// Handles one group's Ready up to `advance_append_async`. Returns the
-    /// ready's number and the messages that must wait for the commit.
+    /// ready's number, the messages that must wait for the commit, and
+    /// whether it installs a snapshot.
     fn handle_ready(
         &mut self,
         gid: GroupId,
         w: &mut WriteBatch,
         out: &mut RoundOutput,
         effects: &mut Vec<Effect>,
-    ) -> Result<(u64, Vec<Message>)> {
+    ) -> Result<(u64, Vec<Message>, bool)> {
         let me = self.id;
         let trace = self.cfg.trace_applies;
         let g = self.groups.get_mut(&gid).expect("busy group exists");
@@ -196,7 +209,8 @@ impl Driver {
         push_messages(&mut out.outbound, gid, rd.take_messages());
 
         let mut state_dirty = false;
-        if !rd.snapshot().is_empty() {
+        let installs = !rd.snapshot().is_empty();
+        if installs {
             let old_catalog_groups = self.catalog.groups_of(me).map(|i| i.id).collect::<Vec<_>>();
             install_snapshot(g, w, rd.snapshot(), &mut self.catalog)?;
             for info in self.catalog.groups_of(me) {
@@ -276,7 +290,7 @@ impl Driver {
         if conf_changed {
             w.flush_all();
         }
-        Ok((number, persisted))
+        Ok((number, persisted, installs))
     }
 
     fn groups_contains(&self, id: GroupId) -> bool {
@@ -477,7 +491,8 @@ fn read_batch_id(ctx: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(ctx.try_into().ok()?))
 }
 
-/// Replaces a group's state with a snapshot received from its leader.
+/// Replaces a group's state with a snapshot received from its leader (a
+/// data group's state was staged before raft-rs saw the message).
 fn install_snapshot(
     g: &mut Group,
     w: &mut WriteBatch,
@@ -485,19 +500,14 @@ fn install_snapshot(
     catalog: &mut crate::catalog::Catalog,
 ) -> Result<()> {
     let meta = snap.get_metadata();
-    let data: SnapshotData = wire::decode("snapshot", &snap.data)?;
+    let desc = SnapshotDescriptor::decode(&snap.data)?;
     let store = g.node.mut_store();
     let gid = store.group;
-    if let Some(bytes) = &data.catalog {
+    if let Some(bytes) = &desc.catalog {
         *catalog = crate::catalog::Catalog::decode(bytes)?;
     }
     let old_records = store.install_snapshot(meta.index, meta.term, meta.get_conf_state().clone());
-    w.install_snapshot(gid, meta.index, &data, &old_records);
-    tracing::info!(
-        group_id = gid.0,
-        index = meta.index,
-        rows = data.rows.len(),
-        "snapshot installed"
-    );
+    w.install_snapshot(gid, meta.index, &desc, &old_records);
+    tracing::info!(group_id = gid.0, index = meta.index, "snapshot installed");
     Ok(())
 }

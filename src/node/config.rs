@@ -20,6 +20,7 @@
 //! io_threads = 3
 //! raft_cache = "64MiB"
 //! db_cache = "128MiB"
+//! snapshot_rate = "64MiB"
 //! ```
 
 use std::net::SocketAddr;
@@ -66,6 +67,8 @@ pub struct FileConfig {
     pub raft_cache: Option<bytesize::ByteSize>,
     /// redb's page cache.
     pub db_cache: Option<bytesize::ByteSize>,
+    /// Snapshot bytes a second the node sends at most; 0 for no limit.
+    pub snapshot_rate: Option<bytesize::ByteSize>,
 }
 
 /// Threads a node gives its network (QUIC, TLS, requests) by default: one

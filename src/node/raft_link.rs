@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use crate::multiraft::GroupMessage;
-use crate::runtime::runner::{self, DriverHandle};
+use crate::runtime::runner::{self, DriverHandle, SnapshotDone};
 use crate::transport::{Inbox, RaftMessage, Transport};
 use crate::types::NodeId;
 
@@ -28,6 +28,11 @@ impl runner::Transport for QuicSender {
     fn send(&mut self, to: NodeId, msgs: Vec<GroupMessage>) -> bool {
         let msgs = msgs.into_iter().map(|m| (m.group, m.msg)).collect();
         self.0.send_raft(to, msgs)
+    }
+
+    fn send_snapshot(&mut self, to: NodeId, m: GroupMessage, done: SnapshotDone) {
+        self.0
+            .send_snapshot(to, m.group, m.msg, move |sent| done.report(sent));
     }
 }
 

@@ -35,9 +35,9 @@ use crate::certs::spki_sha256;
 use crate::error::{Error, Result};
 use crate::multiraft::{Driver, DriverConfig, Replayed};
 use crate::runtime::runner::{DriverHandle, Runner};
-use crate::storage::{Engine, MemoryConfig};
+use crate::storage::{Engine, MemoryConfig, SnapshotLimits};
 use crate::transport::rpc;
-use crate::transport::{TlsIdentity, Transport};
+use crate::transport::{TlsIdentity, Transport, SNAPSHOT_RATE as DEFAULT_SNAPSHOT_RATE};
 use crate::types::NodeId;
 
 /// How long a restarting node waits for one seed to say which cluster it
@@ -88,6 +88,11 @@ pub struct NodeConfig {
     /// What the storage engine may keep in memory (`--raft-cache`,
     /// `--db-cache`).
     pub memory: MemoryConfig,
+    /// Snapshot bytes a second this node sends at most, over all its
+    /// transfers (0: unlimited); `--snapshot-rate`.
+    pub snapshot_rate: u64,
+    /// Chunk size and concurrency of snapshot transfers.
+    pub snapshot_limits: SnapshotLimits,
 }
 
 impl NodeConfig {
@@ -108,6 +113,8 @@ impl NodeConfig {
             isolation_timeout: DEFAULT_ISOLATION_TIMEOUT,
             dead_after: DEFAULT_DEAD_AFTER,
             memory: MemoryConfig::default(),
+            snapshot_rate: DEFAULT_SNAPSHOT_RATE,
+            snapshot_limits: SnapshotLimits::default(),
         }
     }
 }
@@ -286,12 +293,16 @@ impl NodeServer {
                 .unwrap_or(u64::MAX),
             ..DriverConfig::default()
         };
+        let snapshots = engine.snapshots();
+        snapshots.set_limits(self.cfg.snapshot_limits);
         let driver = Driver::open(engine, cfg)?;
         let replayed = driver.replayed();
         self.refresh_peers(driver.catalog());
         let sender = QuicSender::new(self.transport.clone());
         let runner = Runner::spawn(driver, sender, self.cfg.tick)?;
         let handle = runner.handle();
+        self.transport
+            .serve_snapshots(snapshots, self.cfg.snapshot_rate);
         self.transport
             .serve(Arc::new(DriverInbox(handle.clone())), self.clone());
         {

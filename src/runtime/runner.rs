@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::multiraft::{Driver, GroupMessage, GroupStatus, Proposal, Reply, RoundOutput, Token};
+use crate::storage::{copy_snapshot, Snapshots};
 use crate::types::{GroupId, NodeId};
 
 /// Where the driver's outbound messages go.
@@ -30,6 +31,44 @@ pub trait Transport: Send + 'static {
     /// Sends one batch to `to`. Returns `false` when the peer cannot be
     /// reached (the driver then probes it instead of streaming to it).
     fn send(&mut self, to: NodeId, msgs: Vec<GroupMessage>) -> bool;
+
+    /// Carries a snapshot message to `to`: its group's state (which the
+    /// message only describes, see `storage::snapshot`) first, then the
+    /// message. Must not wait for the transfer; `done` is told how it went,
+    /// whenever that is.
+    fn send_snapshot(&mut self, to: NodeId, msg: GroupMessage, done: SnapshotDone);
+}
+
+/// Tells a driver how a snapshot transfer ended: raft-rs holds the peer
+/// until it hears (see [`Driver::report_snapshot`]). Dropped unreported, it
+/// reports a failure.
+pub struct SnapshotDone {
+    tx: Option<mpsc::Sender<Input>>,
+    group: GroupId,
+    to: NodeId,
+}
+
+impl SnapshotDone {
+    /// Reports the transfer as carried (`true`) or failed.
+    pub fn report(mut self, sent: bool) {
+        self.send(sent);
+    }
+
+    fn send(&mut self, sent: bool) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Input::SnapshotDone {
+                group: self.group,
+                to: self.to,
+                sent,
+            });
+        }
+    }
+}
+
+impl Drop for SnapshotDone {
+    fn drop(&mut self) {
+        self.send(false);
+    }
 }
 
 /// A request to the driver thread.
@@ -75,6 +114,15 @@ pub enum Input {
     Status(oneshot::Sender<Vec<GroupStatus>>),
     /// The catalog as this node last applied it.
     Catalog(oneshot::Sender<crate::catalog::Catalog>),
+    /// How a snapshot transfer to a peer ended.
+    SnapshotDone {
+        /// The group.
+        group: GroupId,
+        /// The peer.
+        to: NodeId,
+        /// Whether it was carried.
+        sent: bool,
+    },
     /// Stop the thread after the current round.
     Stop,
 }
@@ -172,14 +220,17 @@ impl Runner {
         let name = format!("flotilla-driver-{node_id}");
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || {
-                let ended = run(driver, transport, rx, tick);
-                // Said when it happens, not only when the runner is dropped:
-                // from here on every request to this node fails.
-                if let Err(e) = &ended {
-                    tracing::error!(node_id, cause = %e, "driver stopped on a local fault");
+            .spawn({
+                let tx = tx.clone();
+                move || {
+                    let ended = run(driver, transport, rx, tx, tick);
+                    // Said when it happens, not only when the runner is dropped:
+                    // from here on every request to this node fails.
+                    if let Err(e) = &ended {
+                        tracing::error!(node_id, cause = %e, "driver stopped on a local fault");
+                    }
+                    ended
                 }
-                ended
             })
             .map_err(|e| Error::Invalid(format!("cannot start the driver thread: {e}")))?;
         Ok(Runner {
@@ -227,6 +278,7 @@ fn run(
     mut driver: Driver,
     mut transport: impl Transport,
     rx: mpsc::Receiver<Input>,
+    tx: mpsc::Sender<Input>,
     tick: Duration,
 ) -> Result<()> {
     let span = tracing::info_span!("driver", node_id = driver.id().0);
@@ -293,6 +345,9 @@ fn run(
                 Input::Catalog(reply) => {
                     let _ = reply.send(driver.catalog().clone());
                 }
+                Input::SnapshotDone { group, to, sent } => {
+                    driver.report_snapshot(group, to, sent);
+                }
                 // A clean stop leaves nothing for the restart to re-apply.
                 Input::Stop => return super::flush_now(&driver),
             }
@@ -307,36 +362,45 @@ fn run(
         }
         // Messages and answers leave as soon as the driver allows: leaders'
         // appends before the round's fsync, the rest after it.
-        let mut reports: Vec<(NodeId, bool, Vec<GroupId>)> = Vec::new();
-        let mut dispatch =
-            |out: &mut RoundOutput, reports: &mut Vec<(NodeId, bool, Vec<GroupId>)>| {
-                for (to, msgs) in std::mem::take(&mut out.outbound) {
-                    let snapshots: Vec<GroupId> = msgs
-                        .iter()
-                        .filter(|m| m.msg.get_msg_type() == MessageType::MsgSnapshot)
-                        .map(|m| m.group)
-                        .collect();
-                    let sent = transport.send(to, msgs);
-                    if !sent || !snapshots.is_empty() {
-                        reports.push((to, sent, snapshots));
+        let mut unreachable: Vec<NodeId> = Vec::new();
+        let mut dispatch = |out: &mut RoundOutput, unreachable: &mut Vec<NodeId>| {
+            for (to, mut msgs) in std::mem::take(&mut out.outbound) {
+                // Snapshots leave on their own: their state travels first.
+                msgs.retain_mut(|m| {
+                    if m.msg.get_msg_type() != MessageType::MsgSnapshot {
+                        return true;
                     }
+                    let done = SnapshotDone {
+                        tx: Some(tx.clone()),
+                        group: m.group,
+                        to,
+                    };
+                    let msg = std::mem::take(&mut m.msg);
+                    transport.send_snapshot(
+                        to,
+                        GroupMessage {
+                            group: m.group,
+                            msg,
+                        },
+                        done,
+                    );
+                    false
+                });
+                if !msgs.is_empty() && !transport.send(to, msgs) {
+                    unreachable.push(to);
                 }
-                for c in out.completions.drain(..) {
-                    if let Some(reply) = waiting.remove(&c.token) {
-                        let _ = reply.send(c.result);
-                    }
+            }
+            for c in out.completions.drain(..) {
+                if let Some(reply) = waiting.remove(&c.token) {
+                    let _ = reply.send(c.result);
                 }
-            };
-        let mut out = super::round_with(&mut driver, |o| dispatch(o, &mut reports))?;
+            }
+        };
+        let mut out = super::round_with(&mut driver, |o| dispatch(o, &mut unreachable))?;
         more = out.more;
-        dispatch(&mut out, &mut reports);
-        for (to, sent, snapshots) in reports {
-            if !sent {
-                driver.report_unreachable(to);
-            }
-            for g in snapshots {
-                driver.report_snapshot(g, to, sent);
-            }
+        dispatch(&mut out, &mut unreachable);
+        for to in unreachable {
+            driver.report_unreachable(to);
         }
     }
 }
@@ -361,15 +425,28 @@ fn wait_for(
 
 /// A [`Transport`] that hands batches straight to other drivers of the same
 /// process: the in-memory transport of the threaded demo, tests and benches.
+/// It carries a snapshot's state synchronously, on the sender's driver
+/// thread, through the same sources and stagings as QUIC (see
+/// [`crate::storage::copy_snapshot`]).
 pub struct LocalTransport {
-    peers: std::sync::Arc<std::sync::RwLock<BTreeMap<NodeId, DriverHandle>>>,
+    peers: LocalPeers,
+}
+
+/// Each node's handle and snapshot store.
+type LocalPeers = std::sync::Arc<std::sync::RwLock<BTreeMap<NodeId, LocalPeer>>>;
+
+/// What a [`LocalNetwork`] knows of a node.
+#[derive(Clone)]
+struct LocalPeer {
+    handle: DriverHandle,
+    snapshots: std::sync::Arc<Snapshots>,
 }
 
 /// The directory of drivers a [`LocalTransport`] delivers to.
 #[derive(Clone, Default)]
 pub struct LocalNetwork {
     /// A std lock: it is only held to clone a handle, never across an await.
-    peers: std::sync::Arc<std::sync::RwLock<BTreeMap<NodeId, DriverHandle>>>,
+    peers: LocalPeers,
 }
 
 impl LocalNetwork {
@@ -380,12 +457,17 @@ impl LocalNetwork {
         }
     }
 
-    /// Registers (or replaces) a node's handle.
-    pub fn register(&self, node: NodeId, handle: DriverHandle) {
+    /// Registers (or replaces) a node's handle and its snapshot store.
+    pub fn register(
+        &self,
+        node: NodeId,
+        handle: DriverHandle,
+        snapshots: std::sync::Arc<Snapshots>,
+    ) {
         self.peers
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(node, handle);
+            .insert(node, LocalPeer { handle, snapshots });
     }
 
     /// Removes a node, as if it went down.
@@ -397,14 +479,39 @@ impl LocalNetwork {
     }
 }
 
-impl Transport for LocalTransport {
-    fn send(&mut self, to: NodeId, msgs: Vec<GroupMessage>) -> bool {
-        let peer = self
-            .peers
+impl LocalTransport {
+    fn peer(&self, node: NodeId) -> Option<LocalPeer> {
+        self.peers
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&to)
-            .cloned();
-        peer.is_some_and(|h| h.deliver(msgs))
+            .get(&node)
+            .cloned()
+    }
+}
+
+impl Transport for LocalTransport {
+    fn send(&mut self, to: NodeId, msgs: Vec<GroupMessage>) -> bool {
+        self.peer(to).is_some_and(|p| p.handle.deliver(msgs))
+    }
+
+    fn send_snapshot(&mut self, to: NodeId, m: GroupMessage, done: SnapshotDone) {
+        let from = NodeId(m.msg.from);
+        let snap = m.msg.get_snapshot();
+        let carried = match (self.peer(from), self.peer(to)) {
+            (Some(src), Some(dst)) => copy_snapshot(
+                &src.snapshots,
+                &dst.snapshots,
+                m.group,
+                snap.get_metadata().index,
+                &snap.data,
+            )
+            .is_ok(),
+            (Some(src), None) => {
+                src.snapshots.abandon(&snap.data);
+                false
+            }
+            _ => false,
+        };
+        done.report(carried && self.send(to, vec![m]));
     }
 }

@@ -22,6 +22,7 @@ pub use network::{Faults, Network};
 
 use crate::runtime;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use raft::eraftpb::MessageType;
 use raft::StateRole;
@@ -30,8 +31,9 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::catalog::{Catalog, CatalogCommand, NodeInfo, NodeState};
 use crate::error::{Error, Result};
+use crate::multiraft::GroupMessage;
 use crate::multiraft::{Applied, Driver, DriverConfig, Proposal, Reply, Token};
-use crate::storage::{Engine, MemDisk, MemoryConfig};
+use crate::storage::{copy_snapshot, Engine, MemDisk, MemoryConfig, SnapshotLimits, Snapshots};
 use crate::types::{GroupId, NodeId, CATALOG_GROUP};
 
 /// How to build a simulated cluster.
@@ -56,6 +58,8 @@ pub struct SimConfig {
     pub driver: DriverConfig,
     /// Each node's memory budgets.
     pub memory: MemoryConfig,
+    /// Every node's snapshot chunk size and transfer bounds.
+    pub snapshots: SnapshotLimits,
 }
 
 /// The simulation's entry cache: small, so that every scenario evicts
@@ -81,6 +85,7 @@ impl Default for SimConfig {
                 raft_cache: SIM_RAFT_CACHE_BYTES,
                 ..MemoryConfig::default()
             },
+            snapshots: SnapshotLimits::default(),
         }
     }
 }
@@ -183,6 +188,7 @@ impl Sim {
             .ok_or_else(|| Error::Invalid(format!("no node {id}")))?;
         assert!(node.driver.is_none(), "{id} is already running");
         let engine = Engine::open_backend_with(node.disk.clone(), self.cfg.memory)?;
+        engine.snapshots().set_limits(self.cfg.snapshots);
         node.driver = Some(Driver::open(engine, dcfg)?);
         Ok(())
     }
@@ -272,6 +278,11 @@ impl Sim {
             .filter(|(_, n)| n.driver.is_some())
             .map(|(id, _)| *id)
             .collect();
+        let stores: BTreeMap<NodeId, Arc<Snapshots>> = self
+            .nodes
+            .iter()
+            .filter_map(|(id, n)| Some((*id, n.driver.as_ref()?.engine().snapshots())))
+            .collect();
         for (id, node) in &mut self.nodes {
             let Some(d) = node.driver.as_mut() else {
                 continue;
@@ -284,7 +295,11 @@ impl Sim {
             for c in out.completions {
                 self.completions.insert(c.token, c.result);
             }
-            for (to, msgs) in out.outbound {
+            for (to, mut msgs) in out.outbound {
+                let failed = carry_snapshots(&stores, &self.net, *id, to, &mut msgs);
+                for g in failed {
+                    d.report_snapshot(g, to, false);
+                }
                 let snapshots: Vec<GroupId> = msgs
                     .iter()
                     .filter(|m| m.msg.get_msg_type() == MessageType::MsgSnapshot)
@@ -449,4 +464,44 @@ impl Sim {
         }
         self.converged()
     }
+}
+
+/// Carries the state of every snapshot in `msgs` from `from` into `to`'s
+/// staging at once, through the same sources and stagings the QUIC
+/// transport streams between (see `storage::snapshot`), chunk by chunk.
+/// A snapshot whose transfer fails (its peer down or cut off, its staging
+/// refused) is taken out of `msgs`; its group is returned, for the sender
+/// to hear of the failure. The messages themselves then travel through the
+/// network's faults like any other.
+fn carry_snapshots(
+    stores: &BTreeMap<NodeId, Arc<Snapshots>>,
+    net: &Network,
+    from: NodeId,
+    to: NodeId,
+    msgs: &mut Vec<GroupMessage>,
+) -> Vec<GroupId> {
+    let mut failed = Vec::new();
+    let Some(source) = stores.get(&from) else {
+        return failed;
+    };
+    msgs.retain(|m| {
+        if m.msg.get_msg_type() != MessageType::MsgSnapshot {
+            return true;
+        }
+        let snap = m.msg.get_snapshot();
+        let carried = match stores.get(&to).filter(|_| !net.is_cut(from, to)) {
+            Some(dest) => {
+                copy_snapshot(source, dest, m.group, snap.get_metadata().index, &snap.data).is_ok()
+            }
+            None => {
+                source.abandon(&snap.data);
+                false
+            }
+        };
+        if !carried {
+            failed.push(m.group);
+        }
+        carried
+    });
+    failed
 }

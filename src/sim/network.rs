@@ -84,6 +84,11 @@ impl Network {
         }
     }
 
+    /// Whether the link from `from` to `to` is cut.
+    pub fn is_cut(&self, from: NodeId, to: NodeId) -> bool {
+        self.cut.contains(&(from, to))
+    }
+
     /// Restores every link.
     pub fn heal(&mut self) {
         self.cut.clear();

@@ -28,7 +28,8 @@ use redb::{Database, ReadOnlyTable, ReadableDatabase};
 
 use super::overlay::{GroupOverlay, SharedOverlay};
 use super::redo::Op;
-use super::schema::{RaftStateRecord, SnapshotData, KV, SESSIONS};
+use super::schema::{RaftStateRecord, KV, SESSIONS};
+use super::snapshot::SnapshotDescriptor;
 use super::GroupStorage;
 use crate::catalog::Catalog;
 use crate::error::Result;
@@ -265,34 +266,26 @@ impl WriteBatch {
         });
     }
 
-    /// Replaces a group's whole applied state with a snapshot's.
+    /// Replaces a group's whole applied state with a snapshot's: a data
+    /// group's staging (which the driver claimed), or the catalog the
+    /// catalog group's descriptor carries.
     pub fn install_snapshot(
         &mut self,
         group: GroupId,
         index: u64,
-        data: &SnapshotData,
+        desc: &SnapshotDescriptor,
         old_records: &[u64],
     ) {
         let g = group.0;
         self.require_sync();
         self.overlay.lock().discard(g);
-        self.stage(Op::ClearGroup { group: g });
         self.delete_log_records(old_records);
-        for (key, value) in &data.rows {
-            self.stage(Op::KvPut {
-                group: g,
-                key,
-                value,
-            });
+        if desc.streamed() {
+            self.stage(Op::InstallStaged { group: g, index });
+        } else {
+            self.stage(Op::ClearGroup { group: g });
         }
-        for (client, session) in &data.sessions {
-            self.stage(Op::Session {
-                group: g,
-                client: *client,
-                session,
-            });
-        }
-        if let Some(bytes) = &data.catalog {
+        if let Some(bytes) = &desc.catalog {
             self.stage(Op::Catalog { bytes });
         }
         self.stage(Op::Applied { group: g, index });

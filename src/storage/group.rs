@@ -5,9 +5,11 @@
 //! per call, so each group keeps the recent part of its log in memory, kept
 //! in step by the driver, which changes it and stages the same change in
 //! the round's write batch; older entries are read back from redb, and the
-//! node's entries in memory are bounded in bytes (`cache`). Snapshots are built on demand
-//! from a redb read transaction with the overlay laid over it, which
-//! together are the applied state as of `applied`.
+//! node's entries in memory are bounded in bytes (`cache`). A snapshot
+//! asked for is not built here: a data group opens a source (a redb read
+//! transaction with a copy of its overlay, together its applied state as
+//! of `applied`) that the transfer reads in chunks off the driver thread,
+//! and the snapshot carries only its descriptor (see `snapshot`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -18,9 +20,8 @@ use redb::{Database, ReadableDatabase};
 
 use super::cache::{entry_bytes, read_entries, EntryCache, RecordRef, TermRuns};
 use super::overlay::SharedOverlay;
-use super::schema::{
-    RaftStateRecord, SnapshotData, APPLIED, KV, META, META_CATALOG, RAFT_STATE, SESSIONS,
-};
+use super::schema::{RaftStateRecord, APPLIED, META, META_CATALOG, RAFT_STATE};
+use super::snapshot::{SnapshotDescriptor, Snapshots};
 use crate::error::{Error, Result};
 use crate::types::{GroupId, CATALOG_GROUP};
 use crate::wire;
@@ -35,6 +36,8 @@ pub struct GroupStorage {
     overlay: SharedOverlay,
     /// The node's entry cache budget and what redb's log table holds.
     cache: Arc<EntryCache>,
+    /// The node's snapshot sources.
+    snapshots: Arc<Snapshots>,
     /// Last persisted (or staged this round) HardState.
     pub(crate) hard_state: HardState,
     /// Current ConfState (as of the applied index).
@@ -117,13 +120,18 @@ impl GroupStorage {
     /// A group restored at start: its state record, apply index, and the
     /// log rebuilt from its records.
     pub(crate) fn restore(
-        (db, overlay, cache): (Arc<Database>, SharedOverlay, Arc<EntryCache>),
+        (db, overlay, cache, snapshots): (
+            Arc<Database>,
+            SharedOverlay,
+            Arc<EntryCache>,
+            Arc<Snapshots>,
+        ),
         group: GroupId,
         rec: &RaftStateRecord,
         applied: u64,
         log: RestoredLog,
     ) -> GroupStorage {
-        let mut store = GroupStorage::fresh((db, overlay, cache), group, rec);
+        let mut store = GroupStorage::fresh((db, overlay, cache, snapshots), group, rec);
         if let Some(last) = log.last {
             store.first_cached = last + 1;
             store.terms = log.terms;
@@ -316,13 +324,15 @@ impl GroupStorage {
         self.records.drain(..).map(|r| r.seq).collect()
     }
 
-    fn build_snapshot(&self) -> Result<Snapshot> {
-        let g = self.group.0;
-        let txn = self.db.begin_read()?;
-        let mut data = SnapshotData::default();
-        let (applied, conf_state, rec) = if self.group == CATALOG_GROUP {
+    /// A snapshot of the group as of its applied index, for the peer `to`:
+    /// the catalog group's carries the catalog; a data group's names a
+    /// source opened for it. `None` when every source is taken.
+    fn build_snapshot(&self, to: u64) -> Result<Option<Snapshot>> {
+        let (applied, conf_state, rec, desc) = if self.group == CATALOG_GROUP {
             // The catalog group writes straight to redb, so its committed
             // rows are its state as of its committed apply index.
+            let g = self.group.0;
+            let txn = self.db.begin_read()?;
             let raft = txn.open_table(RAFT_STATE)?;
             let rec_bytes = raft.get(g)?.ok_or(Error::UnknownGroup(self.group))?;
             let rec: RaftStateRecord = wire::decode("raft state", rec_bytes.value())?;
@@ -331,28 +341,23 @@ impl GroupStorage {
                 .get(g)?
                 .map_or(0, |v| v.value())
                 .max(rec.snap_index);
-            data.catalog = txn
+            let catalog = txn
                 .open_table(META)?
                 .get(META_CATALOG)?
                 .map(|v| v.value().to_vec());
-            (applied, rec.conf_state(), rec)
+            let desc = SnapshotDescriptor::catalog(catalog);
+            (applied, rec.conf_state(), rec, desc)
         } else {
             // A data group: committed rows with the overlay over them are its
             // state as of the in-memory apply index (the engine flushes the
             // overlay while it persists a batch, between the driver's calls
             // into raft-rs, and commits the flush before it returns, so no
-            // snapshot is built between a flush and its commit).
-            let o = self.overlay.lock();
-            let over = o.groups.get(&g);
-            let kv = txn.open_table(KV)?;
-            for row in super::view::group_rows(&kv, over, self.group)? {
-                data.rows.push(row?);
-            }
-            let sessions = txn.open_table(SESSIONS)?;
-            for row in super::view::group_sessions(&sessions, over, self.group)? {
-                data.sessions.push(row?);
-            }
-            (self.applied, self.conf_state.clone(), self.record())
+            // source opens between a flush and its commit).
+            let Some(source) = self.snapshots.open_source(&self.overlay, self.group, to)? else {
+                return Ok(None);
+            };
+            let desc = SnapshotDescriptor::source(self.group, source);
+            (self.applied, self.conf_state.clone(), self.record(), desc)
         };
         let term = if applied == rec.snap_index {
             rec.snap_term
@@ -360,14 +365,14 @@ impl GroupStorage {
             raft::Storage::term(self, applied)?
         };
         let mut snap = Snapshot {
-            data: wire::encode(&data).into(),
+            data: wire::encode(&desc).into(),
             ..Default::default()
         };
         let meta = snap.mut_metadata();
         meta.index = applied;
         meta.term = term;
         meta.set_conf_state(conf_state);
-        Ok(snap)
+        Ok(Some(snap))
     }
 }
 
@@ -450,15 +455,26 @@ impl raft::Storage for GroupStorage {
         Ok(self.last_index_())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        self.build_snapshot().map_err(storage_error)
+    fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        match self.build_snapshot(to) {
+            Ok(Some(snap)) => Ok(snap),
+            Ok(None) => Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            )),
+            Err(e) => Err(storage_error(e)),
+        }
     }
 }
 
 impl GroupStorage {
     /// A group with no log yet.
     pub(crate) fn fresh(
-        (db, overlay, cache): (Arc<Database>, SharedOverlay, Arc<EntryCache>),
+        (db, overlay, cache, snapshots): (
+            Arc<Database>,
+            SharedOverlay,
+            Arc<EntryCache>,
+            Arc<Snapshots>,
+        ),
         group: GroupId,
         rec: &RaftStateRecord,
     ) -> Self {
@@ -467,6 +483,7 @@ impl GroupStorage {
             db,
             overlay,
             cache,
+            snapshots,
             hard_state: rec.hard_state(),
             conf_state: rec.conf_state(),
             snap_index: rec.snap_index,

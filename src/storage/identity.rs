@@ -161,7 +161,12 @@ impl Engine {
     /// once the batch that staged its [`new_group_record`] is persisted.
     pub fn new_group(&self, info: &GroupInfo, fresh: bool) -> GroupStorage {
         GroupStorage::fresh(
-            (self.db.clone(), self.overlay.clone(), self.cache.clone()),
+            (
+                self.db.clone(),
+                self.overlay.clone(),
+                self.cache.clone(),
+                self.snapshots.clone(),
+            ),
             info.id,
             &new_group_record(info, fresh),
         )

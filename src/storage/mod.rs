@@ -45,7 +45,9 @@
 //! memory; `view` the merged reads; `scan` the paged scans read off the
 //! driver thread; `batch` the round's staging;
 //! `persist` the write path and the flush schedule; `checkpoint` the
-//! checkpoint thread; `schema` the tables and records. [`Stats`] counts
+//! checkpoint thread; `schema` the tables and records; `snapshot` and
+//! `staging` streamed snapshots (sources read in chunks, staging tables
+//! switched in by one transaction). [`Stats`] counts
 //! batches, commits and syncs so tests and benchmarks can check group
 //! commit.
 
@@ -61,6 +63,8 @@ mod persist;
 mod redo;
 mod scan;
 mod schema;
+mod snapshot;
+mod staging;
 mod syncfile;
 mod view;
 mod wal;
@@ -75,7 +79,11 @@ pub use persist::{
     Durable, FlushPolicy, Persisted, FLUSH_BYTES, FLUSH_GROUPS_PER_ROUND, FLUSH_ROUNDS, FLUSH_TICKS,
 };
 pub use scan::{ScanPage, ScanRead, SCAN_PAGE_BYTES};
-pub use schema::{RaftStateRecord, SnapshotData};
+pub use schema::RaftStateRecord;
+pub use snapshot::{
+    copy_snapshot, ChunkCursor, SnapshotChunk, SnapshotDescriptor, SnapshotLimits, SnapshotStats,
+    Snapshots, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_RECEIVES, SNAPSHOT_SENDS, SNAPSHOT_SOURCE_TTL,
+};
 pub use wal::{LogFile, WalConfig, WAL_CHECKPOINT_BYTES};
 
 use std::path::Path;
@@ -166,6 +174,8 @@ pub struct Engine {
     buffers: RoundBuffers,
     /// The overlay's flush schedule and the time it has waited.
     flush: Mutex<FlushState>,
+    /// Snapshot sources and stagings (see `snapshot`).
+    snapshots: Arc<Snapshots>,
 }
 
 /// The flush schedule of an engine.
@@ -216,6 +226,11 @@ impl Engine {
         self.stats.clone()
     }
 
+    /// The node's snapshot transfers, for whoever carries them.
+    pub fn snapshots(&self) -> Arc<Snapshots> {
+        self.snapshots.clone()
+    }
+
     /// The node's entry cache: its budget and what it holds.
     pub fn entry_cache(&self) -> Arc<EntryCache> {
         self.cache.clone()
@@ -263,3 +278,5 @@ mod tests_checkpoint;
 mod tests_damage;
 #[cfg(test)]
 mod tests_scan;
+#[cfg(test)]
+mod tests_snapshot;

@@ -34,7 +34,7 @@ use super::wal::{NamedLogFile, Wal, WalConfig};
 use super::walscan::Damage;
 use super::{
     bytes_u64, io_error, u64_bytes, wal_paths, Engine, FlushState, GroupStorage, MemDisk,
-    MemoryConfig,
+    MemoryConfig, Snapshots,
 };
 use crate::error::{Error, Result};
 use crate::types::GroupId;
@@ -281,6 +281,9 @@ impl Engine {
         txn.open_table(SESSIONS)?;
         txn.open_table(META)?;
         txn.open_table(CHECKSUMS)?;
+        txn.open_table(super::staging::STAGED)?;
+        txn.open_table(super::staging::STAGED_KV)?;
+        txn.open_table(super::staging::STAGED_SESSIONS)?;
         {
             // A new database holds no log rows yet. One written before rows
             // were deferred has no position for them: it held them all.
@@ -305,6 +308,7 @@ impl Engine {
         }
         txn.commit()?;
         let wal = replay(&db, Wal::new(log, cfg))?;
+        super::staging::reset(&db)?;
         let next = {
             let txn = db.begin_read()?;
             let log = txn.open_table(LOG)?;
@@ -325,7 +329,9 @@ impl Engine {
             )?)),
             None => None,
         };
+        let snapshots = Arc::new(Snapshots::new(db.clone(), wal.clone()));
         Ok(Engine {
+            snapshots,
             db,
             stats: Arc::default(),
             next_log_seq: Arc::new(AtomicU64::new(next)),
@@ -376,7 +382,12 @@ impl Engine {
             let applied = applied_table.get(*g)?.map_or(0, |v| v.value());
             let log = logs.remove(g).unwrap_or_default();
             out.push(GroupStorage::restore(
-                (self.db.clone(), self.overlay.clone(), self.cache.clone()),
+                (
+                    self.db.clone(),
+                    self.overlay.clone(),
+                    self.cache.clone(),
+                    self.snapshots.clone(),
+                ),
                 GroupId(*g),
                 rec,
                 applied,

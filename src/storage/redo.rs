@@ -17,6 +17,7 @@
 use redb::{Table, WriteTransaction};
 
 use super::schema::{APPLIED, CHECKSUMS, KV, LOG, META, META_CATALOG, RAFT_STATE, SESSIONS};
+use super::staging::{STAGED, STAGED_KV, STAGED_SESSIONS};
 use crate::error::{Error, Result};
 
 /// Every table a batch writes, open in one write transaction.
@@ -28,6 +29,9 @@ pub(crate) struct Tables<'t> {
     pub(crate) sessions: Table<'t, (u64, u64), &'static [u8]>,
     pub(crate) meta: Table<'t, &'static str, &'static [u8]>,
     pub(crate) checksums: Table<'t, u64, (u64, u64)>,
+    pub(crate) staged: Table<'t, u64, (u64, u64)>,
+    pub(crate) staged_kv: Table<'t, (u64, &'static [u8]), &'static [u8]>,
+    pub(crate) staged_sessions: Table<'t, (u64, u64), &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -41,6 +45,9 @@ impl<'t> Tables<'t> {
             sessions: txn.open_table(SESSIONS)?,
             meta: txn.open_table(META)?,
             checksums: txn.open_table(CHECKSUMS)?,
+            staged: txn.open_table(STAGED)?,
+            staged_kv: txn.open_table(STAGED_KV)?,
+            staged_sessions: txn.open_table(STAGED_SESSIONS)?,
         })
     }
 }
@@ -82,6 +89,9 @@ pub(crate) enum Op<'a> {
     /// (which the caller deletes by sequence): its state record, apply
     /// index, last check, KV rows and sessions. The replica is destroyed.
     DropGroup { group: u64 },
+    /// Replace a group's KV rows and sessions with its complete snapshot
+    /// staging for `index`, and drop the staging (see `staging`).
+    InstallStaged { group: u64, index: u64 },
 }
 
 const LOG_PUT: u8 = 1;
@@ -96,6 +106,7 @@ const CLEAR_GROUP: u8 = 9;
 const CHECKSUM: u8 = 10;
 const DROP_GROUP: u8 = 11;
 const SESSION_DELETE: u8 = 12;
+const INSTALL_STAGED: u8 = 13;
 
 fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
@@ -169,6 +180,11 @@ impl<'a> Op<'a> {
                 out.push(DROP_GROUP);
                 put_u64(out, group);
             }
+            Op::InstallStaged { group, index } => {
+                out.push(INSTALL_STAGED);
+                put_u64(out, group);
+                put_u64(out, index);
+            }
             Op::Checksum {
                 group,
                 index,
@@ -233,6 +249,9 @@ impl<'a> Op<'a> {
                 t.raft.remove(group)?;
                 t.applied.remove(group)?;
                 t.checksums.remove(group)?;
+            }
+            Op::InstallStaged { group, index } => {
+                super::staging::install(t, group, index)?;
             }
             Op::Checksum {
                 group,
@@ -332,6 +351,10 @@ fn decode_one<'a>(body: &mut &'a [u8]) -> Result<Op<'a>> {
         DROP_GROUP => Op::DropGroup {
             group: take_u64(body)?,
         },
+        INSTALL_STAGED => Op::InstallStaged {
+            group: take_u64(body)?,
+            index: take_u64(body)?,
+        },
         CHECKSUM => Op::Checksum {
             group: take_u64(body)?,
             index: take_u64(body)?,
@@ -379,6 +402,10 @@ mod tests {
             Op::Catalog { bytes: b"cat" },
             Op::ClearGroup { group: 5 },
             Op::DropGroup { group: 7 },
+            Op::InstallStaged {
+                group: 8,
+                index: 12,
+            },
             Op::Checksum {
                 group: 6,
                 index: 1,

@@ -276,17 +276,3 @@ impl RaftStateRecord {
         }
     }
 }
-
-/// The payload of a Raft snapshot of one group: its whole applied state.
-#[derive(
-    Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-)]
-pub struct SnapshotData {
-    /// KV rows.
-    pub rows: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Session rows: (client, rkyv `kv::Session`), and (0, rkyv
-    /// `kv::SessionTable`) when the group has one.
-    pub sessions: Vec<(u64, Vec<u8>)>,
-    /// For group 0: the rkyv-encoded catalog.
-    pub catalog: Option<Vec<u8>>,
-}

@@ -54,9 +54,12 @@ pub const MAX_REQUEST_FRAME_BYTES: usize =
 /// value at its limit fits many times over, and a scan answer is meant to
 /// stop at a few MiB; a larger answer is replaced by an error saying so.
 pub const MAX_RESPONSE_FRAME_BYTES: usize = 8 * 1024 * 1024;
-/// Largest Raft frame: until snapshots travel in chunks, a snapshot of a
-/// group rides in one Raft message, so this stays where it was.
-pub const MAX_RAFT_FRAME_BYTES: usize = 64 * 1024 * 1024;
+/// Largest Raft frame: a sender packs [`RAFT_FRAME_TARGET_BYTES`], and one
+/// message alone is an append of at most raft-rs's 1 MiB plus one entry
+/// (a request of up to about 2 MiB), or the catalog group's snapshot,
+/// whose state rides in its message; data groups' snapshots travel in
+/// chunks on streams of their own.
+pub const MAX_RAFT_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// What the sender packs into one Raft frame before starting the next:
 /// a few appends at raft-rs's 1 MiB per message, so one peer's catch-up
 /// never occupies its stream for long, and a frame is quick to resend.
@@ -128,6 +131,19 @@ pub enum Frame {
         /// (group, message) pairs.
         batch: Vec<(GroupId, WireMessage)>,
     },
+    /// The first frame of a snapshot transfer, on a stream of its own: the
+    /// snapshot message, whose state follows in chunks.
+    SnapshotBegin {
+        /// The sending node.
+        from: NodeId,
+        /// The group.
+        group: GroupId,
+        /// The snapshot message; its data is a descriptor. Boxed: the
+        /// other frames are far smaller than a message.
+        msg: Box<WireMessage>,
+    },
+    /// A piece of a snapshot's state; the last has no `next`.
+    SnapshotChunk(crate::storage::SnapshotChunk),
 }
 
 /// Why a frame was not read.

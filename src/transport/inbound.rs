@@ -36,6 +36,7 @@ use super::Transport;
 use crate::api::{RpcError, RpcRequest, RpcResponse};
 use crate::certs::{role_of, spki_sha256, Role};
 use crate::error::Error;
+use crate::types::NodeId;
 
 /// QUIC error code for a peer refused after the handshake.
 const REFUSED: u32 = 0x46;
@@ -158,10 +159,6 @@ async fn open_kind(
             Refusal::Role,
             format!("a {:?} certificate may not open a {k:?} stream", cert.role),
         )),
-        Some(StreamKind::Snapshot) => Some((
-            Refusal::Kind,
-            "snapshot streams are not served by this node yet".to_string(),
-        )),
         Some(k) if !carries.contains(&k) => Some((
             Refusal::Kind,
             format!("a {k:?} stream in the wrong direction"),
@@ -281,12 +278,63 @@ async fn serve_request(t: Arc<Transport>, cert: &PeerCert, mut send: SendStream,
 }
 
 async fn serve_uni(t: Arc<Transport>, peer: SocketAddr, cert: &PeerCert, mut recv: RecvStream) {
-    if open_kind(&t, peer, cert, &mut recv, &[StreamKind::Raft])
-        .await
-        .is_none()
-    {
+    let kinds = [StreamKind::Raft, StreamKind::Snapshot];
+    match open_kind(&t, peer, cert, &mut recv, &kinds).await {
+        Some(StreamKind::Raft) => serve_raft(t, peer, cert, recv).await,
+        Some(StreamKind::Snapshot) => serve_snapshot(t, peer, cert, recv).await,
+        _ => {}
+    }
+}
+
+/// A snapshot stream: its first frame names the transfer, then
+/// `snapshot::receive` stages the chunks that follow.
+async fn serve_snapshot(
+    t: Arc<Transport>,
+    peer: SocketAddr,
+    cert: &PeerCert,
+    mut recv: RecvStream,
+) {
+    let max = StreamKind::Snapshot.max_frame_bytes();
+    let first = match read_body(&mut recv, max).await {
+        Ok(Some(body)) => decode_body::<Frame>(&body),
+        Ok(None) => return,
+        Err(e) => return refuse_frame(&t, peer, &mut recv, &e),
+    };
+    let (from, group, msg) = match first {
+        Ok(Frame::SnapshotBegin { from, group, msg }) => (from, group, msg),
+        Ok(_) => {
+            t.refuse(
+                Refusal::Kind,
+                &peer,
+                &"a snapshot stream that does not begin a transfer",
+            );
+            let _ = recv.stop(BAD_FRAME.into());
+            return;
+        }
+        Err(e) => return refuse_frame(&t, peer, &mut recv, &e),
+    };
+    if !pin_matches(&t, peer, cert, from) {
+        let _ = recv.stop(REFUSED.into());
         return;
     }
+    match (*msg).into_raft() {
+        Ok(msg) if msg.from == from.0 => {
+            super::snapshot::receive(t, recv, from, group, msg).await;
+        }
+        _ => {
+            t.refuse(
+                Refusal::Malformed,
+                &peer,
+                &"a snapshot whose message is malformed or names another sender",
+            );
+            let _ = recv.stop(BAD_FRAME.into());
+        }
+    }
+}
+
+/// A Raft stream: batches of Raft messages, one frame each, for as long as
+/// the peer keeps it open.
+async fn serve_raft(t: Arc<Transport>, peer: SocketAddr, cert: &PeerCert, mut recv: RecvStream) {
     loop {
         let body = match read_body(&mut recv, StreamKind::Raft.max_frame_bytes()).await {
             Ok(Some(body)) => body,
@@ -299,58 +347,67 @@ async fn serve_uni(t: Arc<Transport>, peer: SocketAddr, cert: &PeerCert, mut rec
         };
         let size = 4 + body.len();
         drop(body);
-        match frame {
-            Frame::Raft { from, batch } => {
-                if let Some(pin) = t.pin_of(from) {
-                    if cert.spki != Some(pin) {
-                        t.stats.refused_pins.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(node_id = t.node().0, peer = %peer, claimed = from.0, "peer key does not match the pin of the node it claims to be");
-                        let _ = recv.stop(REFUSED.into());
-                        return;
-                    }
-                }
-                let mut msgs = Vec::with_capacity(batch.len());
-                let mut impostors = Vec::new();
-                for (group, m) in batch {
-                    match m.into_raft() {
-                        // The frame's sender is the node the handshake
-                        // proved (its pin matched) or, while it has no pin
-                        // yet, the node it says it is; either way each
-                        // message must come from that node and no other.
-                        Ok(msg) if msg.from != from.0 => impostors.push((group, msg.from)),
-                        Ok(msg) => {
-                            t.stats
-                                .raft_entries_in
-                                .fetch_add(msg.entries.len() as u64, Ordering::Relaxed);
-                            msgs.push((group, msg))
-                        }
-                        Err(e) => {
-                            return refuse_frame(&t, peer, &mut recv, &FrameError::Malformed(e))
-                        }
-                    }
-                }
-                if let Some((group, claimed)) = impostors.first() {
+        let Frame::Raft { from, batch } = frame else {
+            t.refuse(Refusal::Kind, &peer, &"a snapshot frame on a Raft stream");
+            let _ = recv.stop(BAD_FRAME.into());
+            return;
+        };
+        if !pin_matches(&t, peer, cert, from) {
+            let _ = recv.stop(REFUSED.into());
+            return;
+        }
+        let mut msgs = Vec::with_capacity(batch.len());
+        let mut impostors = Vec::new();
+        for (group, m) in batch {
+            match m.into_raft() {
+                // The frame's sender is the node the handshake proved (its
+                // pin matched) or, while it has no pin yet, the node it says
+                // it is; either way each message must come from that node
+                // and no other.
+                Ok(msg) if msg.from != from.0 => impostors.push((group, msg.from)),
+                Ok(msg) => {
                     t.stats
-                        .refused_senders
-                        .fetch_add(impostors.len() as u64, Ordering::Relaxed);
-                    tracing::warn!(
-                        node_id = t.node().0,
-                        peer = %peer,
-                        from = from.0,
-                        claimed,
-                        group_id = group.0,
-                        refused = impostors.len(),
-                        "raft messages claiming a sender other than the peer's node refused"
-                    );
+                        .raft_entries_in
+                        .fetch_add(msg.entries.len() as u64, Ordering::Relaxed);
+                    msgs.push((group, msg))
                 }
-                t.stats.frames_in.fetch_add(1, Ordering::Relaxed);
-                t.stats
-                    .raft_bytes_in
-                    .fetch_add(size as u64, Ordering::Relaxed);
-                if let Some(inbox) = t.inbox() {
-                    inbox.deliver(from, msgs);
-                }
+                Err(e) => return refuse_frame(&t, peer, &mut recv, &FrameError::Malformed(e)),
             }
         }
+        if let Some((group, claimed)) = impostors.first() {
+            t.stats
+                .refused_senders
+                .fetch_add(impostors.len() as u64, Ordering::Relaxed);
+            tracing::warn!(
+                node_id = t.node().0,
+                peer = %peer,
+                from = from.0,
+                claimed,
+                group_id = group.0,
+                refused = impostors.len(),
+                "raft messages claiming a sender other than the peer's node refused"
+            );
+        }
+        t.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+        t.stats
+            .raft_bytes_in
+            .fetch_add(size as u64, Ordering::Relaxed);
+        if let Some(inbox) = t.inbox() {
+            inbox.deliver(from, msgs);
+        }
+    }
+}
+
+/// Whether the peer's key is the one the catalog pins for `from`, if it
+/// pins one (the stream's kind already proved the node role); counted and
+/// logged when not.
+fn pin_matches(t: &Transport, peer: SocketAddr, cert: &PeerCert, from: NodeId) -> bool {
+    match t.pin_of(from) {
+        Some(pin) if cert.spki != Some(pin) => {
+            t.stats.refused_pins.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(node_id = t.node().0, peer = %peer, claimed = from.0, "peer key does not match the pin of the node it claims to be");
+            false
+        }
+        _ => true,
     }
 }

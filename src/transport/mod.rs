@@ -35,18 +35,23 @@
 //! Requests from clients and operators use a bidirectional stream each
 //! ([`rpc`]); the certificate's role decides which requests are allowed.
 //!
-//! Left out for now: snapshot streams (the kind is reserved, a snapshot
-//! still travels inside one Raft message), connection reuse for
-//! [`rpc::call`] (one connection per call), and a byte budget per
-//! connection: a peer that really sends a frame's bytes holds up to its
-//! kind's limit on each of its streams until the frame is read.
+//! A snapshot's state travels in chunks on a stream of its own
+//! ([`snapshot`]), never inside a Raft frame.
+//!
+//! Left out for now: connection reuse for [`rpc::call`] (one connection
+//! per call), and a byte budget per connection: a peer that really sends
+//! a frame's bytes holds up to its kind's limit on each of its streams
+//! until the frame is read.
 
 pub mod frame;
 mod inbound;
 mod outbound;
 mod refusal;
 pub mod rpc;
+mod snapshot;
 pub mod tls;
+
+pub use snapshot::{Pacer, SNAPSHOT_RATE, SNAPSHOT_STALL};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -214,6 +219,8 @@ pub struct Transport {
     inbox: RwLock<Option<Arc<dyn Inbox>>>,
     /// Who answers requests; set once the driver runs.
     service: RwLock<Option<Arc<dyn rpc::Service>>>,
+    /// How snapshots are read, staged and paced; set once the node runs.
+    snapshots: RwLock<Option<Arc<snapshot::SnapshotLink>>>,
     /// One outbound task per peer, started on first use.
     senders: Mutex<BTreeMap<NodeId, outbound::PeerSender>>,
     stats: Arc<TransportStats>,
@@ -249,6 +256,7 @@ impl Transport {
             peers: RwLock::default(),
             inbox: RwLock::default(),
             service: RwLock::default(),
+            snapshots: RwLock::default(),
             senders: Mutex::default(),
             stats: Arc::default(),
             refusals: RefusalLog::default(),

@@ -137,7 +137,11 @@ impl PeerSender {
 /// Dials `to` and opens the stream its batches travel on; `None` when the
 /// peer is unknown, does not answer within [`DIAL_TIMEOUT`], or presents a
 /// key other than its pin.
-async fn connect(t: &Transport, to: NodeId) -> Option<(quinn::Connection, quinn::SendStream)> {
+pub(super) async fn connect(
+    t: &Transport,
+    to: NodeId,
+    kind: StreamKind,
+) -> Option<(quinn::Connection, quinn::SendStream)> {
     let peer = t.peer(to)?;
     let server_name = peer.addr.ip().to_string();
     let connecting = t
@@ -175,7 +179,7 @@ async fn connect(t: &Transport, to: NodeId) -> Option<(quinn::Connection, quinn:
         }
     }
     let mut stream = conn.open_uni().await.ok()?;
-    write_tag(&mut stream, StreamKind::Raft).await.ok()?;
+    write_tag(&mut stream, kind).await.ok()?;
     Some((conn, stream))
 }
 
@@ -288,7 +292,7 @@ async fn peer_task(
     // When a connection to this peer last ended; none before the first.
     let mut last_up: Option<Instant> = None;
     loop {
-        let Some((conn, stream)) = connect(&t, to).await else {
+        let Some((conn, stream)) = connect(&t, to, StreamKind::Raft).await else {
             // Drop what queued while down; Raft resends what matters.
             while let Ok((bytes, _)) = rx.try_recv() {
                 queued.give(bytes);
