@@ -101,3 +101,41 @@ fn a_comparison_without_the_etcd_client_is_refused_before_anything_starts() {
         "nodes were started before the refusal"
     );
 }
+
+#[test]
+fn a_tiny_load_reports_rates_memory_disk_rebuild_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("load.json");
+    let out = Command::new(EXE)
+        .args(["bench", "load", "--spawn", "3", "--bytes", "4MiB"])
+        .args(["--value-size", "64KiB", "--clients", "4", "--groups", "4"])
+        .args(["--phase-timeout", "60s", "--json"])
+        .arg(&json)
+        .arg("--dir")
+        .arg(dir.path().join("cluster"))
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{shown}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(doc["workload"]["kind"], "load");
+    assert_eq!(doc["workload"]["bytes"], 4 << 20);
+    assert_eq!(doc["workload"]["keys"], 64);
+    let positive = |v: &serde_json::Value| v.as_f64().is_some_and(|x| x > 0.0);
+    assert!(positive(&doc["load"]["mb_per_s"]), "{doc}");
+    assert!(positive(&doc["disk"]["per_logical_byte"]), "{doc}");
+    assert!(positive(&doc["rebuild"]["mb_per_s"]), "{doc}");
+    assert!(positive(&doc["restart"]["serving_s"]), "{doc}");
+    for phase in ["load", "rebuild", "restart"] {
+        let peaks = doc[phase]["peak_rss_bytes"].as_array().unwrap();
+        assert_eq!(peaks.len(), 3, "{doc}");
+        assert!(peaks.iter().all(positive), "{phase}: {doc}");
+    }
+    assert_eq!(doc["disk"]["bytes"].as_array().unwrap().len(), 3);
+    assert!(shown.contains("peak RSS MiB, rebuild"), "{shown}");
+}

@@ -26,6 +26,9 @@ pub enum WorkloadName {
     Mixed,
     /// Read-then-CAS increments.
     Cas,
+    /// Load `--bytes` into a spawned cluster (each key once), then wipe and
+    /// rebuild one node and restart another: MB/s, peak RSS, disk use.
+    Load,
 }
 
 /// A system to compare with.
@@ -51,9 +54,15 @@ pub struct BenchArgs {
     /// Keys the operations spread over.
     #[arg(long, default_value_t = 10_000)]
     pub keys: u64,
-    /// Bytes per value.
-    #[arg(long, default_value_t = 256)]
+    /// Bytes per value (a number, or a size such as 64KiB).
+    #[arg(long, default_value = "256", value_parser = parse_size)]
     pub value_size: usize,
+    /// The load workload: how much to load (e.g. 2GiB).
+    #[arg(long, default_value = "512MiB")]
+    pub bytes: bytesize::ByteSize,
+    /// The load workload: the bound on each of its phases.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    pub phase_timeout: Duration,
     /// Concurrent closed-loop clients.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
@@ -86,6 +95,12 @@ pub struct BenchArgs {
     pub dir: PathBuf,
 }
 
+/// A size in bytes: a plain number or one with a unit (`64KiB`).
+fn parse_size(s: &str) -> std::result::Result<usize, String> {
+    let size: bytesize::ByteSize = s.parse()?;
+    usize::try_from(size.as_u64()).map_err(|_| format!("{s} is too large"))
+}
+
 impl BenchArgs {
     fn workload(&self) -> Result<Workload> {
         if self.clients == 0 || self.keys == 0 {
@@ -103,6 +118,11 @@ impl BenchArgs {
                 read_ratio: self.read_ratio,
             },
             WorkloadName::Cas => Kind::Cas,
+            WorkloadName::Load => {
+                return Err(Error::Invalid(
+                    "the load workload runs on its own (see load_plan)".into(),
+                ))
+            }
         };
         let stop = match (self.ops, self.duration) {
             (Some(n), _) => Stop::Ops(n),
@@ -203,6 +223,9 @@ pub async fn run(
     json_stdout: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<()> {
+    if args.workload == WorkloadName::Load {
+        return load(args, endpoints, timeout, json_stdout, out).await;
+    }
     let w = args.workload()?;
     // Before any cluster starts: a comparison that cannot run would
     // otherwise fail only after Flotilla's whole run.
@@ -307,10 +330,7 @@ pub async fn run(
         }
     }
     if let Some(path) = &args.json_file {
-        let text = serde_json::to_string_pretty(&doc)
-            .map_err(|e| Error::Invalid(format!("cannot encode the results: {e}")))?;
-        std::fs::write(path, text + "\n")
-            .map_err(|e| Error::Invalid(format!("cannot write {}: {e}", path.display())))?;
+        write_json(path, &doc)?;
     }
     if let Some(path) = &args.plot {
         let mut runs = vec![("flotilla", &ours)];
@@ -318,6 +338,84 @@ pub async fn run(
             runs.push(("etcd", t));
         }
         super::plot::draw(path, &title, &runs)?;
+    }
+    Ok(())
+}
+
+/// Writes the results document to `path`.
+fn write_json(path: &Path, doc: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(doc)
+        .map_err(|e| Error::Invalid(format!("cannot encode the results: {e}")))?;
+    std::fs::write(path, text + "\n")
+        .map_err(|e| Error::Invalid(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Runs the load workload on a cluster it spawns (3 nodes unless
+/// `--spawn`): it kills and restarts node processes, so it refuses
+/// `--endpoints`.
+async fn load(
+    args: BenchArgs,
+    endpoints: Vec<String>,
+    timeout: Duration,
+    json_stdout: bool,
+    out: &mut (dyn Write + Send),
+) -> Result<()> {
+    let nodes = match (args.spawn, endpoints.is_empty()) {
+        (Some(n), _) => n,
+        (None, true) => 3,
+        (None, false) => {
+            return Err(Error::Invalid(
+                "the load workload restarts nodes: it needs a cluster it spawns (--spawn N), not --endpoints".into(),
+            ))
+        }
+    };
+    if args.clients == 0 || args.value_size == 0 || args.bytes.as_u64() == 0 || nodes == 0 {
+        return Err(Error::Invalid(
+            "--clients, --value-size, --bytes and --spawn must be at least 1".into(),
+        ));
+    }
+    if args.compare.is_some() {
+        return Err(Error::Invalid(
+            "the load workload compares with nothing".into(),
+        ));
+    }
+    let plan = super::load::Plan {
+        bytes: args.bytes.as_u64(),
+        value_size: args.value_size,
+        clients: args.clients,
+        groups: args.groups,
+        phase_timeout: args.phase_timeout,
+    };
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Invalid(format!("cannot find the flotilla binary: {e}")))?;
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| Error::Invalid(format!("cannot create {}: {e}", args.dir.display())))?;
+    let _ = writeln!(
+        out,
+        "starting {nodes} Flotilla nodes under {}",
+        args.dir.display()
+    );
+    let (mut procs, _) = crate::node::ops::spawn_cluster(
+        &exe,
+        nodes,
+        &args.dir.join("flotilla"),
+        Some(args.groups),
+        &mut std::io::sink(),
+    )
+    .await?;
+    let mut config = ClientConfig::from_certs_dir(
+        procs.addrs.iter().map(|a| a.to_string()).collect(),
+        &procs.certs_dir,
+    );
+    config.timeout = timeout;
+    let client = Client::connect(config).await?;
+    let doc = super::load::run(&mut procs, &client, &plan, out, json_stdout).await?;
+    drop(procs);
+    if json_stdout {
+        let _ = writeln!(out, "{doc}");
+    }
+    if let Some(path) = &args.json_file {
+        write_json(path, &doc)?;
     }
     Ok(())
 }

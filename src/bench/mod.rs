@@ -7,9 +7,14 @@
 //! the timeline. The same driver runs against any [`Target`], so Flotilla
 //! and etcd are measured by the same client process model: one process,
 //! tokio tasks, one shared client connection per system.
+//!
+//! The `load` workload ([`load`]) is of another kind: it writes a volume
+//! once into a cluster it spawns, then wipes and rebuilds one node and
+//! restarts another, and reports rates, memory peaks and disk use.
 
 pub mod command;
 pub mod etcd;
+pub mod load;
 pub mod plot;
 
 use std::collections::BTreeMap;

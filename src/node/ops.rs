@@ -130,6 +130,83 @@ pub struct Processes {
     pub addrs: Vec<SocketAddr>,
     /// The certificates they use (and a caller can use).
     pub certs_dir: PathBuf,
+    exe: PathBuf,
+    dir: PathBuf,
+    data_groups: Option<u64>,
+}
+
+impl Processes {
+    /// The data directory of the node at `i` in start order.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("n{}", i + 1))
+    }
+
+    /// The process id of the node at `i`.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.children.get(i).map(|c| c.id())
+    }
+
+    /// Kills the node at `i` (no clean stop) and waits for it to exit.
+    pub fn kill(&mut self, i: usize) -> Result<()> {
+        let child = self
+            .children
+            .get_mut(i)
+            .ok_or_else(|| Error::Invalid(format!("no node {i}")))?;
+        let _ = child.kill();
+        child
+            .wait()
+            .map(|_| ())
+            .map_err(|e| Error::Invalid(format!("waiting for node {}: {e}", i + 1)))
+    }
+
+    /// Starts the node at `i` again at its address with its data directory
+    /// (discarding it first, with `--wipe-and-join`, when `wipe`). Kill it
+    /// first.
+    pub fn restart(&mut self, i: usize, wipe: bool) -> Result<()> {
+        if i >= self.children.len() {
+            return Err(Error::Invalid(format!("no node {i}")));
+        }
+        let child = self.start(i, wipe)?;
+        self.children[i] = child;
+        Ok(())
+    }
+
+    /// Starts the node at `i`, its stderr appended to `n<i+1>.log`.
+    fn start(&self, i: usize, wipe: bool) -> Result<std::process::Child> {
+        let seeds = self
+            .addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("n{}.log", i + 1)))
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut cmd = std::process::Command::new(&self.exe);
+        cmd.args(["start", "--data-dir"])
+            .arg(self.data_dir(i))
+            .args([
+                "--listen",
+                &self.addrs[i].to_string(),
+                "--join",
+                &seeds,
+                "--certs-dir",
+            ])
+            .arg(&self.certs_dir)
+            .args(["--cert-name", &(i + 1).to_string()])
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(g) = self.data_groups {
+            cmd.args(["--data-groups", &g.to_string()]);
+        }
+        if wipe {
+            cmd.arg("--wipe-and-join");
+        }
+        cmd.spawn()
+            .map_err(|e| Error::Invalid(format!("cannot start {}: {e}", self.exe.display())))
+    }
 }
 
 impl Drop for Processes {
@@ -220,37 +297,23 @@ pub async fn spawn_cluster(
         children: Vec::new(),
         addrs: addrs.clone(),
         certs_dir: certs_dir.clone(),
+        exe: exe.to_path_buf(),
+        dir: dir.to_path_buf(),
+        data_groups,
     };
-    for (i, addr) in addrs.iter().enumerate() {
-        let data: PathBuf = dir.join(format!("n{}", i + 1));
+    for i in 0..nodes {
+        let data = procs.data_dir(i);
         // A dev cluster starts fresh: its ports are new every run, so an old
         // catalog would point at addresses nobody listens on.
         if data.exists() {
             std::fs::remove_dir_all(&data)
                 .map_err(|e| Error::Invalid(format!("cannot clear {}: {e}", data.display())))?;
         }
-        let log = std::fs::File::create(dir.join(format!("n{}.log", i + 1)))
-            .map_err(|e| Error::Invalid(e.to_string()))?;
-        let mut cmd = std::process::Command::new(exe);
-        cmd.args(["start", "--data-dir"])
-            .arg(&data)
-            .args([
-                "--listen",
-                &addr.to_string(),
-                "--join",
-                &seeds,
-                "--certs-dir",
-            ])
-            .arg(&certs_dir)
-            .args(["--cert-name", &(i + 1).to_string()])
-            .stdout(Stdio::null())
-            .stderr(log);
-        if let Some(g) = data_groups {
-            cmd.args(["--data-groups", &g.to_string()]);
-        }
-        let child = cmd
-            .spawn()
-            .map_err(|e| Error::Invalid(format!("cannot start {}: {e}", exe.display())))?;
+        // A fresh log too.
+        let log = dir.join(format!("n{}.log", i + 1));
+        std::fs::File::create(&log)
+            .map_err(|e| Error::Invalid(format!("cannot create {}: {e}", log.display())))?;
+        let child = procs.start(i, false)?;
         procs.children.push(child);
     }
     let _ = writeln!(
