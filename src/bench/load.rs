@@ -40,7 +40,7 @@ use crate::api::NodeReport;
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::node::ops::Processes;
-use crate::node::resources::disk_bytes;
+use crate::node::resources::{disk_bytes, rss_of};
 use crate::types::{GroupId, NodeId};
 
 /// How often peaks of resident memory are sampled, and nodes polled.
@@ -112,20 +112,6 @@ impl Peaks {
             .map(|p| p.load(Ordering::Relaxed))
             .collect()
     }
-}
-
-/// The resident memory of process `pid` in bytes, from its `VmRSS`.
-fn rss_of(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line
-        .trim_start_matches("VmRSS:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    kib.checked_mul(1024)
 }
 
 /// Every node's report that came within [`STATUS_TIMEOUT`], by start order.

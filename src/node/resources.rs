@@ -6,7 +6,13 @@ use std::path::Path;
 /// This process's resident set size in bytes, from `/proc/self/status`;
 /// `None` where that file does not exist (not Linux) or cannot be read.
 pub fn rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    rss_of("self")
+}
+
+/// The resident set size of the process `pid` (a number, or `self`) in
+/// bytes, from its `/proc/<pid>/status`; `None` where that cannot be read.
+pub fn rss_of(pid: impl std::fmt::Display) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     vm_rss(&status)
 }
 
