@@ -63,6 +63,9 @@ pub struct GroupStorage {
     pub(crate) flushed: u64,
     /// The log records holding this group's entries, oldest first.
     pub(crate) records: VecDeque<RecordRef>,
+    /// The sum of `records`' bytes, kept as they change: compaction looks
+    /// at it for every group at every round.
+    log_bytes: u64,
 }
 
 /// A group's log as read back from its records at start: its records and
@@ -136,6 +139,7 @@ impl GroupStorage {
             store.first_cached = last + 1;
             store.terms = log.terms;
         }
+        store.log_bytes = log.records.iter().map(|r| r.bytes).sum();
         store.records = log.records;
         // Everything up to the compaction point is applied, even before the
         // first apply writes a row (a group starts at `INIT_INDEX`).
@@ -156,7 +160,7 @@ impl GroupStorage {
 
     /// Approximate bytes of the log's entries on disk (its records').
     pub fn log_bytes(&self) -> u64 {
-        self.records.iter().map(|r| r.bytes).sum()
+        self.log_bytes
     }
 
     /// The highest index the log may be compacted to so that the records
@@ -197,12 +201,14 @@ impl GroupStorage {
             return;
         };
         if let Some(seq) = record {
+            let bytes = new.iter().map(|e| entry_bytes(e) as u64).sum();
             self.records.push_back(RecordRef {
                 first: first.index,
                 last: last.index,
                 seq,
-                bytes: new.iter().map(|e| entry_bytes(e) as u64).sum(),
+                bytes,
             });
+            self.log_bytes += bytes;
         }
         assert!(
             first.index > self.snap_index && first.index <= old_last + 1,
@@ -303,6 +309,7 @@ impl GroupStorage {
                 break;
             }
             dead.push(r.seq);
+            self.log_bytes -= r.bytes;
             self.records.pop_front();
         }
         dead
@@ -321,6 +328,7 @@ impl GroupStorage {
         self.flushed = index;
         self.hard_state.commit = self.hard_state.commit.max(index);
         self.hard_state.term = self.hard_state.term.max(term);
+        self.log_bytes = 0;
         self.records.drain(..).map(|r| r.seq).collect()
     }
 
@@ -495,6 +503,7 @@ impl GroupStorage {
             applied: rec.snap_index,
             flushed: rec.snap_index,
             records: VecDeque::new(),
+            log_bytes: 0,
         }
     }
 }
