@@ -464,7 +464,16 @@ async fn the_client_and_the_cli_against_four_processes() {
         stdout(&out),
         String::from_utf8_lossy(&out.stderr)
     );
-    let after = client.refresh_catalog().await.unwrap();
+    // The command returns once the leader has applied the removal; the
+    // node the client reads its catalog from may apply it a moment later.
+    let start = Instant::now();
+    let after = loop {
+        let c = client.refresh_catalog().await.unwrap();
+        if c.nodes[&leaving].state == NodeState::Removed || start.elapsed() > DEADLINE {
+            break c;
+        }
+        tokio::time::sleep(POLL).await;
+    };
     assert_eq!(after.nodes[&leaving].state, NodeState::Removed);
     for g in after.groups.values() {
         assert_eq!(g.voters.len(), 3, "{g:?}");

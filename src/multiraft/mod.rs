@@ -305,6 +305,7 @@ impl Driver {
         let logger = raft_logger();
         let mut groups = BTreeMap::new();
         let mut replayed = Replayed::default();
+        let began = std::time::Instant::now();
         for store in engine.load_groups()? {
             let gid = store.group;
             replayed.groups += 1;
@@ -317,6 +318,7 @@ impl Driver {
             groups = replayed.groups,
             entries = replayed.entries,
             bytes = replayed.bytes,
+            took = ?began.elapsed(),
             "replayed this node's own log"
         );
         let mut driver = Driver {

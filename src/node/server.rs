@@ -159,6 +159,7 @@ impl NodeServer {
         // Without seeds a wiped node would wait for `init`, a cluster of its
         // own: data is discarded only to join one.
         let wipe = cfg.wipe_and_join && !cfg.join.is_empty();
+        tracing::info!(path = %db_path.display(), "opening the data directory");
         let mut engine = open_or_wipe(&db_path, cfg.memory, wipe)?;
         engine.ensure_store_id(random_store_id())?;
         let node = engine.node_id()?.unwrap_or_default();

@@ -39,7 +39,8 @@ use super::cache::EntryCache;
 use super::io_error;
 use super::redo::{decode_all, Op, Tables};
 use super::schema::{
-    log_record_header, merge_log_records, META, META_LOG_ROWS_APPLIED, META_WAL_APPLIED,
+    begin_write, log_record_header, merge_log_records, META, META_LOG_ROWS_APPLIED,
+    META_WAL_APPLIED,
 };
 use super::syncfile::SyncControl;
 use super::wal::Wal;
@@ -229,7 +230,7 @@ fn run(db: &Database, shared: &Shared) {
 /// Writes `rows` into redb, syncs the round log as far as the commit
 /// reaches (see the module doc), and commits with a sync that runs behind.
 fn checkpoint(db: &Database, shared: &Shared, rows: &[u8], upto: u64) -> Result<()> {
-    let txn = db.begin_write()?;
+    let txn = begin_write(db)?;
     let (reaches, records) = write_log_rows(&txn, rows, upto)?;
     shared
         .wal
@@ -238,7 +239,7 @@ fn checkpoint(db: &Database, shared: &Shared, rows: &[u8], upto: u64) -> Result<
         .sync_through(reaches)
         .map_err(io_error)?;
     let sync = &shared.sync;
-    sync.defer_next();
+    sync.defer_syncs();
     let committed = txn.commit();
     sync.clear_defer();
     committed?;
@@ -329,7 +330,7 @@ impl Engine {
         }
         // redb's write lock before the log's, as rounds and the checkpoint
         // thread take them.
-        let txn = self.db.begin_write()?;
+        let txn = begin_write(&self.db)?;
         let mut log_rows = self.log_rows.lock().unwrap_or_else(|p| p.into_inner());
         let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
         let upto = wal.next_seq() - 1;

@@ -13,8 +13,8 @@ use raft::eraftpb::{ConfState, HardState};
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::schema::{
-    RaftStateRecord, FORMAT, META, META_CATALOG, META_CLUSTER_ID, META_FORMAT, META_INCARNATION,
-    META_NODE_ID, META_STORE_ID, RAFT_STATE,
+    begin_write, RaftStateRecord, FORMAT, META, META_CATALOG, META_CLUSTER_ID, META_FORMAT,
+    META_INCARNATION, META_NODE_ID, META_STORE_ID, RAFT_STATE,
 };
 use super::{bytes_u64, u64_bytes, Engine, GroupStorage, INIT_INDEX, INIT_TERM};
 use crate::catalog::{Catalog, GroupInfo};
@@ -71,7 +71,7 @@ impl Engine {
         if let Some(id) = self.store_id()? {
             return Ok(id);
         }
-        let txn = self.db.begin_write()?;
+        let txn = begin_write(&self.db)?;
         txn.open_table(META)?
             .insert(META_STORE_ID, u64_bytes(fresh).as_slice())?;
         txn.commit()?;
@@ -82,7 +82,7 @@ impl Engine {
 
     /// Counts one more start of this node and returns the new count.
     pub fn next_incarnation(&self) -> Result<u64> {
-        let txn = self.db.begin_write()?;
+        let txn = begin_write(&self.db)?;
         let n = {
             let mut meta = txn.open_table(META)?;
             let old = match meta.get(META_INCARNATION)? {
@@ -139,7 +139,7 @@ impl Engine {
                 "this data directory already belongs to cluster {existing:016x}"
             )));
         }
-        let txn = self.db.begin_write()?;
+        let txn = begin_write(&self.db)?;
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(META_NODE_ID, u64_bytes(node.0).as_slice())?;

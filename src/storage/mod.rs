@@ -118,6 +118,9 @@ pub struct Stats {
     pub entries_persisted: AtomicU64,
     /// Rounds that wrote the applied-state overlay out to redb.
     pub flushes: AtomicU64,
+    /// Opens that had to check every page of the database to rebuild its
+    /// allocator state (0 or 1: counted once per open).
+    pub full_repairs: AtomicU64,
 }
 
 impl Stats {

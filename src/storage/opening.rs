@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTable};
@@ -26,15 +26,15 @@ use super::overlay::SharedOverlay;
 use super::persist::FlushPolicy;
 use super::redo::{decode_all, Tables};
 use super::schema::{
-    decode_log_record, RaftStateRecord, APPLIED, CHECKSUMS, FORMAT, KV, LOG, META, META_CLUSTER_ID,
-    META_FORMAT, META_LOG_ROWS_APPLIED, META_WAL_APPLIED, RAFT_STATE, SESSIONS,
+    begin_write, decode_log_record, RaftStateRecord, APPLIED, CHECKSUMS, FORMAT, KV, LOG, META,
+    META_CLUSTER_ID, META_FORMAT, META_LOG_ROWS_APPLIED, META_WAL_APPLIED, RAFT_STATE, SESSIONS,
 };
 use super::syncfile::{SyncControl, SyncFile};
 use super::wal::{NamedLogFile, Wal, WalConfig};
 use super::walscan::Damage;
 use super::{
     bytes_u64, io_error, u64_bytes, wal_paths, Engine, FlushState, GroupStorage, MemDisk,
-    MemoryConfig, Snapshots,
+    MemoryConfig, Snapshots, Stats,
 };
 use crate::error::{Error, Result};
 use crate::types::GroupId;
@@ -156,7 +156,8 @@ pub(super) fn replay(db: &Database, mut wal: Wal) -> Result<Wal> {
         return Err(damaged(d));
     }
     if !redo.is_empty() {
-        let txn = db.begin_write()?;
+        let began = std::time::Instant::now();
+        let txn = begin_write(db)?;
         {
             let mut t = Tables::open(&txn)?;
             for (seq, body) in &redo {
@@ -176,11 +177,34 @@ pub(super) fn replay(db: &Database, mut wal: Wal) -> Result<Wal> {
             records = redo.len(),
             from = rows_applied + 1,
             to = last,
+            took = ?began.elapsed(),
             "round log replayed"
         );
     }
     wal.restart(last + 1).map_err(io_error)?;
     Ok(wal)
+}
+
+/// redb opened with a page cache of `cache` bytes. Should the file need a
+/// full repair (a crash after a commit that did not record the allocator
+/// state: see `schema::begin_write`), its progress is logged every tenth
+/// and counted in `stats`.
+fn builder(cache: usize, stats: &Arc<Stats>) -> redb::Builder {
+    let mut b = Database::builder();
+    b.set_cache_size(cache);
+    let stats = stats.clone();
+    let logged = AtomicU64::new(0);
+    b.set_repair_callback(move |session| {
+        let tenth = (session.progress() * 10.0) as u64;
+        if stats.full_repairs.load(Ordering::Relaxed) == 0 {
+            stats.full_repairs.store(1, Ordering::Relaxed);
+            tracing::warn!("the database was not closed cleanly and records no allocator state: checking every page");
+        }
+        if tenth > logged.fetch_max(tenth, Ordering::Relaxed) {
+            tracing::info!(done = format!("{}%", tenth * 10), "checking the database");
+        }
+    });
+    b
 }
 
 impl Engine {
@@ -204,10 +228,11 @@ impl Engine {
             (b.display().to_string(), Box::new(b_file)),
         ];
         let (file, sync) = SyncFile::open(db_file).map_err(io_error)?;
-        let db = Database::builder()
-            .set_cache_size(mem.db_cache)
-            .create_with_backend(file)?;
-        Self::init(db, log, WalConfig::FILE, Some(sync), mem.raft_cache)
+        let stats = Arc::new(Stats::default());
+        let began = std::time::Instant::now();
+        let db = builder(mem.db_cache, &stats).create_with_backend(file)?;
+        tracing::info!(took = ?began.elapsed(), path = %path.display(), "database opened");
+        Self::init(db, log, WalConfig::FILE, Some(sync), mem.raft_cache, stats)
     }
 
     /// Opens a database and round log on an in-memory disk.
@@ -217,15 +242,15 @@ impl Engine {
 
     /// Like [`Self::open_backend`], with the memory budgets `mem`.
     pub fn open_backend_with(disk: MemDisk, mem: MemoryConfig) -> Result<Engine> {
-        let db = Database::builder()
-            .set_cache_size(mem.db_cache)
-            .create_with_backend(disk.db_file())?;
+        let stats = Arc::new(Stats::default());
+        let db = builder(mem.db_cache, &stats).create_with_backend(disk.db_file())?;
         Self::init(
             db,
             disk.log_backends(),
             WalConfig::MEMORY,
             None,
             mem.raft_cache,
+            stats,
         )
     }
 
@@ -234,14 +259,17 @@ impl Engine {
     #[cfg(test)]
     pub(crate) fn open_backend_behind(disk: MemDisk) -> Result<(Engine, Arc<SyncControl>)> {
         let (file, sync) = SyncFile::new(disk.db_file()).map_err(io_error)?;
-        let db = Database::builder().create_with_backend(file)?;
+        let mem = MemoryConfig::default();
+        let stats = Arc::new(Stats::default());
+        let db = builder(mem.db_cache, &stats).create_with_backend(file)?;
         Ok((
             Self::init(
                 db,
                 disk.log_backends(),
                 WalConfig::MEMORY,
                 Some(sync.clone()),
-                MemoryConfig::default().raft_cache,
+                mem.raft_cache,
+                stats,
             )?,
             sync,
         ))
@@ -271,9 +299,10 @@ impl Engine {
         cfg: WalConfig,
         sync: Option<Arc<SyncControl>>,
         raft_cache: usize,
+        stats: Arc<Stats>,
     ) -> Result<Engine> {
         // Create every table up front so readers never meet a missing one.
-        let txn = db.begin_write()?;
+        let txn = begin_write(&db)?;
         txn.open_table(LOG)?;
         txn.open_table(RAFT_STATE)?;
         txn.open_table(APPLIED)?;
@@ -333,7 +362,7 @@ impl Engine {
         Ok(Engine {
             snapshots,
             db,
-            stats: Arc::default(),
+            stats,
             next_log_seq: Arc::new(AtomicU64::new(next)),
             overlay: SharedOverlay::default(),
             cache,

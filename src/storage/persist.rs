@@ -9,7 +9,7 @@ use redb::{Durability, WriteTransaction};
 use super::batch::WriteBatch;
 use super::checkpoint::write_log_rows;
 use super::redo::{decode_all, Tables};
-use super::schema::{META, META_WAL_APPLIED};
+use super::schema::{begin_write, META, META_WAL_APPLIED};
 use super::{io_error, Engine, RoundBuffers};
 use crate::error::{Error, Result};
 use crate::types::GroupId;
@@ -188,7 +188,7 @@ impl Engine {
         }
         let (sync, entries) = (batch.sync, batch.entries);
         let txn = if batch.redb {
-            let txn = self.db.begin_write()?;
+            let txn = begin_write(&self.db)?;
             {
                 let mut t = Tables::open(&txn)?;
                 for op in decode_all(&batch.redo)? {
@@ -309,7 +309,7 @@ impl Engine {
                 // `write_log_rows` records that redb holds up to `seq`.
                 let txn = match txn {
                     Some(txn) => txn,
-                    None => self.db.begin_write()?,
+                    None => begin_write(&self.db)?,
                 };
                 let (_, records) = write_log_rows(&txn, &rows, seq)?;
                 txn.commit()?;

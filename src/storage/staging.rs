@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::redo::Tables;
-use super::schema::{META, META_WAL_APPLIED};
+use super::schema::{begin_write, META, META_WAL_APPLIED};
 use super::snapshot::{lock, Incoming, SnapshotChunk, Snapshots};
 use super::{bytes_u64, io_error};
 use crate::error::{Error, Result};
@@ -48,7 +48,7 @@ pub(super) fn reset(db: &Database) -> Result<()> {
 /// made durable by [`Snapshots::finish_receive`], or not needed after a
 /// crash.
 fn unsynced(db: &Database) -> Result<WriteTransaction> {
-    let mut txn = db.begin_write()?;
+    let mut txn = begin_write(db)?;
     txn.set_durability(Durability::None)
         .map_err(|e| Error::Invalid(format!("staging durability: {e}")))?;
     Ok(txn)
@@ -177,7 +177,7 @@ impl Snapshots {
     /// message may go to the driver once this returns.
     pub fn finish_receive(&self, group: GroupId, index: u64) -> Result<()> {
         self.expect(group, Incoming::Receiving(index))?;
-        let txn = self.db.begin_write()?;
+        let txn = begin_write(&self.db)?;
         txn.open_table(STAGED)?.insert(group.0, (index, 1))?;
         let reaches = txn
             .open_table(META)?

@@ -6,13 +6,15 @@
 //! for the disk to take several megabytes, 20 to 40 ms on the test
 //! machine, and redb's write lock (which rounds that flush need) would be
 //! held for all of it. [`SyncFile`] lets the caller mark the
-//! next sync as one to run *behind*: `sync_data` starts it on a helper
-//! thread and returns at once, and every later write or resize of the file
-//! waits until it has finished. So the disk never holds more than the last
-//! synced commit plus the writes of the one being synced, which is exactly
-//! what a crash during an ordinary fsync leaves, and redb's recovery (it
-//! checks the newest commit's checksums and falls back to the one before)
-//! handles it. The round log keeps every record since the previous
+//! syncs of one commit as ones to run *behind*: `sync_data` starts each on
+//! a helper thread and returns at once, and every later write or resize of
+//! the file waits until it has finished. So the disk never holds more than
+//! the last synced commit plus the writes of the one being synced, which is
+//! exactly what a crash during an ordinary fsync leaves, and redb's
+//! recovery handles it. A commit in two phases (every commit of the node:
+//! see `schema::begin_write`) syncs twice: its second write waits for the
+//! first sync, so the commit holds the lock for one sync, and the last one
+//! runs behind. The round log keeps every record since the previous
 //! checkpoint until [`SyncControl::wait`] confirms this one (see `wal`).
 //!
 //! A sync that fails in the background fails every later write and sync:
@@ -37,8 +39,8 @@ pub(crate) struct SyncControl {
 
 #[derive(Default)]
 struct SyncState {
-    /// Whether the next `sync_data` runs behind.
-    defer_next: bool,
+    /// Whether `sync_data` runs behind, until the caller clears it.
+    defer: bool,
     /// Tests only: background syncs wait while this is set.
     #[cfg(test)]
     held: bool,
@@ -55,16 +57,16 @@ impl SyncControl {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes the next `sync_data` of the file run behind.
-    pub(crate) fn defer_next(&self) {
-        self.lock().defer_next = true;
+    /// Makes every `sync_data` of the file run behind until
+    /// [`Self::clear_defer`]: set around one commit.
+    pub(crate) fn defer_syncs(&self) {
+        self.lock().defer = true;
     }
 
-    /// Withdraws a `defer_next` the commit it was meant for did not use (a
-    /// commit that had nothing to sync), so no later sync runs behind by
-    /// mistake.
+    /// Makes syncs run in place again once the commit `defer_syncs` was
+    /// meant for returned, so no later sync runs behind by mistake.
     pub(crate) fn clear_defer(&self) {
-        self.lock().defer_next = false;
+        self.lock().defer = false;
     }
 
     /// Whether a sync is waiting or running behind.
@@ -203,7 +205,7 @@ impl<B: StorageBackend> StorageBackend for SyncFile<B> {
 
     fn sync_data(&self) -> Result<(), io::Error> {
         let mut st = self.ctl.idle()?;
-        if std::mem::take(&mut st.defer_next) {
+        if st.defer {
             st.pending = true;
             self.ctl.changed.notify_all();
             return Ok(());
@@ -267,14 +269,19 @@ mod tests {
             .unwrap();
         let (f, ctl) = SyncFile::open(file).unwrap();
         f.write(0, &[1; 4096]).unwrap();
-        ctl.defer_next();
+        ctl.defer_syncs();
         f.sync_data().unwrap();
         // The next write is ordered after the sync: once it returns, no
         // sync is pending any more.
         f.write(4096, &[2; 4096]).unwrap();
         assert!(!ctl.lock().pending);
+        // Until cleared, the next sync runs behind too.
+        f.sync_data().unwrap();
         ctl.wait().unwrap();
+        ctl.clear_defer();
         // An ordinary sync runs in place.
+        f.sync_data().unwrap();
+        assert!(!ctl.lock().pending);
         f.sync_data().unwrap();
         let mut back = [0u8; 8192];
         f.read(0, &mut back).unwrap();
