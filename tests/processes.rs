@@ -320,3 +320,39 @@ async fn an_isolated_node_finds_its_moved_peers_through_its_seeds() {
     drop(nodes);
     keep(dir);
 }
+
+/// A client whose connection to a node outlived the node's process (killed
+/// with SIGKILL, started again at the same address) learns so from the new
+/// process, which can sign a stateless reset for the old connection because
+/// it derives its reset key from the node's private key: the client dials
+/// anew at once instead of waiting on the dead connection until it idles
+/// out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connected_to_a_killed_node_reaches_its_restarted_process_at_once() {
+    let _turn = SERIAL.lock().await;
+    let dir = test_dir();
+    let addr = free_addr();
+    let mut nodes = Nodes(BTreeMap::new(), dir.path().to_path_buf());
+    nodes.0.insert(0, spawn(dir.path(), 0, addr, None));
+    let certs = dir.path().join("certs");
+    let answers = |c: Client| async move {
+        let start = Instant::now();
+        while c.node_status(addr).await.is_err() {
+            assert!(start.elapsed() < DEADLINE, "{addr} never answered");
+            tokio::time::sleep(POLL).await;
+        }
+    };
+    let old = caller(&certs);
+    answers(old.clone()).await;
+    let mut first = nodes.0.remove(&0).unwrap();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    nodes.0.insert(0, spawn(dir.path(), 0, addr, None));
+    answers(caller(&certs)).await;
+    // The old client's connection belongs to the killed process: its next
+    // call is answered, or fails with the reset and the one after it is.
+    if let Err(e) = old.node_status(addr).await {
+        assert!(e.to_string().contains("reset"), "{e}");
+        old.node_status(addr).await.unwrap();
+    }
+}

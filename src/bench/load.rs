@@ -45,8 +45,10 @@ use crate::types::{GroupId, NodeId};
 
 /// How often peaks of resident memory are sampled, and nodes polled.
 const SAMPLE: Duration = Duration::from_millis(200);
-/// The longest one node report may take.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest one node report may take. Short, so that a node that is
+/// not up yet (or a connection to a killed process) costs a poll at most
+/// this much, and a restart is timed to within a poll.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// What `flotilla bench load` does.
@@ -114,11 +116,20 @@ impl Peaks {
     }
 }
 
-/// Every node's report that came within [`STATUS_TIMEOUT`], by start order.
+/// Every node's report that came within [`STATUS_TIMEOUT`], by start
+/// order; the nodes are asked at once.
 async fn reports(client: &Client, addrs: &[SocketAddr]) -> BTreeMap<usize, NodeReport> {
+    let mut asks = tokio::task::JoinSet::new();
+    for (i, a) in addrs.iter().copied().enumerate() {
+        let client = client.clone();
+        asks.spawn(async move {
+            let r = tokio::time::timeout(STATUS_TIMEOUT, client.node_status(a)).await;
+            (i, r)
+        });
+    }
     let mut out = BTreeMap::new();
-    for (i, a) in addrs.iter().enumerate() {
-        if let Ok(Ok(r)) = tokio::time::timeout(STATUS_TIMEOUT, client.node_status(*a)).await {
+    while let Some(done) = asks.join_next().await {
+        if let Ok((i, Ok(Ok(r)))) = done {
             out.insert(i, r);
         }
     }

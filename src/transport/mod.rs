@@ -245,8 +245,18 @@ impl Transport {
         listen: SocketAddr,
         identity: &TlsIdentity,
     ) -> Result<Arc<Transport>> {
-        let endpoint = quinn::Endpoint::server(identity.server_config()?, listen)
-            .map_err(|e| Error::Unreachable(format!("cannot listen on {listen}: {e}")))?;
+        let listen_err =
+            |e: std::io::Error| Error::Unreachable(format!("cannot listen on {listen}: {e}"));
+        let socket = std::net::UdpSocket::bind(listen).map_err(listen_err)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| Error::Invalid("no tokio runtime for the transport".into()))?;
+        let endpoint = quinn::Endpoint::new(
+            identity.endpoint_config(),
+            Some(identity.server_config()?),
+            socket,
+            runtime,
+        )
+        .map_err(listen_err)?;
         let t = Arc::new(Transport {
             node: AtomicU64::new(node.0),
             endpoint,

@@ -30,6 +30,39 @@ pub struct TlsIdentity {
     pub key: PrivateKeyDer<'static>,
 }
 
+impl TlsIdentity {
+    /// The endpoint settings of this node's QUIC endpoint, with the keys it
+    /// signs connection ids and stateless resets with derived from its
+    /// private key: secret, and the same in every run of the node. A peer
+    /// or client still holding a connection to this node's previous
+    /// process (killed, then started again at the same address) sends on
+    /// it; the new process recognises the connection id as one of its own
+    /// and answers with a reset the sender can verify, so the connection
+    /// closes at once and the next call dials anew, instead of waiting out
+    /// the idle timeout. With keys fresh at every start (quinn's default)
+    /// such packets are dropped unanswered.
+    pub fn endpoint_config(&self) -> quinn::EndpointConfig {
+        use sha2::{Digest, Sha256};
+        let derive = |purpose: &[u8]| -> [u8; 32] {
+            let mut h = Sha256::new();
+            h.update(b"flotilla endpoint key, version 1: ");
+            h.update(purpose);
+            h.update(self.key.secret_der());
+            h.finalize().into()
+        };
+        let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &derive(b"stateless reset"));
+        let mut config = quinn::EndpointConfig::new(Arc::new(reset));
+        let cid = derive(b"connection ids");
+        let cid_key = u64::from_le_bytes([
+            cid[0], cid[1], cid[2], cid[3], cid[4], cid[5], cid[6], cid[7],
+        ]);
+        config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
+        config
+    }
+}
+
 fn cert_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Certificate {
         path: path.display().to_string(),
