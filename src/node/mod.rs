@@ -14,6 +14,7 @@
 pub mod config;
 pub mod handlers;
 pub mod join;
+pub mod metrics;
 pub mod ops;
 pub mod raft_link;
 pub mod resources;
