@@ -248,3 +248,43 @@ async fn metrics_parse_and_move_and_ready_follows_the_join() {
     drop(nodes);
     keep(dir);
 }
+
+/// The Grafana dashboard in `ops/grafana` asks only for metrics a node
+/// exports: every `flotilla_` name in its queries is a listed family, or
+/// a histogram's `_bucket`, `_sum` or `_count`.
+#[test]
+fn the_dashboard_names_only_exported_metrics() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/ops/grafana/flotilla.json");
+    let text = std::fs::read_to_string(path).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut names = Vec::new();
+    for target in panels
+        .iter()
+        .filter_map(|p| p["targets"].as_array())
+        .flatten()
+    {
+        let expr = target["expr"].as_str().expect("a query");
+        let mut rest = expr;
+        while let Some(at) = rest.find("flotilla_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            names.push(name);
+        }
+    }
+    assert!(names.len() > 20, "{names:?}");
+    for name in names {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|base| FAMILIES.iter().any(|(f, k)| f == base && *k == "histogram"))
+            .unwrap_or(&name);
+        assert!(
+            FAMILIES.iter().any(|(f, _)| *f == family),
+            "the dashboard asks for {name}, which no node exports"
+        );
+    }
+}
