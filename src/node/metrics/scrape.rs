@@ -482,3 +482,43 @@ impl Collector for Scrape {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::GroupId;
+
+    fn group(id: u64, commit: u64, applied: u64) -> GroupStatus {
+        GroupStatus {
+            group: GroupId(id),
+            role: StateRole::Follower,
+            term: 1,
+            leader: None,
+            commit,
+            applied,
+            last_index: commit,
+            first_index: 1,
+            voters: Vec::new(),
+            learners: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn groups_past_the_cap_share_one_other_series() {
+        let groups: Vec<_> = (0..GROUP_SERIES as u64 + 6)
+            .map(|g| group(g, 100, 100 - g % 7))
+            .collect();
+        let (applied, lags) = group_series(&groups);
+        assert_eq!(applied.len(), GROUP_SERIES);
+        assert_eq!(lags.len(), GROUP_SERIES + 1);
+        assert_eq!(applied[0], ([("group", "0".to_string())], 100));
+        // Groups 64..70 lag by 1, 2, 3, 4, 5, 6: "other" reports the largest.
+        assert_eq!(lags.last(), Some(&([("group", "other".to_string())], 6)));
+        let (applied, lags) = group_series(&groups[..3]);
+        assert_eq!(
+            (applied.len(), lags.len()),
+            (3, 3),
+            "no other under the cap"
+        );
+    }
+}
