@@ -47,7 +47,8 @@
 //! - [`certs`]: the cluster CA and role-bearing certificates.
 //! - [`api`]: the requests, answers and typed errors of client and node.
 //! - [`transport`]: QUIC with mutual TLS between nodes, frames, refusals.
-//! - [`node`]: lifecycle, the join loop, and the request handlers.
+//! - [`node`]: lifecycle, the join loop, the request handlers, and the
+//!   metrics and health endpoint.
 //! - [`client`]: the client library, the one way anything talks to nodes.
 //! - `cli`, `bench`: the `flotilla` command's own code, compiled only with
 //!   the default feature `tooling`; an application embedding the client
@@ -56,6 +57,8 @@
 //!   linearizability check.
 //! - [`sim`]: a deterministic in-process cluster for tests and the demo.
 //! - [`local`]: drivers on real threads wired in memory, for benchmarks.
+//! - [`meter`]: lock-free histograms the hot paths feed, which the node's
+//!   `/metrics` exports (`node::metrics`).
 //!
 //! Protocol code (multiraft, kv, catalog) reads no clock and no OS
 //! randomness: time arrives as ticks and randomness as a seed, which is what
@@ -74,6 +77,7 @@ pub mod error;
 pub mod history;
 pub mod kv;
 pub mod local;
+pub mod meter;
 pub mod multiraft;
 pub mod node;
 pub mod runtime;

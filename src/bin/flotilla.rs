@@ -134,6 +134,11 @@ enum Command {
         /// transfers, e.g. `64MiB`; 0 for no limit [default: 64MiB].
         #[arg(long)]
         snapshot_rate: Option<bytesize::ByteSize>,
+        /// Serve Prometheus metrics (/metrics) and health checks (/health,
+        /// /ready) over HTTP on this address, e.g. 127.0.0.1:9100
+        /// [default: off].
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Bootstraps a new cluster on the node at ENDPOINT (once per cluster).
     Init {
@@ -326,6 +331,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             raft_cache,
             db_cache,
             snapshot_rate,
+            metrics_listen,
         } => {
             let file = match &config {
                 Some(path) => FileConfig::load(path)?,
@@ -397,6 +403,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let mut hangups = flotilla::node::ops::Hangups::new()?;
                 let node = NodeServer::start(cfg).await?;
                 eprintln!("flotilla node listening on {}", node.addr());
+                let _metrics = match metrics_listen.or(file.metrics_listen) {
+                    Some(addr) => {
+                        let m = flotilla::node::metrics::http::serve(node.clone(), addr).await?;
+                        eprintln!("flotilla metrics on http://{}/metrics", m.addr());
+                        Some(m)
+                    }
+                    None => None,
+                };
                 loop {
                     tokio::select! {
                         _ = flotilla::node::ops::shutdown_signal() => break,

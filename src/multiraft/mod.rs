@@ -52,9 +52,11 @@ mod membership;
 mod requests;
 mod round;
 mod snapshot;
+mod stats;
 
 pub use config::{DriverConfig, ELECTION_TICKS, HEARTBEAT_TICKS};
 pub use round::Ready;
+pub use stats::DriverStats;
 
 use requests::{PendingProposal, PendingRead};
 
@@ -170,6 +172,9 @@ struct Group {
     /// The term and role the election timeout was last chosen for, and the
     /// timeout chosen.
     timeout_for: Option<(u64, StateRole, usize)>,
+    /// The leader this replica last reported (0: none yet), to count
+    /// leader changes.
+    leader_seen: u64,
 }
 
 /// The state of one group on this node, for status displays.
@@ -218,6 +223,8 @@ pub struct Driver {
     /// The group the next eviction from the entry cache starts at, so that
     /// every group's entries take their turn.
     evict_from: GroupId,
+    /// Counters for the node's metrics.
+    stats: std::sync::Arc<DriverStats>,
 }
 
 /// Requests in flight that are not tied to one group's Raft state.
@@ -339,6 +346,7 @@ impl Driver {
             replayed,
             ticks_since_round: 0,
             evict_from: GroupId(0),
+            stats: Default::default(),
         };
         // Replicas moved off this node while it was down (or before it
         // stopped) wait to be destroyed like any other.
@@ -366,6 +374,11 @@ impl Driver {
     /// The storage engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The driver's counters, readable from any thread.
+    pub fn stats(&self) -> std::sync::Arc<DriverStats> {
+        self.stats.clone()
     }
 
     /// The groups this node holds.
@@ -531,6 +544,7 @@ impl Group {
             proposals: BTreeMap::new(),
             reads: Vec::new(),
             timeout_for: None,
+            leader_seen: 0,
         })
     }
 

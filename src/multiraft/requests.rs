@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use raft::eraftpb::ConfChangeV2;
 use raft::{RawNode, SnapshotStatus, StateRole};
 
-use super::{proposal_context, Driver, Group, Proposal, Token};
+use super::{proposal_context, Driver, DriverStats, Group, Proposal, Token};
 use crate::error::{Error, Result};
 use crate::kv;
 use crate::storage::GroupStorage;
@@ -73,7 +73,9 @@ impl Driver {
                 },
                 e => Error::Raft(e),
             })
-        })
+        })?;
+        DriverStats::bump(&self.stats.proposals, 1);
+        Ok(())
     }
 
     /// Refuses an operation whose keys this node's catalog does not place

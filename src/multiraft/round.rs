@@ -15,7 +15,9 @@ use raft::eraftpb::{Message, Snapshot};
 use raft::StateRole;
 
 use super::apply::{apply_entries, Applier};
-use super::{Completion, Driver, Group, GroupMessage, PendingRead, Reply, RoundOutput};
+use super::{
+    Completion, Driver, DriverStats, Group, GroupMessage, PendingRead, Reply, RoundOutput,
+};
 use crate::catalog::{Effect, GroupInfo};
 use crate::error::{Error, Result};
 use crate::kv::Response;
@@ -206,6 +208,12 @@ impl Driver {
         let trace = self.cfg.trace_applies;
         let g = self.groups.get_mut(&gid).expect("busy group exists");
         let mut rd = g.node.ready();
+        if let Some(ss) = rd.ss() {
+            if ss.leader_id != 0 && ss.leader_id != g.leader_seen {
+                DriverStats::bump(&self.stats.leader_changes, 1);
+            }
+            g.leader_seen = ss.leader_id;
+        }
         push_messages(&mut out.outbound, gid, rd.take_messages());
 
         let mut state_dirty = false;
@@ -238,6 +246,7 @@ impl Driver {
         let committed = rd.take_committed_entries();
         let mut conf_changed = false;
         if !committed.is_empty() {
+            DriverStats::bump(&self.stats.entries_applied, committed.len() as u64);
             let mut applier = Applier {
                 me,
                 catalog: &mut self.catalog,
@@ -257,6 +266,10 @@ impl Driver {
         }
         if let Some(hs) = rd.hs() {
             let old = &g.node.store().hard_state;
+            // Every term begins with an election, here or elsewhere.
+            if hs.term > old.term {
+                DriverStats::bump(&self.stats.elections, 1);
+            }
             // A new term or vote must be on disk before anyone hears of it.
             // A new commit index alone is not written: it may be lost and
             // learnt again from the leader, and a restart starts from at

@@ -21,6 +21,7 @@
 //! raft_cache = "64MiB"
 //! db_cache = "128MiB"
 //! snapshot_rate = "64MiB"
+//! metrics_listen = "10.0.0.5:9100"
 //! ```
 
 use std::net::SocketAddr;
@@ -69,6 +70,8 @@ pub struct FileConfig {
     pub db_cache: Option<bytesize::ByteSize>,
     /// Snapshot bytes a second the node sends at most; 0 for no limit.
     pub snapshot_rate: Option<bytesize::ByteSize>,
+    /// Where to serve metrics and health checks over HTTP.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Threads a node gives its network (QUIC, TLS, requests) by default: one
@@ -141,6 +144,7 @@ mod tests {
             join_attempts = 3
             join_max_backoff = "1s"
             io_threads = 2
+            metrics_listen = "127.0.0.1:9100"
             "#,
         )
         .expect("valid config");
@@ -153,6 +157,10 @@ mod tests {
         assert_eq!(cfg.join_attempts, Some(3));
         assert_eq!(cfg.join_max_backoff, Some(Duration::from_secs(1)));
         assert_eq!(cfg.io_threads, Some(2));
+        assert_eq!(
+            cfg.metrics_listen,
+            Some("127.0.0.1:9100".parse().expect("addr"))
+        );
     }
 
     #[test]

@@ -9,11 +9,13 @@
 //!
 //! [`server::NodeServer`] is the node process itself: storage, driver and
 //! transport, and the paths between them. [`handlers`] answers requests,
-//! one file per family; [`raft_link`] joins the driver to the transport.
+//! one file per family; [`raft_link`] joins the driver to the transport;
+//! [`metrics`] serves `/metrics`, `/health` and `/ready` over HTTP.
 
 pub mod config;
 pub mod handlers;
 pub mod join;
+pub mod metrics;
 pub mod ops;
 pub mod raft_link;
 pub mod resources;

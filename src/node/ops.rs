@@ -128,6 +128,8 @@ pub struct Processes {
     children: Vec<std::process::Child>,
     /// Their addresses, in start order.
     pub addrs: Vec<SocketAddr>,
+    /// Where each serves its metrics and health checks over HTTP.
+    pub metrics: Vec<SocketAddr>,
     /// The certificates they use (and a caller can use).
     pub certs_dir: PathBuf,
     exe: PathBuf,
@@ -196,6 +198,7 @@ impl Processes {
             ])
             .arg(&self.certs_dir)
             .args(["--cert-name", &(i + 1).to_string()])
+            .args(["--metrics-listen", &self.metrics[i].to_string()])
             .stdout(Stdio::null())
             .stderr(log);
         if let Some(g) = self.data_groups {
@@ -226,6 +229,13 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
+/// A loopback TCP address free when asked.
+fn free_tcp_addr() -> Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| Error::Unreachable(e.to_string()))
+}
+
 /// Runs `nodes` node processes on loopback under `dir` (clearing data a
 /// previous run left there), initialises the cluster, waits until every
 /// group has three voters, prints the status, writes and reads a few keys,
@@ -245,6 +255,13 @@ pub async fn dev(
         "(`flotilla status --endpoints ADDR --certs-dir {}` shows the cluster; `flotilla groups` every group)",
         procs.certs_dir.display()
     );
+    for (i, m) in procs.metrics.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "node {}: metrics http://{m}/metrics, health http://{m}/health, ready http://{m}/ready",
+            i + 1
+        );
+    }
     let seeds = procs.addrs.iter().map(|a| a.to_string()).collect();
     let client = Client::new(ClientConfig::from_certs_dir(seeds, &procs.certs_dir))?;
     demo_writes(&client, out).await?;
@@ -259,7 +276,8 @@ pub async fn dev(
 /// each node, named by its place in the start order), initialises the
 /// cluster with `data_groups` data groups (the default when `None`), and
 /// waits until every node is ready and every group led with its replicas.
-/// Returns the processes and each node's report.
+/// Every node serves its metrics on a loopback port of its own
+/// ([`Processes::metrics`]). Returns the processes and each node's report.
 pub async fn spawn_cluster(
     exe: &Path,
     nodes: usize,
@@ -296,6 +314,7 @@ pub async fn spawn_cluster(
     let mut procs = Processes {
         children: Vec::new(),
         addrs: addrs.clone(),
+        metrics: (0..nodes).map(|_| free_tcp_addr()).collect::<Result<_>>()?,
         certs_dir: certs_dir.clone(),
         exe: exe.to_path_buf(),
         dir: dir.to_path_buf(),

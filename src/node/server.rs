@@ -14,9 +14,11 @@
 //! callers of anything else to retry; what it does with each request is
 //! [`super::handlers`]'.
 //!
-//! Once it runs, [`upkeep`] keeps its peers' addresses right: from the
-//! catalog, from its own announcements after a move, and from its seeds
-//! when it has been cut off.
+//! Before a restart, [`standing`] asks whether the cluster still has this
+//! node. Once it runs, [`upkeep`] keeps its peers' addresses right: from
+//! the catalog, from its own announcements after a move, and from its
+//! seeds when it has been cut off. What it counts for `/metrics` is kept
+//! in [`super::metrics::NodeMetrics`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,13 +26,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod standing;
 mod upkeep;
 
 use super::join::{Answer, JoinPlan, JoinPolicy, Step};
+use super::metrics::NodeMetrics;
 use super::raft_link::{DriverInbox, NoInbox, QuicSender};
 use super::Lifecycle;
 use crate::api::{RpcError, RpcRequest, RpcResponse};
-use crate::catalog::{Catalog, NodeState, DEFAULT_DATA_GROUPS, DEFAULT_REPLICAS, DEFAULT_VSHARDS};
+use crate::catalog::{Catalog, DEFAULT_DATA_GROUPS, DEFAULT_REPLICAS, DEFAULT_VSHARDS};
 use crate::certs::spki_sha256;
 use crate::error::{Error, Result};
 use crate::multiraft::{Driver, DriverConfig, Replayed};
@@ -39,6 +43,7 @@ use crate::storage::{Engine, MemoryConfig, SnapshotLimits};
 use crate::transport::rpc;
 use crate::transport::{TlsIdentity, Transport, SNAPSHOT_RATE as DEFAULT_SNAPSHOT_RATE};
 use crate::types::NodeId;
+use standing::{standing, Standing};
 
 /// How long a restarting node waits for one seed to say which cluster it
 /// belongs to before moving on.
@@ -139,6 +144,8 @@ pub struct NodeServer {
     cfg: NodeConfig,
     /// The node's QUIC endpoint; the request handlers read its counters.
     pub(super) transport: Arc<Transport>,
+    /// Request latencies and the figures `/metrics` reads.
+    pub(super) metrics: Arc<NodeMetrics>,
     advertise: SocketAddr,
     spki: [u8; 32],
     /// A std lock: held only to read or swap fields, never across an await.
@@ -195,6 +202,7 @@ impl NodeServer {
         let server = Arc::new_cyclic(|me| NodeServer {
             cfg,
             transport: transport.clone(),
+            metrics: Arc::default(),
             advertise,
             spki,
             state: Mutex::new(State {
@@ -297,6 +305,8 @@ impl NodeServer {
         let snapshots = engine.snapshots();
         snapshots.set_limits(self.cfg.snapshot_limits);
         let driver = Driver::open(engine, cfg)?;
+        self.metrics
+            .attach(driver.stats(), driver.engine().meters());
         let replayed = driver.replayed();
         self.refresh_peers(driver.catalog());
         let sender = QuicSender::new(self.transport.clone());
@@ -480,104 +490,6 @@ impl NodeServer {
             }
         }
     }
-}
-
-/// What the cluster says of a bootstrapped data directory.
-enum Standing {
-    /// Nothing against it: restart.
-    Member,
-    /// A seed belongs to another cluster.
-    OtherCluster { seed: String, theirs: u64 },
-    /// The catalog (this node's own, or a peer's) removed this node.
-    Removed { by: String },
-}
-
-/// Decides whether a bootstrapped node may restart. Its own catalog
-/// speaks first; then the seeds and the peers that catalog names are asked,
-/// in that order, until one answers: a seed of another cluster, or a
-/// catalog that removed this node while it was down, refuses the restart.
-/// Unreachable addresses are skipped, each after a short timeout, so a
-/// restart never waits on them for long, and a node none of whose peers
-/// answers restarts on its own catalog.
-async fn standing(
-    t: &Transport,
-    identity: &TlsIdentity,
-    seeds: &[String],
-    engine: &Engine,
-) -> Result<Standing> {
-    let (Some(ours), Some(me), Some(catalog)) =
-        (engine.cluster_id()?, engine.node_id()?, engine.catalog()?)
-    else {
-        return Ok(Standing::Member);
-    };
-    let removed = |c: &Catalog| {
-        c.nodes
-            .get(&me)
-            .is_some_and(|n| n.state == NodeState::Removed)
-    };
-    if removed(&catalog) {
-        return Ok(Standing::Removed {
-            by: "its own catalog says so".into(),
-        });
-    }
-    let Ok(config) = identity.client_config() else {
-        return Ok(Standing::Member);
-    };
-    let local = t.local_addr().ok();
-    let peers = catalog
-        .nodes
-        .values()
-        .filter(|n| n.id != me && n.state != NodeState::Removed)
-        .map(|n| n.addr.clone());
-    let mut asked = std::collections::BTreeSet::new();
-    for (i, target) in seeds.iter().cloned().chain(peers).enumerate() {
-        let is_seed = i < seeds.len();
-        let Some(addr) = tokio::net::lookup_host(target.as_str())
-            .await
-            .ok()
-            .and_then(|mut a| a.next())
-        else {
-            continue;
-        };
-        if Some(addr) == local || !asked.insert(addr) {
-            continue;
-        }
-        let ask = |req| {
-            tokio::time::timeout(
-                SEED_CHECK_TIMEOUT,
-                rpc::call(t.endpoint(), &config, addr, req),
-            )
-        };
-        let Ok(Ok(RpcResponse::Status(r))) = ask(&RpcRequest::Status).await else {
-            continue;
-        };
-        match r.cluster_id {
-            Some(theirs) if theirs != ours => {
-                if is_seed {
-                    return Ok(Standing::OtherCluster {
-                        seed: target,
-                        theirs,
-                    });
-                }
-                continue;
-            }
-            Some(_) => {}
-            None => continue,
-        }
-        let Ok(Ok(RpcResponse::Catalog(bytes))) = ask(&RpcRequest::Catalog).await else {
-            continue;
-        };
-        let Ok(theirs) = Catalog::decode(&bytes) else {
-            continue;
-        };
-        if removed(&theirs) {
-            return Ok(Standing::Removed {
-                by: format!("node {} at {target} says so", r.node.0),
-            });
-        }
-        return Ok(Standing::Member);
-    }
-    Ok(Standing::Member)
 }
 
 /// Opens the database at `path`. With `wipe`, a database this build

@@ -30,11 +30,13 @@ pub fn round(driver: &mut Driver) -> Result<RoundOutput> {
 /// the round log holds the batch durably: the messages that wait on
 /// persistence (a follower's acknowledgements, votes), so they do not also
 /// wait for redb's commit. `send` takes what it sends out of the output;
-/// the rest is returned.
+/// the rest is returned. The round's duration goes to the driver's
+/// [`DriverStats::round`](crate::multiraft::DriverStats::round).
 pub fn round_with(
     driver: &mut Driver,
     mut send: impl FnMut(&mut RoundOutput),
 ) -> Result<RoundOutput> {
+    let start = std::time::Instant::now();
     let mut ready = driver.ready()?;
     send(&mut ready.out);
     let persisted = match ready.take_batch() {
@@ -44,7 +46,9 @@ pub fn round_with(
         })?,
         None => Default::default(),
     };
-    driver.on_persisted(ready, persisted)
+    let out = driver.on_persisted(ready, persisted);
+    driver.stats().round.observe_duration(start.elapsed());
+    out
 }
 
 /// Flushes the overlay and checkpoints the round log now (before a clean

@@ -49,7 +49,8 @@
 //! `staging` streamed snapshots (sources read in chunks, staging tables
 //! switched in by one transaction). [`Stats`] counts
 //! batches, commits and syncs so tests and benchmarks can check group
-//! commit.
+//! commit, and times fsyncs; `meters` hands these figures, with the
+//! memory the cache and overlay hold, to the node's metrics.
 
 mod batch;
 mod cache;
@@ -57,6 +58,7 @@ mod checkpoint;
 mod group;
 mod identity;
 mod memdisk;
+mod meters;
 mod opening;
 mod overlay;
 mod persist;
@@ -75,6 +77,7 @@ pub use cache::{EntryCache, RAFT_CACHE_BYTES};
 pub use group::GroupStorage;
 pub use identity::new_group_record;
 pub use memdisk::{MemDisk, MemFile};
+pub use meters::Meters;
 pub use persist::{
     Durable, FlushPolicy, Persisted, FLUSH_BYTES, FLUSH_GROUPS_PER_ROUND, FLUSH_ROUNDS, FLUSH_TICKS,
 };
@@ -93,12 +96,13 @@ use std::sync::{Arc, Mutex};
 use redb::Database;
 
 use crate::error::{Error, Result};
+use crate::meter::{Buckets, Histogram};
 use checkpoint::Checkpointer;
 use overlay::SharedOverlay;
 use wal::Wal;
 
 /// Counters of the storage engine, shared with whoever wants to read them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     /// Batches persisted, with or without anything in them.
     pub rounds: AtomicU64,
@@ -121,6 +125,30 @@ pub struct Stats {
     /// Opens that had to check every page of the database to rebuild its
     /// allocator state (0 or 1: counted once per open).
     pub full_repairs: AtomicU64,
+    /// Bytes appended to the round log (records and their headers).
+    pub round_log_bytes: AtomicU64,
+    /// Bytes of each round's record in the round log.
+    pub round_bytes: Histogram,
+    /// How long each sync of the round log took.
+    pub fsync: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            rounds: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            redb_commits: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
+            entries_persisted: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            full_repairs: AtomicU64::new(0),
+            round_log_bytes: AtomicU64::new(0),
+            round_bytes: Histogram::new(Buckets::Size),
+            fsync: Histogram::new(Buckets::Duration),
+        }
+    }
 }
 
 impl Stats {

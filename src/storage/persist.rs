@@ -10,6 +10,7 @@ use super::batch::WriteBatch;
 use super::checkpoint::write_log_rows;
 use super::redo::{decode_all, Tables};
 use super::schema::{begin_write, META, META_WAL_APPLIED};
+use super::wal::{Wal, HEADER};
 use super::{io_error, Engine, RoundBuffers};
 use crate::error::{Error, Result};
 use crate::types::GroupId;
@@ -264,9 +265,9 @@ impl Engine {
         if !checkpoint {
             // Log first: once the record is synced the batch is durable, and
             // what waits on that may leave while redb commits.
-            wal.append(redo).map_err(io_error)?;
+            self.log_append(&mut wal, redo)?;
             if sync {
-                wal.sync().map_err(io_error)?;
+                self.log_sync(&mut wal)?;
                 self.stats.syncs.fetch_add(1, Ordering::Relaxed);
             }
             durable_now(&Durable(()));
@@ -290,8 +291,8 @@ impl Engine {
         // checkpoint is on disk, redb may still fall back to the one
         // before, and this file must then hold every record since, this
         // one included.
-        wal.append(redo).map_err(io_error)?;
-        wal.sync().map_err(io_error)?;
+        self.log_append(&mut wal, redo)?;
+        self.log_sync(&mut wal)?;
         durable_now(&Durable(()));
         log_rows.extend_from_slice(log_ops);
         // The next interval will likely be as long as this one.
@@ -327,6 +328,25 @@ impl Engine {
             ms = start.elapsed().as_secs_f64() * 1e3,
             "round log checkpointed"
         );
+        Ok(())
+    }
+
+    /// Appends a round's record to the round log, counting its bytes.
+    fn log_append(&self, wal: &mut Wal, redo: &[u8]) -> Result<()> {
+        wal.append(redo).map_err(io_error)?;
+        let bytes = (redo.len() + HEADER) as u64;
+        self.stats
+            .round_log_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+        self.stats.round_bytes.observe(bytes);
+        Ok(())
+    }
+
+    /// Syncs the round log, timing the sync.
+    fn log_sync(&self, wal: &mut Wal) -> Result<()> {
+        let start = std::time::Instant::now();
+        wal.sync().map_err(io_error)?;
+        self.stats.fsync.observe_duration(start.elapsed());
         Ok(())
     }
 }

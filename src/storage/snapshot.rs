@@ -227,6 +227,10 @@ pub struct SnapshotStats {
     pub chunks_sent: AtomicU64,
     /// Chunks staged.
     pub chunks_staged: AtomicU64,
+    /// Bytes of the chunks read from sources ([`SnapshotChunk::bytes`]).
+    pub bytes_sent: AtomicU64,
+    /// Bytes of the chunks staged.
+    pub bytes_staged: AtomicU64,
     /// Incoming transfers refused (the limit, or the group's staging is
     /// claimed or being received).
     pub receives_refused: AtomicU64,
@@ -369,6 +373,8 @@ impl Snapshots {
         s.expires = Instant::now() + limits.source_ttl;
         let chunk = read_chunk(&s, from, limits.chunk_bytes)?;
         self.stats.chunks_sent.fetch_add(1, Ordering::Relaxed);
+        let bytes = chunk.bytes() as u64;
+        self.stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
         Ok(chunk)
     }
 }

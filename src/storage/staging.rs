@@ -170,6 +170,8 @@ impl Snapshots {
         }
         txn.commit()?;
         self.stats.chunks_staged.fetch_add(1, Ordering::Relaxed);
+        let bytes = chunk.bytes() as u64;
+        self.stats.bytes_staged.fetch_add(bytes, Ordering::Relaxed);
         Ok(())
     }
 

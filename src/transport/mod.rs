@@ -136,6 +136,26 @@ impl TransportStats {
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
     }
+
+    /// Every refusal counter by a short reason name, for metrics.
+    pub fn refusals(&self) -> [(&'static str, u64); 13] {
+        [
+            ("handshake", &self.refused_handshakes),
+            ("connection_cap", &self.refused_connections),
+            ("stream_cap", &self.refused_streams),
+            ("kind", &self.refused_kinds),
+            ("role", &self.refused_roles),
+            ("pin", &self.refused_pins),
+            ("sender", &self.refused_senders),
+            ("request", &self.refused_requests),
+            ("oversize", &self.refused_oversize),
+            ("truncated", &self.refused_truncated),
+            ("stalled", &self.refused_stalled),
+            ("malformed", &self.bad_frames),
+            ("oversize_outbound", &self.oversize_outbound),
+        ]
+        .map(|(name, c)| (name, Self::get(c)))
+    }
 }
 
 /// What the transport knows of a peer.

@@ -43,8 +43,12 @@ impl Service for NodeServer {
         caller: Option<[u8; 32]>,
     ) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>> {
         Box::pin(async move {
+            let start = std::time::Instant::now();
+            let op = super::metrics::op_of(&req);
             let driver = self.driver();
-            answer(Some(self), driver, req, caller).await
+            let resp = answer(Some(self), driver, req, caller).await;
+            self.metrics.requests.observe(op, &resp, start.elapsed());
+            resp
         })
     }
 }
