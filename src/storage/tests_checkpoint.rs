@@ -388,7 +388,9 @@ fn compaction_after_a_checkpoint_merged_the_records_keeps_the_log_right() {
 
 fn full_repairs(disk: MemDisk) -> u64 {
     let stats = Engine::open_backend(disk).unwrap().stats();
-    stats.full_repairs.load(std::sync::atomic::Ordering::Relaxed)
+    stats
+        .full_repairs
+        .load(std::sync::atomic::Ordering::Relaxed)
 }
 
 #[test]
