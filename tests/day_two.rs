@@ -380,6 +380,18 @@ async fn with_a_node_down_a_fresh_cli_never_waits_on_it() {
         worst < Duration::from_millis(1500),
         "a command waited on the dead node: {worst:?}"
     );
+    // `check` waits for every replica's digest, but never past --timeout:
+    // the dead node's replicas are reported as not answering.
+    let (check, took) = timed_cli(dir.path(), &addrs, &["check", "--timeout", "3s"]);
+    assert_eq!(check.status.code(), Some(3), "{check:?}");
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("did not answer"),
+        "{check:?}"
+    );
+    assert!(
+        took < Duration::from_millis(3900),
+        "check overran its 3 s deadline: {took:?}"
+    );
     drop(nodes);
     keep(dir);
 }

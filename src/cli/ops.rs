@@ -459,16 +459,21 @@ pub(super) async fn check(g: &Globals, c: &Client, out: &mut dyn Write) -> Outco
             let (c, addr) = (c.clone(), info.addr.clone());
             asks.spawn(async move { (n, c.checksums_of(&addr).await) });
         }
-        while let Some(done) = asks.join_next().await {
-            let Ok((n, Ok(all))) = done else { continue };
-            for (grp, index, digest) in all {
-                if index_of.get(&grp) == Some(&index) {
-                    if let Some(slot) = digests.get_mut(&(grp, n)) {
-                        *slot = Some(digest);
+        // A node that does not answer is not waited on past the deadline
+        // (the asks still running are dropped, and so cancelled).
+        let _ = tokio::time::timeout_at(deadline, async {
+            while let Some(done) = asks.join_next().await {
+                let Ok((n, Ok(all))) = done else { continue };
+                for (grp, index, digest) in all {
+                    if index_of.get(&grp) == Some(&index) {
+                        if let Some(slot) = digests.get_mut(&(grp, n)) {
+                            *slot = Some(digest);
+                        }
                     }
                 }
             }
-        }
+        })
+        .await;
         if digests.values().all(Option::is_some) || tokio::time::Instant::now() >= deadline {
             break;
         }
