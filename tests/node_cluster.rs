@@ -70,7 +70,7 @@ async fn start(
 }
 
 async fn init(admin: &Client, node: &NodeServer) -> u64 {
-    match ask(admin, node.addr(), &RpcRequest::Init).await {
+    match ask(admin, node.addr(), &RpcRequest::Init { vshards: None }).await {
         Some(RpcResponse::Inited { cluster_id }) => cluster_id,
         other => panic!("init failed: {other:?}"),
     }
@@ -87,11 +87,34 @@ async fn init_then_join_forms_a_three_replica_cluster() {
     let n3 = start(dir.path(), &certs_dir, "n3", vec![seed]).await;
     let admin = admin(&certs_dir, &[n1.addr(), n2.addr(), n3.addr()]);
 
-    let Some(RpcResponse::Inited { cluster_id }) = ask(&admin, n1.addr(), &RpcRequest::Init).await
+    // More vshards than a cluster may have is refused before anything is
+    // written; the count asked for is the one the catalog keeps.
+    let too_many = admin
+        .call_node(
+            n1.addr(),
+            &RpcRequest::Init {
+                vshards: Some(70_000),
+            },
+        )
+        .await;
+    assert!(
+        matches!(too_many, Err(Error::Invalid(ref m)) if m.contains("more than the 65536")),
+        "{too_many:?}"
+    );
+    let Some(RpcResponse::Inited { cluster_id }) = ask(
+        &admin,
+        n1.addr(),
+        &RpcRequest::Init {
+            vshards: Some(2048),
+        },
+    )
+    .await
     else {
         panic!("init failed");
     };
-    let again = admin.call_node(n1.addr(), &RpcRequest::Init).await;
+    let again = admin
+        .call_node(n1.addr(), &RpcRequest::Init { vshards: None })
+        .await;
     assert!(
         matches!(again, Err(Error::Invalid(ref m)) if m.contains("already belongs")),
         "{again:?}"
@@ -126,7 +149,8 @@ async fn init_then_join_forms_a_three_replica_cluster() {
     // A client writes through any node, following leader hints. The vshard
     // map depends only on the vshard and group counts.
     let client = &admin;
-    let routing = Catalog::bootstrap(0, 64, &[(NodeId(1), String::new())], 8, 1).unwrap();
+    assert_eq!(client.refresh_catalog().await.unwrap().vshard_count, 2048);
+    let routing = Catalog::bootstrap(0, 2048, &[(NodeId(1), String::new())], 8, 1).unwrap();
     for i in 0..20u64 {
         let key = format!("node-{i}").into_bytes();
         let group = routing.group_of(&key);

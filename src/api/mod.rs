@@ -84,7 +84,11 @@ pub enum RpcRequest {
     /// Every group's last consistency check on the node asked.
     Checksums,
     /// Bootstrap a new cluster on this node (once, ever).
-    Init,
+    Init {
+        /// Vshards of the cluster, fixed for its life (`None`: the node's
+        /// default, [`crate::catalog::DEFAULT_VSHARDS`]).
+        vshards: Option<u32>,
+    },
     /// Admit the calling node, which listens at `addr`.
     Join {
         /// Where the joiner is reached.
@@ -120,7 +124,7 @@ impl RpcRequest {
             | RpcRequest::SetNodeState { .. }
             | RpcRequest::Checksum { .. }
             | RpcRequest::Checksums => matches!(role, Some(Role::Admin) | Some(Role::Node)),
-            RpcRequest::Init => matches!(role, Some(Role::Admin) | Some(Role::Node)),
+            RpcRequest::Init { .. } => matches!(role, Some(Role::Admin) | Some(Role::Node)),
             RpcRequest::Join { .. } | RpcRequest::Announce { .. } => role == Some(Role::Node),
         }
     }
@@ -138,9 +142,10 @@ impl RpcRequest {
             | RpcRequest::SetNodeState { .. }
             | RpcRequest::Join { .. }
             | RpcRequest::Announce { .. } => Some(CATALOG_GROUP),
-            RpcRequest::Catalog | RpcRequest::Status | RpcRequest::Checksums | RpcRequest::Init => {
-                None
-            }
+            RpcRequest::Catalog
+            | RpcRequest::Status
+            | RpcRequest::Checksums
+            | RpcRequest::Init { .. } => None,
         }
     }
 

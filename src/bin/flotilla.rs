@@ -145,6 +145,11 @@ enum Command {
         /// The node to initialise.
         #[arg(long)]
         endpoint: SocketAddr,
+        /// Vshards the keys hash onto, fixed for the cluster's life: the
+        /// cluster can never have more data groups than this (at most
+        /// 65536) [default: 16384].
+        #[arg(long)]
+        vshards: Option<u32>,
     },
     /// Shows one node's lifecycle and every group on it.
     NodeStatus {
@@ -430,9 +435,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::Ok(())
             })?
         }
-        Command::Init { endpoint } => runtime(None)?.block_on(async {
+        Command::Init { endpoint, vshards } => runtime(None)?.block_on(async {
             let client = Client::new(ClientConfig::from_certs_dir(vec![], &certs))?;
-            match client.call_node(endpoint, &RpcRequest::Init).await? {
+            match client
+                .call_node(endpoint, &RpcRequest::Init { vshards })
+                .await?
+            {
                 RpcResponse::Inited { cluster_id } => {
                     println!("initialised cluster {cluster_id:016x}")
                 }

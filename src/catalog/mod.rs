@@ -28,9 +28,14 @@ use std::collections::BTreeMap;
 use crate::error::{Error, Outcome, Rejection, Result};
 use crate::types::{GroupId, NodeId, VShard, CATALOG_GROUP};
 
-/// Default number of vshards: enough to spread load over hundreds of groups,
-/// few enough that the map is a few KiB.
-pub const DEFAULT_VSHARDS: u32 = 1024;
+/// Default number of vshards, fixed for the cluster's life at `init`
+/// (`flotilla init --vshards`). A cluster can never have more data groups
+/// than vshards, so the default leaves room to grow to 16,384 groups; the
+/// map costs 8 bytes a vshard (128 KiB) in each copy of the catalog, which
+/// every node keeps and every client fetches when its routing is stale.
+pub const DEFAULT_VSHARDS: u32 = 16_384;
+/// The most vshards a cluster may have: a 512 KiB map.
+pub const MAX_VSHARDS: u32 = 65_536;
 /// Default number of data groups created at init.
 pub const DEFAULT_DATA_GROUPS: u64 = 32;
 /// Default replication factor.
@@ -202,6 +207,11 @@ impl Catalog {
             return Err(Error::Invalid(
                 "a catalog needs at least one node, one vshard and one data group".into(),
             ));
+        }
+        if vshard_count > MAX_VSHARDS {
+            return Err(Error::Invalid(format!(
+                "{vshard_count} vshards is more than the {MAX_VSHARDS} a cluster may have"
+            )));
         }
         if data_groups > u64::from(vshard_count) {
             return Err(Error::Invalid(format!(

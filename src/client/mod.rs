@@ -305,8 +305,16 @@ impl Client {
         if ops.is_empty() {
             return Ok(());
         }
-        let catalog = self.catalog().await?;
-        let vshards: BTreeSet<_> = ops.iter().map(|o| catalog.vshard(o.key())).collect();
+        // The count alone: the vshard map is not copied for every batch.
+        let known = self.lock_routing().catalog.as_ref().map(|c| c.vshard_count);
+        let count = match known {
+            Some(n) => n,
+            None => self.refresh_catalog().await?.vshard_count,
+        };
+        let vshards: BTreeSet<_> = ops
+            .iter()
+            .map(|o| crate::catalog::vshard_of(o.key(), count))
+            .collect();
         if vshards.len() > 1 {
             return Err(Error::BatchSpansVShards {
                 vshards: vshards.len(),

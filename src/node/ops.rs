@@ -345,7 +345,10 @@ pub async fn spawn_cluster(
     // Init once; a node that already belongs to a cluster (a rerun on the
     // same directory) restarts instead, which is fine too.
     loop {
-        match client.call_node(addrs[0], &RpcRequest::Init).await {
+        match client
+            .call_node(addrs[0], &RpcRequest::Init { vshards: None })
+            .await
+        {
             Ok(RpcResponse::Inited { cluster_id }) => {
                 let _ = writeln!(out, "initialised cluster {cluster_id:016x}");
                 break;

@@ -443,9 +443,10 @@ impl NodeServer {
             .reload(&TlsIdentity::load_node(&self.cfg.certs_dir, name)?)
     }
 
-    /// Bootstraps a new cluster on this node (once, ever) and starts its
-    /// driver; returns the cluster id.
-    pub(super) fn init(&self) -> Result<u64> {
+    /// Bootstraps a new cluster on this node (once, ever) with `vshards`
+    /// (else the node's default) and starts its driver; returns the
+    /// cluster id.
+    pub(super) fn init(&self, vshards: Option<u32>) -> Result<u64> {
         let cluster_id = {
             let st = self.lock();
             let engine = st
@@ -461,7 +462,7 @@ impl NodeServer {
             let me = [(NodeId(1), self.advertise.to_string())];
             let mut catalog = Catalog::bootstrap(
                 cluster_id,
-                self.cfg.vshards,
+                vshards.unwrap_or(self.cfg.vshards),
                 &me,
                 self.cfg.data_groups,
                 DEFAULT_REPLICAS,

@@ -15,8 +15,8 @@ use crate::types::{NodeId, CATALOG_GROUP};
 use crate::wire;
 
 /// Bootstraps a new cluster on `node` (once, ever) and starts its driver.
-pub async fn init(node: &NodeServer) -> Result<RpcResponse> {
-    let cluster_id = node.init()?;
+pub async fn init(node: &NodeServer, vshards: Option<u32>) -> Result<RpcResponse> {
+    let cluster_id = node.init(vshards)?;
     Ok(RpcResponse::Inited { cluster_id })
 }
 

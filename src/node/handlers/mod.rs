@@ -111,7 +111,7 @@ async fn serve(
     let no_node = || Error::Invalid("a bare driver serves no membership or status request".into());
     match req {
         RpcRequest::Status => info::status(node.ok_or_else(no_node)?, driver).await,
-        RpcRequest::Init => membership::init(node.ok_or_else(no_node)?).await,
+        RpcRequest::Init { vshards } => membership::init(node.ok_or_else(no_node)?, vshards).await,
         req => {
             let h = driver.ok_or_else(|| {
                 Error::Unreachable("this node has not joined a cluster yet".into())
@@ -152,7 +152,7 @@ async fn driven(
             addr,
             spki_sha256,
         } => membership::announce(h, node, addr, spki_sha256).await,
-        RpcRequest::Status | RpcRequest::Init => Err(Error::Invalid(
+        RpcRequest::Status | RpcRequest::Init { .. } => Err(Error::Invalid(
             "status and init are answered by the node, not its driver".into(),
         )),
     }

@@ -85,7 +85,7 @@ pub fn op_of(req: &RpcRequest) -> usize {
         RpcRequest::SetNodeState { .. } => 6,
         RpcRequest::Checksum { .. } => 7,
         RpcRequest::Checksums => 8,
-        RpcRequest::Init => 9,
+        RpcRequest::Init { .. } => 9,
         RpcRequest::Join { .. } => 10,
         RpcRequest::Announce { .. } => 11,
     }
@@ -227,7 +227,11 @@ mod tests {
         let ok = RpcResponse::Done;
         let denied = RpcResponse::Error(RpcError::PermissionDenied("no".into()));
         r.observe(op_of(&RpcRequest::Status), &ok, Duration::from_millis(1));
-        r.observe(op_of(&RpcRequest::Init), &denied, Duration::from_millis(2));
+        r.observe(
+            op_of(&RpcRequest::Init { vshards: None }),
+            &denied,
+            Duration::from_millis(2),
+        );
         let seen: Vec<_> = r.seen().map(|(op, outcome, _)| (op, outcome)).collect();
         assert_eq!(seen, vec![("status", "ok"), ("init", "denied")]);
     }
