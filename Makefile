@@ -44,6 +44,7 @@ bench-compare:
 	./target/release/flotilla bench read --spawn 3 --compare etcd --duration 20s --turns 4 --json data/bench/read.json --plot data/bench/read.svg
 	./target/release/flotilla bench write --spawn 3 --compare etcd --duration 20s --turns 4 --clients 1 --json data/bench/write-1.json
 	./target/release/flotilla bench mixed --spawn 3 --compare etcd --duration 20s --turns 4 --json data/bench/mixed.json
+	for w in a b c f; do ./target/release/flotilla bench ycsb-$$w --spawn 3 --compare etcd --duration 20s --turns 4 --json data/bench/ycsb-$$w.json || exit 1; done
 
 build:
 	$(CARGO) build --release

@@ -59,6 +59,33 @@ fn a_short_run_against_a_spawned_cluster_reports_sane_figures() {
 }
 
 #[test]
+fn a_ycsb_workload_runs_with_zipfian_keys_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("ycsb.json");
+    let out = Command::new(EXE)
+        .args(["bench", "ycsb-f", "--spawn", "3", "--duration", "2s"])
+        .args(["--clients", "4", "--keys", "200", "--groups", "4"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--dir")
+        .arg(dir.path().join("cluster"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(doc["workload"]["kind"], "ycsb-f", "{doc}");
+    assert_eq!(doc["workload"]["distribution"], "zipfian", "{doc}");
+    assert_eq!(doc["workload"]["read_ratio"], 0.5, "{doc}");
+    assert!(doc["flotilla"]["ops"].as_u64().unwrap() > 0, "{doc}");
+}
+
+#[test]
 fn bad_bench_options_are_refused_clearly() {
     let out = Command::new(EXE)
         .args([

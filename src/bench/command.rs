@@ -26,6 +26,15 @@ pub enum WorkloadName {
     Mixed,
     /// Read-then-CAS increments.
     Cas,
+    /// YCSB core workload A: 50% reads, 50% updates (zipfian keys unless
+    /// --distribution says otherwise).
+    YcsbA,
+    /// YCSB core workload B: 95% reads, 5% updates.
+    YcsbB,
+    /// YCSB core workload C: reads only.
+    YcsbC,
+    /// YCSB core workload F: 50% reads, 50% read-modify-writes.
+    YcsbF,
     /// Load `--bytes` into a spawned cluster (each key once), then wipe and
     /// rebuild one node and restart another: MB/s, peak RSS, disk use.
     Load,
@@ -54,6 +63,10 @@ pub struct BenchArgs {
     /// Keys the operations spread over.
     #[arg(long, default_value_t = 10_000)]
     pub keys: u64,
+    /// How operations pick their key [default: zipfian for the ycsb-*
+    /// workloads, as YCSB's core workloads do; uniform for the others].
+    #[arg(long, value_enum)]
+    pub distribution: Option<super::keys::Distribution>,
     /// Bytes per value (a number, or a size such as 64KiB).
     #[arg(long, default_value = "256", value_parser = parse_size)]
     pub value_size: usize,
@@ -95,6 +108,15 @@ pub struct BenchArgs {
     pub dir: PathBuf,
 }
 
+/// A YCSB core workload's mix.
+fn ycsb(letter: char, read_ratio: f64, rmw: bool) -> Kind {
+    Kind::Ycsb {
+        letter,
+        read_ratio,
+        rmw,
+    }
+}
+
 /// A size in bytes: a plain number or one with a unit (`64KiB`).
 fn parse_size(s: &str) -> std::result::Result<usize, String> {
     let size: bytesize::ByteSize = s.parse()?;
@@ -118,6 +140,10 @@ impl BenchArgs {
                 read_ratio: self.read_ratio,
             },
             WorkloadName::Cas => Kind::Cas,
+            WorkloadName::YcsbA => ycsb('a', 0.5, false),
+            WorkloadName::YcsbB => ycsb('b', 0.95, false),
+            WorkloadName::YcsbC => ycsb('c', 1.0, false),
+            WorkloadName::YcsbF => ycsb('f', 0.5, true),
             WorkloadName::Load => {
                 return Err(Error::Invalid(
                     "the load workload runs on its own (see load_plan)".into(),
@@ -129,9 +155,14 @@ impl BenchArgs {
             (None, Some(d)) => Stop::After(d),
             (None, None) => Stop::After(Duration::from_secs(10)),
         };
+        let distribution = self.distribution.unwrap_or(match kind {
+            Kind::Ycsb { .. } => super::keys::Distribution::Zipfian,
+            _ => super::keys::Distribution::Uniform,
+        });
         Ok(Workload {
             kind,
             keys: self.keys,
+            distribution,
             value_size: self.value_size,
             clients: self.clients,
             stop,

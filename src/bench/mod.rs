@@ -14,6 +14,7 @@
 
 pub mod command;
 pub mod etcd;
+pub mod keys;
 pub mod load;
 pub mod plot;
 
@@ -43,6 +44,17 @@ pub enum Kind {
     },
     /// Compare-and-swap of a key's current value (a get, then a CAS).
     Cas,
+    /// A YCSB core workload: reads with probability `read_ratio`; the rest
+    /// are updates (a put) or, where `rmw`, read-modify-writes (a get, then
+    /// a put of the key it read).
+    Ycsb {
+        /// Which one: `'a'`, `'b'`, `'c'` or `'f'`.
+        letter: char,
+        /// Share of reads, 0 to 1.
+        read_ratio: f64,
+        /// Whether the writes are read-modify-writes.
+        rmw: bool,
+    },
 }
 
 impl Kind {
@@ -53,6 +65,10 @@ impl Kind {
             Kind::Read => "read",
             Kind::Mixed { .. } => "mixed",
             Kind::Cas => "cas",
+            Kind::Ycsb { letter: 'a', .. } => "ycsb-a",
+            Kind::Ycsb { letter: 'b', .. } => "ycsb-b",
+            Kind::Ycsb { letter: 'c', .. } => "ycsb-c",
+            Kind::Ycsb { .. } => "ycsb-f",
         }
     }
 }
@@ -71,8 +87,10 @@ pub enum Stop {
 pub struct Workload {
     /// What the clients send.
     pub kind: Kind,
-    /// Keys the operations spread over, uniformly.
+    /// Keys the operations spread over.
     pub keys: u64,
+    /// How each operation picks its key.
+    pub distribution: keys::Distribution,
     /// Bytes per value.
     pub value_size: usize,
     /// Concurrent closed-loop clients.
@@ -104,8 +122,12 @@ impl Workload {
         };
         json!({
             "kind": self.kind.name(),
-            "read_ratio": match self.kind { Kind::Mixed { read_ratio } => Some(read_ratio), _ => None },
+            "read_ratio": match self.kind {
+                Kind::Mixed { read_ratio } | Kind::Ycsb { read_ratio, .. } => Some(read_ratio),
+                _ => None,
+            },
             "keys": self.keys,
+            "distribution": self.distribution.name(),
             "value_size": self.value_size,
             "clients": self.clients,
             "duration_s": duration,
@@ -322,6 +344,7 @@ pub async fn run<T: Target>(target: &T, w: &Workload, progress: Arc<Progress>) -
         tasks.spawn(async move {
             let mut hist = new_histogram();
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(c as u64 + 1);
+            let chooser = keys::KeyChooser::new(w.distribution, w.keys);
             let value = counter_value(0, w.value_size);
             loop {
                 if stop_flag.load(Ordering::Relaxed) {
@@ -333,12 +356,15 @@ pub async fn run<T: Target>(target: &T, w: &Workload, progress: Arc<Progress>) -
                 {
                     break;
                 }
-                let k = key(rng.random_range(0..w.keys.max(1)));
+                let k = key(chooser.next(&mut rng));
                 let read = match w.kind {
                     Kind::Read => true,
-                    Kind::Mixed { read_ratio } => rng.random_bool(read_ratio.clamp(0.0, 1.0)),
+                    Kind::Mixed { read_ratio } | Kind::Ycsb { read_ratio, .. } => {
+                        rng.random_bool(read_ratio.clamp(0.0, 1.0))
+                    }
                     _ => false,
                 };
+                let rmw = matches!(w.kind, Kind::Ycsb { rmw: true, .. });
                 let began = Instant::now();
                 let result = if w.kind == Kind::Cas {
                     match t.get(k.clone()).await {
@@ -352,6 +378,11 @@ pub async fn run<T: Target>(target: &T, w: &Workload, progress: Arc<Progress>) -
                     }
                 } else if read {
                     t.get(k).await.map(|_| ())
+                } else if rmw {
+                    match t.get(k.clone()).await {
+                        Ok(_) => t.put(k, value.clone()).await,
+                        Err(e) => Err(e),
+                    }
                 } else {
                     t.put(k, value.clone()).await
                 };
@@ -532,6 +563,7 @@ mod tests {
         let w = Workload {
             kind: Kind::Write,
             keys: 10,
+            distribution: keys::Distribution::Uniform,
             value_size: 8,
             clients: 2,
             stop: Stop::After(Duration::from_secs(20)),
