@@ -282,7 +282,6 @@ mod tests {
         // An ordinary sync runs in place.
         f.sync_data().unwrap();
         assert!(!ctl.lock().pending);
-        f.sync_data().unwrap();
         let mut back = [0u8; 8192];
         f.read(0, &mut back).unwrap();
         assert!(back[..4096].iter().all(|b| *b == 1) && back[4096..].iter().all(|b| *b == 2));
