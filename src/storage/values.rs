@@ -224,14 +224,6 @@ impl Rows {
     }
 }
 
-/// Removes the chunks of the value `head` describes, if any.
-fn remove_chunks(chunks: &mut ChunkTable<'_>, group: u64, key: &[u8], head: &[u8]) -> Result<()> {
-    for n in 0..Head::decode(head)?.chunks() {
-        chunks.remove((group, key, n))?;
-    }
-    Ok(())
-}
-
 /// Sets `key` of `group` to `value`, replacing any value and its chunks.
 pub(crate) fn put(
     kv: &mut KvTable<'_>,
@@ -261,14 +253,13 @@ pub(crate) fn put(
         head.extend_from_slice(&value[at..]);
         head
     };
-    let old = kv.insert((group, key), head.as_slice())?;
-    if let Some(old) = old {
-        // Chunks the new value also has were just overwritten.
-        let old = old.value().to_vec();
-        let from = lens.len() as u32;
-        for n in from..Head::decode(&old)?.chunks() {
-            chunks.remove((group, key, n))?;
-        }
+    let had = match kv.insert((group, key), head.as_slice())? {
+        Some(old) => Head::decode(old.value())?.chunks(),
+        None => 0,
+    };
+    // Chunks the new value also has were just overwritten.
+    for n in lens.len() as u32..had {
+        chunks.remove((group, key, n))?;
     }
     Ok(())
 }
@@ -280,9 +271,12 @@ pub(crate) fn delete(
     group: u64,
     key: &[u8],
 ) -> Result<()> {
-    let old = kv.remove((group, key))?.map(|v| v.value().to_vec());
-    if let Some(old) = old {
-        remove_chunks(chunks, group, key, &old)?;
+    let had = match kv.remove((group, key))? {
+        Some(old) => Head::decode(old.value())?.chunks(),
+        None => 0,
+    };
+    for n in 0..had {
+        chunks.remove((group, key, n))?;
     }
     Ok(())
 }
