@@ -28,8 +28,9 @@ use redb::{Database, ReadOnlyTable, ReadableDatabase};
 
 use super::overlay::{GroupOverlay, SharedOverlay};
 use super::redo::Op;
-use super::schema::{RaftStateRecord, KV, SESSIONS};
+use super::schema::{RaftStateRecord, SESSIONS};
 use super::snapshot::SnapshotDescriptor;
+use super::values::Rows;
 use super::GroupStorage;
 use crate::catalog::Catalog;
 use crate::error::Result;
@@ -39,7 +40,7 @@ use crate::wire;
 
 /// The tables a round reads: redb as last committed.
 struct ReadTables {
-    kv: ReadOnlyTable<(u64, &'static [u8]), &'static [u8]>,
+    kv: Rows,
     sessions: ReadOnlyTable<(u64, u64), &'static [u8]>,
 }
 
@@ -134,7 +135,7 @@ impl WriteBatch {
         }
         let txn = self.db.begin_read()?;
         let r = ReadTables {
-            kv: txn.open_table(KV)?,
+            kv: Rows::open(&txn)?,
             sessions: txn.open_table(SESSIONS)?,
         };
         Ok(self.reads.get_or_init(|| r))
@@ -311,7 +312,7 @@ impl WriteBatch {
             let txn = self.db.begin_read()?;
             let o = self.overlay.lock();
             super::view::state_digest(
-                &txn.open_table(KV)?,
+                &Rows::open(&txn)?,
                 &txn.open_table(SESSIONS)?,
                 o.groups.get(&group.0),
                 group,
@@ -362,12 +363,7 @@ impl KvStore for GroupKv<'_> {
         if let Some(v) = self.w.overlay.lock().row(self.g, key) {
             return Ok(v.map(<[u8]>::to_vec));
         }
-        Ok(self
-            .w
-            .reads()?
-            .kv
-            .get((self.g, key))?
-            .map(|v| v.value().to_vec()))
+        self.w.reads()?.kv.get(self.g, key)
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {

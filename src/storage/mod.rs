@@ -68,6 +68,7 @@ mod schema;
 mod snapshot;
 mod staging;
 mod syncfile;
+mod values;
 mod view;
 mod wal;
 mod walscan;

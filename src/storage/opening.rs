@@ -313,6 +313,7 @@ impl Engine {
         txn.open_table(super::staging::STAGED)?;
         txn.open_table(super::staging::STAGED_KV)?;
         txn.open_table(super::staging::STAGED_SESSIONS)?;
+        super::values::create_tables(&txn)?;
         {
             // A new database holds no log rows yet. One written before rows
             // were deferred has no position for them: it held them all.

@@ -18,6 +18,7 @@ use redb::{Table, WriteTransaction};
 
 use super::schema::{APPLIED, CHECKSUMS, KV, LOG, META, META_CATALOG, RAFT_STATE, SESSIONS};
 use super::staging::{STAGED, STAGED_KV, STAGED_SESSIONS};
+use super::values::{self, ChunkTable, KvTable, CHUNKS, STAGED_CHUNKS};
 use crate::error::{Error, Result};
 
 /// Every table a batch writes, open in one write transaction.
@@ -25,12 +26,14 @@ pub(crate) struct Tables<'t> {
     pub(crate) log: Table<'t, u64, &'static [u8]>,
     pub(crate) raft: Table<'t, u64, &'static [u8]>,
     pub(crate) applied: Table<'t, u64, u64>,
-    pub(crate) kv: Table<'t, (u64, &'static [u8]), &'static [u8]>,
+    pub(crate) kv: KvTable<'t>,
+    pub(crate) chunks: ChunkTable<'t>,
     pub(crate) sessions: Table<'t, (u64, u64), &'static [u8]>,
     pub(crate) meta: Table<'t, &'static str, &'static [u8]>,
     pub(crate) checksums: Table<'t, u64, (u64, u64)>,
     pub(crate) staged: Table<'t, u64, (u64, u64)>,
-    pub(crate) staged_kv: Table<'t, (u64, &'static [u8]), &'static [u8]>,
+    pub(crate) staged_kv: KvTable<'t>,
+    pub(crate) staged_chunks: ChunkTable<'t>,
     pub(crate) staged_sessions: Table<'t, (u64, u64), &'static [u8]>,
 }
 
@@ -42,11 +45,13 @@ impl<'t> Tables<'t> {
             raft: txn.open_table(RAFT_STATE)?,
             applied: txn.open_table(APPLIED)?,
             kv: txn.open_table(KV)?,
+            chunks: txn.open_table(CHUNKS)?,
             sessions: txn.open_table(SESSIONS)?,
             meta: txn.open_table(META)?,
             checksums: txn.open_table(CHECKSUMS)?,
             staged: txn.open_table(STAGED)?,
             staged_kv: txn.open_table(STAGED_KV)?,
+            staged_chunks: txn.open_table(STAGED_CHUNKS)?,
             staged_sessions: txn.open_table(STAGED_SESSIONS)?,
         })
     }
@@ -221,10 +226,10 @@ impl<'a> Op<'a> {
                 t.applied.insert(group, index)?;
             }
             Op::KvPut { group, key, value } => {
-                t.kv.insert((group, key), value)?;
+                values::put(&mut t.kv, &mut t.chunks, group, key, value)?;
             }
             Op::KvDelete { group, key } => {
-                t.kv.remove((group, key))?;
+                values::delete(&mut t.kv, &mut t.chunks, group, key)?;
             }
             Op::Session {
                 group,
@@ -240,7 +245,7 @@ impl<'a> Op<'a> {
                 t.meta.insert(META_CATALOG, bytes)?;
             }
             Op::ClearGroup { group } => {
-                t.kv.retain_in((group, &[][..])..(group + 1, &[][..]), |_, _| false)?;
+                values::clear(&mut t.kv, &mut t.chunks, group)?;
                 t.sessions
                     .retain_in((group, 0)..(group + 1, 0), |_, _| false)?;
             }

@@ -34,10 +34,10 @@ use std::fmt;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use redb::{AccessGuard, ReadOnlyTable, ReadableDatabase};
+use redb::ReadableDatabase;
 
 use super::overlay::Merged;
-use super::schema::KV;
+use super::values::{Rows, Stored};
 use super::Engine;
 use crate::error::Result;
 use crate::types::GroupId;
@@ -68,7 +68,7 @@ pub struct ScanRead(Arc<Taken>);
 struct Taken {
     /// redb's KV table as of the read transaction begun under the overlay
     /// lock; it keeps that transaction's snapshot alive.
-    kv: ReadOnlyTable<(u64, &'static [u8]), &'static [u8]>,
+    kv: Rows,
     group: GroupId,
     start: Vec<u8>,
     /// Where redb's rows are read up to (exclusive): the range's end, or
@@ -106,7 +106,7 @@ impl Engine {
         // The transaction begins under the lock, so the copy and the
         // snapshot are of the same moment whoever else holds the lock.
         let o = self.overlay.lock();
-        let kv = self.db.begin_read()?.open_table(KV)?;
+        let kv = Rows::open(&self.db.begin_read()?)?;
         let mut overlay = Vec::new();
         let mut unread = None;
         let (mut rows, mut bytes) = (0, 0);
@@ -156,22 +156,22 @@ impl Engine {
 /// row is measured before its value is copied, so the row that ends a page
 /// costs no copy.
 enum Value<'a> {
-    Stored(AccessGuard<'a, &'static [u8]>),
+    Stored(Stored<'a>),
     Copied(Vec<u8>),
 }
 
 impl Value<'_> {
-    fn len(&self) -> usize {
+    fn len(&self) -> Result<usize> {
         match self {
-            Value::Stored(g) => g.value().len(),
-            Value::Copied(v) => v.len(),
+            Value::Stored(s) => s.len(),
+            Value::Copied(v) => Ok(v.len()),
         }
     }
 
-    fn into_vec(self) -> Vec<u8> {
+    fn into_vec(self, rows: &Rows, group: u64, key: &[u8]) -> Result<Vec<u8>> {
         match self {
-            Value::Stored(g) => g.value().to_vec(),
-            Value::Copied(v) => v,
+            Value::Stored(s) => rows.read(group, key, &s),
+            Value::Copied(v) => Ok(v),
         }
     }
 }
@@ -184,14 +184,9 @@ impl ScanRead {
         let t = &*self.0;
         let g = t.group.0;
         let start = t.start.as_slice();
-        let base = match &t.stop {
-            Some(stop) => t.kv.range((g, start)..(g, stop.as_slice()))?,
-            None => t.kv.range((g, start)..(g + 1, &[][..]))?,
-        }
-        .map(|row| {
-            let (k, v) = row?;
-            Ok((k.value().1.to_vec(), Value::Stored(v)))
-        });
+        let base =
+            t.kv.range(g, start, t.stop.as_deref())?
+                .map(|row| row.map(|(k, v)| (k, Value::Stored(v))));
         let over = t
             .overlay
             .iter()
@@ -200,7 +195,7 @@ impl ScanRead {
         let mut bytes = 0;
         for row in Merged::new(base, over) {
             let (key, value) = row?;
-            let size = key.len() + value.len();
+            let size = key.len() + value.len()?;
             let full =
                 page.rows.len() >= t.limit || (!page.rows.is_empty() && bytes + size > t.budget);
             if full {
@@ -208,7 +203,8 @@ impl ScanRead {
                 return Ok(page);
             }
             bytes += size;
-            page.rows.push((key, value.into_vec()));
+            let value = value.into_vec(&t.kv, g, &key)?;
+            page.rows.push((key, value));
         }
         page.resume = t.unread.clone();
         Ok(page)

@@ -181,7 +181,8 @@ pub(crate) fn decode_log_record(bytes: &[u8]) -> Result<(u64, Vec<raft::eraftpb:
 pub(crate) const RAFT_STATE: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_state");
 /// Per group: the index of the last entry applied to the state machine.
 pub(crate) const APPLIED: TableDefinition<u64, u64> = TableDefinition::new("applied");
-/// KV rows: (group, key) → value.
+/// KV rows: (group, key) → head row; a long value's first bytes are in
+/// `values::CHUNKS` (see `values`, the only reader and writer of both).
 pub(crate) const KV: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("kv");
 /// Client sessions: (group, client) → rkyv `kv::Session`; the row of
 /// client `kv::TABLE_KEY` (0) holds the group's rkyv `kv::SessionTable`.
@@ -209,8 +210,9 @@ pub(crate) const META_FORMAT: &str = "format";
 /// The format this build writes and reads. 2: nodes carry a store id and
 /// may be dead (catalog layout changed). 3: KV commands carry `fresh` and
 /// a log time, sessions are bounded (session and table rows, a session
-/// delete op in round records).
-pub(crate) const FORMAT: u32 = 3;
+/// delete op in round records). 4: KV rows are head rows, long values
+/// split into page-filling chunks (see `values`).
+pub(crate) const FORMAT: u32 = 4;
 /// META key: how many times a driver has opened this database (u64, little
 /// endian). Proposal ids carry it, so an entry proposed before a restart is
 /// never mistaken for one proposed after.

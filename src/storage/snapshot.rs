@@ -54,7 +54,8 @@ use std::time::{Duration, Instant};
 use redb::{Database, ReadOnlyTable, ReadableDatabase};
 
 use super::overlay::{GroupOverlay, Merged, SharedOverlay};
-use super::schema::{KV, SESSIONS};
+use super::schema::SESSIONS;
+use super::values::Rows;
 use super::wal::Wal;
 use crate::error::{Error, Result};
 use crate::types::GroupId;
@@ -204,7 +205,7 @@ struct Source {
     group: GroupId,
     /// The peer it is for.
     to: u64,
-    kv: ReadOnlyTable<(u64, &'static [u8]), &'static [u8]>,
+    kv: Rows,
     sessions: ReadOnlyTable<(u64, u64), &'static [u8]>,
     /// The group's unflushed rows and sessions when the source opened.
     overlay: GroupOverlay,
@@ -327,7 +328,7 @@ impl Snapshots {
             Source {
                 group,
                 to,
-                kv: txn.open_table(KV)?,
+                kv: Rows::open(&txn)?,
                 sessions: txn.open_table(SESSIONS)?,
                 overlay: copy,
                 expires: now + limits.source_ttl,

@@ -19,6 +19,7 @@ use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransactio
 use super::redo::Tables;
 use super::schema::{begin_write, META, META_WAL_APPLIED};
 use super::snapshot::{lock, Incoming, SnapshotChunk, Snapshots};
+use super::values::{self, STAGED_CHUNKS};
 use super::{bytes_u64, io_error};
 use crate::error::{Error, Result};
 use crate::types::GroupId;
@@ -26,7 +27,8 @@ use crate::types::GroupId;
 /// Per group being received or staged: (snapshot index, 1 once every chunk
 /// is staged and synced, else 0).
 pub(crate) const STAGED: TableDefinition<u64, (u64, u64)> = TableDefinition::new("snapshot_staged");
-/// Staged KV rows: (group, key) → value.
+/// Staged KV rows: (group, key) → head row, its chunks in
+/// `values::STAGED_CHUNKS` (see `values`).
 pub(crate) const STAGED_KV: TableDefinition<(u64, &[u8]), &[u8]> =
     TableDefinition::new("snapshot_staged_kv");
 /// Staged sessions: (group, client) → rkyv `kv::Session`.
@@ -39,6 +41,7 @@ pub(super) fn reset(db: &Database) -> Result<()> {
     let txn = unsynced(db)?;
     txn.open_table(STAGED)?.retain(|_, _| false)?;
     txn.open_table(STAGED_KV)?.retain(|_, _| false)?;
+    txn.open_table(STAGED_CHUNKS)?.retain(|_, _| false)?;
     txn.open_table(STAGED_SESSIONS)?.retain(|_, _| false)?;
     txn.commit()?;
     Ok(())
@@ -57,8 +60,11 @@ fn unsynced(db: &Database) -> Result<WriteTransaction> {
 /// Removes a group's staging in `txn`.
 fn clear(txn: &WriteTransaction, group: u64) -> Result<()> {
     txn.open_table(STAGED)?.remove(group)?;
-    txn.open_table(STAGED_KV)?
-        .retain_in((group, &[][..])..(group + 1, &[][..]), |_, _| false)?;
+    values::clear(
+        &mut txn.open_table(STAGED_KV)?,
+        &mut txn.open_table(STAGED_CHUNKS)?,
+        group,
+    )?;
     txn.open_table(STAGED_SESSIONS)?
         .retain_in((group, 0)..(group + 1, 0), |_, _| false)?;
     Ok(())
@@ -76,19 +82,18 @@ pub(super) fn install(t: &mut Tables<'_>, group: u64, index: u64) -> Result<()> 
             detail: format!("group {group}: installing {index}, staging holds {staged:?}"),
         });
     }
-    t.kv.retain_in((group, &[][..])..(group + 1, &[][..]), |_, _| false)?;
+    values::clear(&mut t.kv, &mut t.chunks, group)?;
     t.sessions
         .retain_in((group, 0)..(group + 1, 0), |_, _| false)?;
-    for row in t.staged_kv.range((group, &[][..])..(group + 1, &[][..]))? {
-        let (k, v) = row?;
-        t.kv.insert((group, k.value().1), v.value())?;
-    }
+    values::move_group(
+        (&mut t.staged_kv, &mut t.staged_chunks),
+        (&mut t.kv, &mut t.chunks),
+        group,
+    )?;
     for row in t.staged_sessions.range((group, 0)..(group + 1, 0))? {
         let (k, v) = row?;
         t.sessions.insert((group, k.value().1), v.value())?;
     }
-    t.staged_kv
-        .retain_in((group, &[][..])..(group + 1, &[][..]), |_, _| false)?;
     t.staged_sessions
         .retain_in((group, 0)..(group + 1, 0), |_, _| false)?;
     t.staged.remove(group)?;
@@ -160,8 +165,9 @@ impl Snapshots {
         let txn = unsynced(&self.db)?;
         {
             let mut kv = txn.open_table(STAGED_KV)?;
+            let mut chunks = txn.open_table(STAGED_CHUNKS)?;
             for (k, v) in &chunk.rows {
-                kv.insert((g, k.as_slice()), v.as_slice())?;
+                values::put(&mut kv, &mut chunks, g, k, v)?;
             }
             let mut sessions = txn.open_table(STAGED_SESSIONS)?;
             for (c, s) in &chunk.sessions {

@@ -13,7 +13,8 @@ use redb::{ReadableDatabase, ReadableTable};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::overlay::{self, GroupOverlay, Merged};
-use super::schema::{APPLIED, CHECKSUMS, KV, SESSIONS};
+use super::schema::{APPLIED, CHECKSUMS, SESSIONS};
+use super::values::Rows;
 use super::Engine;
 use crate::error::Result;
 use crate::kv::{SessionTable, TABLE_KEY};
@@ -34,10 +35,11 @@ impl Engine {
 
     /// Reads many keys of many groups in one read transaction.
     pub fn get_many(&self, keys: &[(GroupId, &[u8])]) -> Result<Vec<Option<Vec<u8>>>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(KV)?;
+        let rows = Rows::open(&self.db.begin_read()?)?;
         let o = self.overlay.lock();
-        keys.iter().map(|(g, k)| row_value(&t, &o, *g, k)).collect()
+        keys.iter()
+            .map(|(g, k)| row_value(&rows, &o, *g, k))
+            .collect()
     }
 
     /// A digest of a group's applied state (apply index, KV rows, sessions),
@@ -54,7 +56,7 @@ impl Engine {
                 .unwrap_or(0),
         };
         let digest = state_digest(
-            &txn.open_table(KV)?,
+            &Rows::open(&txn)?,
             &txn.open_table(SESSIONS)?,
             o.groups.get(&group.0),
             group,
@@ -97,7 +99,7 @@ impl Engine {
 /// A digest of one group's KV rows and client sessions, in key order: the
 /// state every replica at the same apply index must hold alike.
 pub(crate) fn state_digest(
-    kv: &impl ReadableTable<(u64, &'static [u8]), &'static [u8]>,
+    kv: &Rows,
     sessions: &impl ReadableTable<(u64, u64), &'static [u8]>,
     overlay: Option<&GroupOverlay>,
     group: GroupId,
@@ -120,7 +122,7 @@ pub(crate) fn state_digest(
 
 /// Every KV row of a group, redb and overlay merged, in key order.
 pub(crate) fn group_rows<'a>(
-    kv: &'a impl ReadableTable<(u64, &'static [u8]), &'static [u8]>,
+    kv: &'a Rows,
     overlay: Option<&'a GroupOverlay>,
     group: GroupId,
 ) -> Result<impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a> {
@@ -130,7 +132,7 @@ pub(crate) fn group_rows<'a>(
 /// The KV rows of a group with `start <= key < end` (no upper bound without
 /// `end`), redb and overlay merged, in key order.
 pub(crate) fn group_rows_in<'a>(
-    kv: &'a impl ReadableTable<(u64, &'static [u8]), &'static [u8]>,
+    kv: &'a Rows,
     overlay: Option<&'a GroupOverlay>,
     group: GroupId,
     start: &'a [u8],
@@ -139,13 +141,10 @@ pub(crate) fn group_rows_in<'a>(
     let g = group.0;
     // An empty range (redb refuses a range whose end precedes its start).
     let end = end.map(|e| e.max(start));
-    let base = match end {
-        Some(end) => kv.range((g, start)..(g, end))?,
-        None => kv.range((g, start)..(g + 1, &[][..]))?,
-    }
-    .map(|row| {
+    let base = kv.range(g, start, end)?.map(move |row| {
         let (k, v) = row?;
-        Ok((k.value().1.to_vec(), v.value().to_vec()))
+        let value = kv.read(g, &k, &v)?;
+        Ok((k, value))
     });
     let bounds = (
         Bound::Included(start),
@@ -161,14 +160,14 @@ pub(crate) fn group_rows_in<'a>(
 /// A group's current value for `key`: the overlay's if it has one (a
 /// deletion included), else redb's.
 pub(crate) fn row_value(
-    kv: &impl ReadableTable<(u64, &'static [u8]), &'static [u8]>,
+    kv: &Rows,
     overlay: &overlay::Overlay,
     group: GroupId,
     key: &[u8],
 ) -> Result<Option<Vec<u8>>> {
     match overlay.row(group.0, key) {
         Some(v) => Ok(v.map(<[u8]>::to_vec)),
-        None => Ok(kv.get((group.0, key))?.map(|v| v.value().to_vec())),
+        None => kv.get(group.0, key),
     }
 }
 
