@@ -6,20 +6,23 @@ use std::process::Command;
 
 const EXE: &str = env!("CARGO_BIN_EXE_flotilla");
 
-#[test]
-fn a_short_run_against_a_spawned_cluster_reports_sane_figures() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("result.json");
-    let svg = dir.path().join("result.svg");
+/// Runs `workload` for 2 s against 3 nodes it spawns under `dir` (4
+/// clients, 200 keys, 4 groups, `extra` options); returns the output and
+/// the JSON document, once the run succeeded.
+fn short_run(
+    dir: &std::path::Path,
+    workload: &str,
+    extra: &[&str],
+) -> (std::process::Output, serde_json::Value) {
+    let json = dir.join("result.json");
     let out = Command::new(EXE)
-        .args(["bench", "mixed", "--spawn", "3", "--duration", "2s"])
+        .args(["bench", workload, "--spawn", "3", "--duration", "2s"])
         .args(["--clients", "4", "--keys", "200", "--groups", "4"])
+        .args(extra)
         .arg("--json")
         .arg(&json)
-        .arg("--plot")
-        .arg(&svg)
         .arg("--dir")
-        .arg(dir.path().join("cluster"))
+        .arg(dir.join("cluster"))
         .output()
         .unwrap();
     assert!(
@@ -28,8 +31,16 @@ fn a_short_run_against_a_spawned_cluster_reports_sane_figures() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let doc = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    (out, doc)
+}
+
+#[test]
+fn a_short_run_against_a_spawned_cluster_reports_sane_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("result.svg");
+    let plot = ["--plot", svg.to_str().unwrap()];
+    let (out, doc) = short_run(dir.path(), "mixed", &plot);
     let f = &doc["flotilla"];
     let ops = f["ops_per_sec"].as_f64().unwrap();
     assert!(ops > 0.0, "{doc}");
@@ -61,24 +72,7 @@ fn a_short_run_against_a_spawned_cluster_reports_sane_figures() {
 #[test]
 fn a_ycsb_workload_runs_with_zipfian_keys_by_default() {
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("ycsb.json");
-    let out = Command::new(EXE)
-        .args(["bench", "ycsb-f", "--spawn", "3", "--duration", "2s"])
-        .args(["--clients", "4", "--keys", "200", "--groups", "4"])
-        .arg("--json")
-        .arg(&json)
-        .arg("--dir")
-        .arg(dir.path().join("cluster"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (_, doc) = short_run(dir.path(), "ycsb-f", &[]);
     assert_eq!(doc["workload"]["kind"], "ycsb-f", "{doc}");
     assert_eq!(doc["workload"]["distribution"], "zipfian", "{doc}");
     assert_eq!(doc["workload"]["read_ratio"], 0.5, "{doc}");
