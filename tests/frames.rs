@@ -8,59 +8,33 @@
 //! the limit is not sent and the sender hears so, and the largest legal
 //! request fits its frame while one byte more is the kv limits' to refuse.
 
-use std::future::Future;
+#[path = "common/wire.rs"]
+mod wire;
+
+use wire::*;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flotilla::api::{RpcRequest, RpcResponse};
-use flotilla::certs::{self, role_files, Role, CA_CERT};
+use flotilla::certs::{self, Role};
 use flotilla::kv::{BatchOp, Command, Limits, Op, MAX_BATCH_OPS, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use flotilla::transport::frame::{
     encode_frame, message_bytes, StreamKind, FRAME_STALL, MAX_RAFT_FRAME_BYTES,
     MAX_REQUEST_FRAME_BYTES, MAX_SNAPSHOT_FRAME_BYTES, RAFT_FRAME_TARGET_BYTES,
 };
-use flotilla::transport::rpc::Service;
 use flotilla::transport::tls::MAX_REQUEST_STREAMS;
 use flotilla::transport::{
-    Inbox, RaftMessage, TlsIdentity, Transport, TransportStats, MAX_CLIENT_CONNECTIONS_PER_CERT,
+    RaftMessage, Transport, TransportStats, MAX_CLIENT_CONNECTIONS_PER_CERT,
 };
 use flotilla::types::{GroupId, NodeId};
 use raft::eraftpb::{Entry, Message, MessageType, Snapshot};
 
 /// How long any one expectation may take on a loaded machine.
 const DEADLINE: Duration = Duration::from_secs(30);
-
-type Delivered = (NodeId, Vec<RaftMessage>);
-
-struct ChanInbox(Mutex<mpsc::Sender<Delivered>>);
-
-impl Inbox for ChanInbox {
-    fn deliver(&self, from: NodeId, msgs: Vec<RaftMessage>) {
-        let _ = self.0.lock().unwrap().send((from, msgs));
-    }
-}
-
-/// Answers every request with `Done`.
-struct Done;
-
-impl Service for Done {
-    fn handle(
-        &self,
-        _req: RpcRequest,
-        _caller: Option<[u8; 32]>,
-    ) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>> {
-        Box::pin(async { RpcResponse::Done })
-    }
-}
-
-fn identity(dir: &Path, role: Role) -> TlsIdentity {
-    let (crt, key) = role_files(dir, role);
-    TlsIdentity::load(&dir.join(CA_CERT), &crt, &key).unwrap()
-}
 
 fn certs_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -104,15 +78,7 @@ fn opening(kind: StreamKind, declared: usize) -> Vec<u8> {
 }
 
 async fn wait_for(counter: &AtomicU64, at_least: u64) {
-    let start = Instant::now();
-    while TransportStats::get(counter) < at_least {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "counter stayed at {}",
-            TransportStats::get(counter)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_count(counter, at_least, DEADLINE).await
 }
 
 /// Whether a request answered on `conn` (the node still serves it).

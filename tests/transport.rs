@@ -9,6 +9,11 @@
 //! is what new connections see; a dev cluster's catalog pins each node's
 //! own key.
 
+#[path = "common/wire.rs"]
+mod wire;
+
+use wire::*;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -18,28 +23,15 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flotilla::api::{RpcError, RpcRequest, RpcResponse};
-use flotilla::certs::{self, role_files, Role, CA_CERT};
+use flotilla::certs::{self, Role, CA_CERT};
 use flotilla::transport::frame::{write_frame, write_tag, Frame, StreamKind, MAX_RAFT_FRAME_BYTES};
 use flotilla::transport::rpc::Service;
-use flotilla::transport::{Inbox, RaftMessage, TlsIdentity, Transport, TransportStats};
+use flotilla::transport::{RaftMessage, TlsIdentity, Transport, TransportStats};
 use flotilla::types::{GroupId, NodeId};
 use raft::eraftpb::{Entry, Message, MessageType};
 
 /// How long any one expectation may take on a loaded machine.
 const DEADLINE: Duration = Duration::from_secs(20);
-
-struct ChanInbox(Mutex<mpsc::Sender<(NodeId, Vec<RaftMessage>)>>);
-
-impl Inbox for ChanInbox {
-    fn deliver(&self, from: NodeId, msgs: Vec<RaftMessage>) {
-        let _ = self.0.lock().unwrap().send((from, msgs));
-    }
-}
-
-fn identity(dir: &Path, role: Role) -> TlsIdentity {
-    let (crt, key) = role_files(dir, role);
-    TlsIdentity::load(&dir.join(CA_CERT), &crt, &key).unwrap()
-}
 
 /// A transport on a free loopback port whose Raft batches go to `tx`.
 fn bound(
@@ -129,15 +121,7 @@ async fn deliver(
 }
 
 async fn wait_for(counter: &AtomicU64, at_least: u64) {
-    let start = Instant::now();
-    while TransportStats::get(counter) < at_least {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "counter stayed at {}",
-            TransportStats::get(counter)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_count(counter, at_least, DEADLINE).await
 }
 
 /// Keeps sending from `t` (whose connections will be refused) until the

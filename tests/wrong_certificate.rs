@@ -5,10 +5,13 @@
 //! that does not match the pin all arrive as `Error::Certificate`, and a
 //! port where nobody listens as `Error::Unreachable`.
 
-use std::future::Future;
+#[path = "common/wire.rs"]
+mod wire;
+
+use wire::*;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,23 +19,9 @@ use flotilla::api::{RpcRequest, RpcResponse};
 use flotilla::certs::{self, role_files, Role, CA_CERT};
 use flotilla::client::{Client, ClientConfig};
 use flotilla::node::raft_link::NoInbox;
-use flotilla::transport::rpc::Service;
 use flotilla::transport::{TlsIdentity, Transport};
 use flotilla::types::NodeId;
 use flotilla::Error;
-
-/// Answers every request with `Done`: the handshake is what is tested.
-struct Done;
-
-impl Service for Done {
-    fn handle(
-        &self,
-        _req: RpcRequest,
-        _caller: Option<[u8; 32]>,
-    ) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>> {
-        Box::pin(async { RpcResponse::Done })
-    }
-}
 
 /// A node's transport, with the node certificate of `dir`, on loopback.
 fn node(dir: &Path) -> Arc<Transport> {
