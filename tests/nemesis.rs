@@ -220,23 +220,11 @@ async fn wait_recovered(
 fn check_replicas(c: &Cluster) {
     let start = Instant::now();
     loop {
-        let out = Process::new(EXE)
-            .arg("--endpoints")
-            .arg(seed_list(&c.addrs))
-            .arg("--certs-dir")
-            .arg(c.dir.path().join("certs"))
-            .arg("check")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (code, text) = run_check(c.dir.path(), &c.addrs);
         // 3: a replica did not answer in time (it may still be catching
         // up); 5 would be replicas that differ, which no wait fixes.
-        if out.status.code() != Some(3) || start.elapsed() > DEADLINE {
-            assert_eq!(out.status.code(), Some(0), "flotilla check: {text}");
+        if code != Some(3) || start.elapsed() > DEADLINE {
+            assert_eq!(code, Some(0), "flotilla check: {text}");
             return;
         }
         std::thread::sleep(POLL);

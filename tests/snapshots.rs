@@ -5,9 +5,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command as Process;
 use std::time::Instant;
 
 use common::*;
@@ -15,23 +12,6 @@ use common::*;
 /// Values written: 48 of 256 KiB, 12 MiB over the groups.
 const KEYS: usize = 48;
 const VALUE_BYTES: usize = 256 << 10;
-
-fn check(dir: &Path, addrs: &[SocketAddr]) -> (bool, String) {
-    let out = Process::new(EXE)
-        .arg("--endpoints")
-        .arg(seed_list(addrs))
-        .arg("--certs-dir")
-        .arg(dir.join("certs"))
-        .arg("check")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_node_receives_groups_larger_than_a_chunk_by_snapshot() {
@@ -72,8 +52,8 @@ async fn a_new_node_receives_groups_larger_than_a_chunk_by_snapshot() {
     // Every replica, the new ones included, holds the same state.
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let (ok, text) = check(dir.path(), &addrs);
-        if ok {
+        let (code, text) = run_check(dir.path(), &addrs);
+        if code == Some(0) {
             break;
         }
         assert!(Instant::now() < deadline, "check: {text}");

@@ -171,6 +171,26 @@ pub fn client_through(dir: &Path, addrs: &[SocketAddr]) -> Client {
     Client::new(config).unwrap()
 }
 
+/// Runs `flotilla check` once through the nodes at `addrs` with the
+/// certificates of the test directory `dir`: its exit code and everything
+/// it printed.
+pub fn run_check(dir: &Path, addrs: &[SocketAddr]) -> (Option<i32>, String) {
+    let out = Process::new(EXE)
+        .arg("--endpoints")
+        .arg(seed_list(addrs))
+        .arg("--certs-dir")
+        .arg(dir.join("certs"))
+        .arg("check")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
 /// Runs `flotilla init` against `addr` until it succeeds.
 pub async fn init(dir: &Path, addr: SocketAddr) {
     let start = Instant::now();
